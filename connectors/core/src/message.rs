@@ -1,0 +1,31 @@
+//! The unit of work that flows from a source to the dispatcher.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::AckHandle;
+
+/// Where a message came from: enough to name it in headers, logs and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Topic, subject or stream. Shared, so a busy partition does not allocate a name per message.
+    pub source: Arc<str>,
+    /// Partition (Kafka) or shard index; 0 where the bus has no such notion.
+    pub partition: i32,
+    /// Offset (Kafka) or sequence (JetStream, Kinesis).
+    pub offset: i64,
+    /// Broker timestamp in milliseconds since the epoch, when the broker gives one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// One record to deliver.
+#[derive(Debug)]
+pub struct Message {
+    pub payload: Bytes,
+    pub key: Option<Bytes>,
+    /// Broker headers, forwarded to the function where they are valid HTTP headers.
+    pub headers: Vec<(String, Bytes)>,
+    pub origin: Origin,
+    pub ack: AckHandle,
+}

@@ -1,0 +1,19 @@
+//! Kafka for the Kubeless trigger broker: a consumer-group source that commits only what was
+//! delivered, a dead-letter producer, and the topic helpers the CLI uses.
+//!
+//! The source runs librdkafka's consumer on a dedicated thread, because partition revocation must
+//! block the rebalance until in-flight work for those partitions is finished and committed, and a
+//! blocking callback has no place on an async executor.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod dead_letter;
+mod source;
+mod tracker;
+
+pub use admin::{create_topic, Publisher, TopicError};
+pub use config::{security_properties, InitialOffset, KafkaSourceConfig, SecurityError};
+pub use dead_letter::KafkaDeadLetter;
+pub use source::{run_source, KafkaSourceError};

@@ -1,0 +1,438 @@
+//! The Kafka source: one consumer-group member on its own thread.
+//!
+//! Messages go to the dispatcher through a bounded channel. While it is briefly full the thread
+//! waits for room; if it stays full (a slow function) the assigned partitions are paused, so
+//! librdkafka stops fetching and memory stays bounded, and the thread keeps polling to serve
+//! rebalances. Acknowledgements come back over a channel; the contiguous finished prefix of each
+//! partition is stored and auto-committed, and committed synchronously on revocation and shutdown.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kubeless_connector::{AckHandle, Acker, Health, Message, Origin, Outcome, Position, SourceContext, SourceState};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{debug, info, warn};
+
+use crate::tracker::PartitionTracker;
+use crate::KafkaSourceConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("cannot create a Kafka consumer for group {group}: {source}")]
+    CreateConsumer {
+        group: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot subscribe group {group} to topics {topics:?}: {source}")]
+    Subscribe {
+        group: String,
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot start the consumer thread for group {group}: {source}")]
+    SpawnThread {
+        group: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the consumer thread for group {group} panicked")]
+    ThreadPanicked { group: String },
+}
+
+impl KafkaSourceError {
+    /// Whether starting again later may succeed (a panic or a bad property will not).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Subscribe { .. } | Self::SpawnThread { .. })
+    }
+}
+
+/// How long one `poll` waits for a record; also the longest a rebalance or shutdown waits for us.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the thread waits for room in the dispatch channel before pausing its partitions.
+/// Pausing makes librdkafka drop its prefetch and fetch again on resume, so brief fullness (the
+/// normal state when the function is the bottleneck) is waited out instead.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+
+/// Runs a consumer until `ctx.shutdown` is cancelled or the dispatch channel closes, then drains and
+/// commits. Returns once the consumer has left its group.
+pub async fn run_source(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), KafkaSourceError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let group = config.group_id.clone();
+    std::thread::Builder::new()
+        .name("kafka-source".to_string())
+        .spawn(move || {
+            let result = consume(config, ctx, runtime);
+            // The receiver is gone only if the task awaiting us was dropped; nothing to tell then.
+            let _ = done_tx.send(result);
+        })
+        .map_err(|source| KafkaSourceError::SpawnThread { group: group.clone(), source })?;
+    done_rx.await.unwrap_or(Err(KafkaSourceError::ThreadPanicked { group }))
+}
+
+fn consume(
+    config: KafkaSourceConfig,
+    ctx: SourceContext,
+    runtime: tokio::runtime::Handle,
+) -> Result<(), KafkaSourceError> {
+    let (ack_tx, ack_rx) = std_mpsc::channel();
+    let acker: Arc<dyn Acker> = Arc::new(ChannelAcker(ack_tx));
+    let shared = Arc::new(Shared {
+        group: config.group_id.clone(),
+        health: ctx.health.clone(),
+        drain_timeout: config.drain_timeout,
+        assigned: AtomicBool::new(false),
+        inner: Mutex::new(Inner { slots: Vec::new(), next_generation: 1, acks: ack_rx, stash: VecDeque::new(), paused: false }),
+    });
+    let consumer: BaseConsumer<SourceCtx> = config
+        .client_config()
+        .create_with_context(SourceCtx { shared: shared.clone() })
+        .map_err(|source| KafkaSourceError::CreateConsumer { group: config.group_id.clone(), source })?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
+        group: config.group_id.clone(),
+        topics: config.topics.clone(),
+        source,
+    })?;
+    info!(group = %config.group_id, topics = ?config.topics, "Kafka consumer subscribed.");
+
+    while !ctx.shutdown.is_cancelled() {
+        shared.lock().settle(&consumer);
+        if !shared.lock().flush_stash(&ctx.out) {
+            break;
+        }
+        if shared.lock().has_stash() {
+            if !shared.lock().paused {
+                let room = runtime.block_on(tokio::time::timeout(PAUSE_AFTER, ctx.out.reserve()));
+                match room {
+                    Ok(Ok(permit)) => {
+                        if let Some(msg) = shared.lock().stash.pop_front() {
+                            permit.send(msg);
+                        }
+                        continue;
+                    }
+                    Ok(Err(_closed)) => break,
+                    Err(_elapsed) => shared.lock().pause(&consumer, true),
+                }
+            }
+        } else if shared.lock().paused {
+            shared.lock().pause(&consumer, false);
+        }
+        // The lock is never held across poll: rebalance callbacks run inside it and take it.
+        let polled = consumer.poll(POLL_INTERVAL);
+        match polled {
+            None => {}
+            Some(Err(err)) => shared.report_error(&err),
+            Some(Ok(record)) => {
+                let mut inner = shared.lock();
+                let Some(msg) = inner.track(&record, &acker) else { continue };
+                if inner.has_stash() {
+                    inner.stash.push_back(msg);
+                } else {
+                    match ctx.out.try_send(msg) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(msg)) => inner.stash.push_back(msg),
+                        Err(TrySendError::Closed(_)) => break,
+                    }
+                }
+            }
+        }
+    }
+
+    info!(group = %config.group_id, "Kafka consumer stopping: draining in-flight messages.");
+    {
+        let mut inner = shared.lock();
+        inner.pause(&consumer, true);
+        let all: Vec<usize> = (0..inner.slots.len()).collect();
+        inner.release(&consumer, &all, Instant::now() + shared.drain_timeout, &shared.group);
+    }
+    // Dropping the consumer leaves the group; its revoke callback finds nothing left to drain.
+    drop(consumer);
+    info!(group = %config.group_id, "Kafka consumer stopped.");
+    Ok(())
+}
+
+struct ChannelAcker(std_mpsc::Sender<(Position, Outcome)>);
+
+impl Acker for ChannelAcker {
+    fn ack(&self, position: Position, outcome: Outcome) {
+        // The receiver lives as long as the consumer thread; after it is gone there is nothing
+        // left to commit, so a failed send is nothing to report.
+        let _ = self.0.send((position, outcome));
+    }
+}
+
+struct Shared {
+    group: String,
+    health: Health,
+    drain_timeout: Duration,
+    /// Set by the first assignment; errors before it mean "not connected", after it they are
+    /// transient and only logged.
+    assigned: AtomicBool,
+    /// Touched only by the consumer thread (the loop and the callbacks librdkafka runs inside its
+    /// `poll`), so it is never contended; the mutex is what lets the callback context be `Sync`.
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means this thread panicked earlier while holding it; the data is still
+        // consistent enough to drain and commit, so keep going.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn report_error(&self, err: &KafkaError) {
+        warn!(group = %self.group, error = %err, "Kafka consumer error.");
+        if !self.assigned.load(Ordering::Relaxed) {
+            self.health.set(SourceState::Failed(format!("Kafka consumer for group {}: {err}", self.group)));
+        }
+    }
+}
+
+/// One owned partition.
+struct Slot {
+    topic: Arc<str>,
+    partition: i32,
+    generation: u32,
+    tracker: PartitionTracker,
+}
+
+struct Inner {
+    /// Owned partitions; `Position::slot` indexes this. A revoked partition leaves `None` so the
+    /// indices of the others stay valid. Partitions per consumer are few, so lookup is a scan.
+    slots: Vec<Option<Slot>>,
+    /// Bumped on every assignment so acks for a partition we lost and got back are ignored.
+    next_generation: u32,
+    acks: std_mpsc::Receiver<(Position, Outcome)>,
+    /// Messages taken from librdkafka that the dispatch channel had no room for, in order. At most
+    /// what librdkafka had prefetched when the partitions were paused.
+    stash: VecDeque<Message>,
+    paused: bool,
+}
+
+impl Inner {
+    fn has_stash(&self) -> bool {
+        !self.stash.is_empty()
+    }
+
+    /// Sends stashed messages while the channel has room. False if the channel is closed.
+    fn flush_stash(&mut self, out: &tokio::sync::mpsc::Sender<Message>) -> bool {
+        while let Some(msg) = self.stash.pop_front() {
+            match out.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => {
+                    self.stash.push_front(msg);
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    fn apply(&mut self, (position, _outcome): (Position, Outcome)) {
+        if let Some(Some(slot)) = self.slots.get_mut(position.slot as usize) {
+            if slot.generation == position.generation {
+                slot.tracker.finish(position.offset);
+            }
+        }
+    }
+
+    /// Applies every ack that arrived and stores the offsets that moved.
+    fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        while let Ok(ack) = self.acks.try_recv() {
+            self.apply(ack);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for slot in self.slots.iter_mut().flatten() {
+            if let Some(next) = slot.tracker.take_commit() {
+                // Only fails for a partition name librdkafka rejects, which came from librdkafka.
+                let _ = tpl.add_partition_offset(&slot.topic, slot.partition, Offset::Offset(next));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(err) = consumer.store_offsets(&tpl) {
+                debug!(error = %err, "Storing offsets failed (partition no longer assigned?).");
+            }
+        }
+    }
+
+    fn pause<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, pause: bool) {
+        let Ok(assignment) = consumer.assignment() else { return };
+        let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        match result {
+            Ok(()) => self.paused = pause,
+            Err(err) => warn!(error = %err, pause, "Pausing or resuming partitions failed."),
+        }
+    }
+
+    /// Registers a record as handed out and turns it into a message.
+    fn track(&mut self, record: &BorrowedMessage<'_>, acker: &Arc<dyn Acker>) -> Option<Message> {
+        let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
+        let (idx, slot) = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, s)| s.as_mut().filter(|s| s.partition == partition && &*s.topic == topic).map(|s| (i, s)))?;
+        slot.tracker.push(offset);
+        let position = Position { slot: idx as u32, generation: slot.generation, offset };
+        let headers = record
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), Bytes::copy_from_slice(h.value.unwrap_or_default())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Message {
+            payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+            key: record.key().map(Bytes::copy_from_slice),
+            headers,
+            origin: Origin { source: slot.topic.clone(), partition, offset, timestamp_ms: record.timestamp().to_millis() },
+            ack: AckHandle::new(acker.clone(), position),
+        })
+    }
+
+    fn assign(&mut self, tpl: &TopicPartitionList) {
+        for elem in tpl.elements() {
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1);
+            let slot = Slot {
+                topic: Arc::from(elem.topic()),
+                partition: elem.partition(),
+                generation,
+                tracker: PartitionTracker::default(),
+            };
+            match self.slots.iter().position(Option::is_none) {
+                Some(free) => self.slots[free] = Some(slot),
+                None => self.slots.push(Some(slot)),
+            }
+        }
+        // A new assignment starts unpaused.
+        self.paused = false;
+    }
+
+    fn slots_of(&self, tpl: &TopicPartitionList) -> Vec<usize> {
+        let elems = tpl.elements();
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+            .filter(|(_, s)| elems.iter().any(|e| e.partition() == s.partition && e.topic() == &*s.topic))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Gives up the given slots: drops their stashed messages (never handed out, the next owner
+    /// reads them), waits until `deadline` for the rest to finish, commits the finished prefix
+    /// synchronously and forgets the slots.
+    fn release<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        slots: &[usize],
+        deadline: Instant,
+        group: &str,
+    ) {
+        let stash = std::mem::take(&mut self.stash);
+        for msg in stash {
+            let pos = msg.ack.position();
+            if slots.contains(&(pos.slot as usize)) {
+                if let Some(Some(slot)) = self.slots.get_mut(pos.slot as usize) {
+                    slot.tracker.forget_from(pos.offset);
+                }
+            } else {
+                self.stash.push_back(msg);
+            }
+        }
+        loop {
+            let outstanding: usize = slots.iter().filter_map(|&i| self.slots[i].as_ref()).map(|s| s.tracker.outstanding()).sum();
+            if outstanding == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(group, outstanding, "Drain timed out; unfinished messages will be delivered again.");
+                break;
+            }
+            match self.acks.recv_timeout(deadline - now) {
+                Ok(ack) => self.apply(ack),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &i in slots {
+            if let Some(slot) = self.slots[i].take() {
+                if let Some(next) = slot.tracker.committable() {
+                    let _ = tpl.add_partition_offset(&slot.topic, slot.partition, Offset::Offset(next));
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => info!(group, partitions = tpl.count(), "Committed finished offsets before release."),
+                Err(err) => warn!(group, error = %err, "Commit before release failed; those messages will be delivered again."),
+            }
+        }
+    }
+}
+
+struct SourceCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SourceCtx {
+    fn stats(&self, statistics: Statistics) {
+        let lag = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.shared.health.set_lag(lag);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(group = %self.shared.group, error = %error, reason, "Kafka client error.");
+        if !self.shared.assigned.load(Ordering::Relaxed) {
+            self.shared.health.set(SourceState::Failed(format!("Kafka group {}: {reason}", self.shared.group)));
+        }
+    }
+}
+
+impl ConsumerContext for SourceCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut inner = self.shared.lock();
+                let slots = inner.slots_of(tpl);
+                info!(group = %self.shared.group, partitions = tpl.count(), "Partitions revoked: draining before release.");
+                inner.release(consumer, &slots, Instant::now() + self.shared.drain_timeout, &self.shared.group);
+            }
+            Rebalance::Error(err) => warn!(group = %self.shared.group, error = %err, "Rebalance error."),
+            Rebalance::Assign(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.shared.lock().assign(tpl);
+            self.shared.assigned.store(true, Ordering::Relaxed);
+            self.shared.health.set(SourceState::Ready);
+            info!(group = %self.shared.group, partitions = tpl.count(), "Partitions assigned.");
+        }
+    }
+}

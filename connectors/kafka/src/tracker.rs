@@ -1,0 +1,118 @@
+//! Per-partition offset tracking: which handed-out offsets are finished, and how far the
+//! contiguous finished prefix reaches (the only offset that may be committed).
+
+use std::collections::VecDeque;
+
+/// Offsets handed out for one partition, in the order the broker gave them (increasing), and
+/// whether each is finished. Its length is bounded by the messages outstanding, which backpressure
+/// bounds.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionTracker {
+    pending: VecDeque<(i64, bool)>,
+    /// The next offset to commit: one past the last offset of the finished prefix.
+    committable: Option<i64>,
+    /// The value last handed to `take_commit`, so each advance is stored once.
+    stored: Option<i64>,
+}
+
+impl PartitionTracker {
+    pub(crate) fn push(&mut self, offset: i64) {
+        debug_assert!(self.pending.back().is_none_or(|(last, _)| *last < offset), "offsets must increase");
+        self.pending.push_back((offset, false));
+    }
+
+    /// Marks `offset` finished. Returns false if it was not outstanding (a stale or repeated ack).
+    pub(crate) fn finish(&mut self, offset: i64) -> bool {
+        let idx = self.pending.partition_point(|(o, _)| *o < offset);
+        match self.pending.get_mut(idx) {
+            Some((o, done)) if *o == offset && !*done => *done = true,
+            _ => return false,
+        }
+        while let Some(&(o, true)) = self.pending.front() {
+            self.pending.pop_front();
+            self.committable = Some(o + 1);
+        }
+        true
+    }
+
+    /// Forgets `offset` and every later offset: they were never handed out (they sat in the stash)
+    /// and the partition is being released, so the next owner reads them again.
+    pub(crate) fn forget_from(&mut self, offset: i64) {
+        let idx = self.pending.partition_point(|(o, _)| *o < offset);
+        self.pending.truncate(idx);
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.pending.iter().filter(|(_, done)| !done).count()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_drained(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The next offset to commit, if it moved since the last call.
+    pub(crate) fn take_commit(&mut self) -> Option<i64> {
+        if self.committable != self.stored {
+            self.stored = self.committable;
+            self.committable
+        } else {
+            None
+        }
+    }
+
+    /// The next offset to commit, whether or not it was taken before.
+    pub(crate) fn committable(&self) -> Option<i64> {
+        self.committable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_contiguous_finished_prefix_is_committable() {
+        let mut t = PartitionTracker::default();
+        for o in [10, 11, 12, 15] {
+            t.push(o);
+        }
+        assert!(t.finish(11));
+        assert_eq!(t.take_commit(), None, "10 is not finished, nothing may be committed");
+        assert!(t.finish(10));
+        assert_eq!(t.take_commit(), Some(12));
+        assert_eq!(t.take_commit(), None, "an unchanged offset is stored once");
+        assert!(t.finish(15));
+        assert_eq!(t.committable(), Some(12), "12 still blocks 15");
+        assert!(t.finish(12));
+        assert_eq!(t.take_commit(), Some(16), "the gap 13..15 held no messages");
+        assert!(t.is_drained());
+    }
+
+    #[test]
+    fn stale_and_repeated_acks_are_ignored() {
+        let mut t = PartitionTracker::default();
+        t.push(1);
+        t.push(2);
+        assert!(!t.finish(7));
+        assert!(t.finish(2));
+        assert!(!t.finish(2));
+        assert_eq!(t.outstanding(), 1);
+        assert_eq!(t.committable(), None);
+    }
+
+    #[test]
+    fn forgetting_the_unsent_tail_keeps_the_committable_prefix() {
+        let mut t = PartitionTracker::default();
+        for o in 0..5 {
+            t.push(o);
+        }
+        t.finish(0);
+        t.forget_from(3);
+        assert_eq!(t.outstanding(), 2, "1 and 2 are still out; 3 and 4 were never sent");
+        t.finish(1);
+        t.finish(2);
+        assert!(t.is_drained());
+        assert_eq!(t.committable(), Some(3));
+    }
+}

@@ -32,14 +32,14 @@ pub enum KafkaSourceError {
     CreateConsumer {
         group: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("cannot subscribe group {group} to topics {topics:?}: {source}")]
     Subscribe {
         group: String,
         topics: Vec<String>,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("cannot start the consumer thread for group {group}: {source}")]
     SpawnThread {
@@ -99,12 +99,12 @@ fn consume(
     let consumer: BaseConsumer<SourceCtx> = config
         .client_config()
         .create_with_context(SourceCtx { shared: shared.clone() })
-        .map_err(|source| KafkaSourceError::CreateConsumer { group: config.group_id.clone(), source })?;
+        .map_err(|source| KafkaSourceError::CreateConsumer { group: config.group_id.clone(), source: Box::new(source) })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
         group: config.group_id.clone(),
         topics: config.topics.clone(),
-        source,
+        source: Box::new(source),
     })?;
     info!(group = %config.group_id, topics = ?config.topics, "Kafka consumer subscribed.");
 

@@ -1,0 +1,93 @@
+//! Wiring: metrics, admin server, manifest watch and supervisor, and an orderly shutdown.
+
+use std::future::Future;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::config::Settings;
+use crate::control::supervisor::Supervisor;
+use crate::control::watch::{self, SharedReport};
+use crate::delivery::http_client;
+use crate::telemetry;
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), telemetry::LATENCY_BUCKETS)?
+        .install_recorder()?;
+    telemetry::describe();
+    Ok(handle)
+}
+
+/// Runs the daemon until `shutdown` resolves, then stops every consumer (each drains and commits).
+pub async fn run(
+    settings: Settings,
+    admin_listener: TcpListener,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let supervisor = Supervisor::new(http_client()?);
+    let report = SharedReport::default();
+    let stop = CancellationToken::new();
+
+    let upkeep = tokio::spawn({
+        let (handle, stop) = (prometheus.clone(), stop.clone());
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        }
+    });
+    let admin = tokio::spawn({
+        let app = admin::router(AdminState { prometheus, supervisor: supervisor.clone(), report: report.clone() });
+        let stop = stop.clone();
+        async move { axum::serve(admin_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
+    });
+    let watcher = tokio::spawn(watch::run(
+        settings.manifests.clone(),
+        settings.scan_interval,
+        settings.index.clone(),
+        supervisor.clone(),
+        report,
+        stop.clone(),
+    ));
+
+    shutdown.await;
+    info!("Shutting down: stopping consumers (each drains in-flight messages and commits).");
+    stop.cancel();
+    let _ = watcher.await;
+    supervisor.shutdown().await;
+    let _ = admin.await;
+    upkeep.abort();
+    info!("Stopped.");
+    Ok(())
+}
+
+/// The daemon's entry point after flag parsing: logging, listener, signals.
+pub async fn main(args: crate::config::Args) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let settings = args.settings(|k| std::env::var(k).ok())?;
+    let prometheus = install_metrics()?;
+    let listener = TcpListener::bind(args.admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --admin-addr {}: {e}", args.admin_addr))?;
+    info!(admin = %listener.local_addr()?, manifests = %settings.manifests.display(), "kubeless-broker starting.");
+    run(settings, listener, prometheus, crate::shutdown::signal()).await
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        // Kubeless's switch for debug logs.
+        let debug = std::env::var("KUBELESS_LOG_LEVEL").is_ok_and(|v| v.eq_ignore_ascii_case("debug"));
+        EnvFilter::new(if debug { "debug" } else { "info,librdkafka=warn,rdkafka=warn" })
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}

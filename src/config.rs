@@ -1,0 +1,100 @@
+//! Process flags (with environment fallbacks). Pipeline settings live in the resources, not here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::control::index::{IndexSettings, DEFAULT_URL_TEMPLATE};
+
+/// Kubeless's default for `KAFKA_BROKERS`.
+pub const DEFAULT_KAFKA_BROKERS: &str = "kafka.kubeless:9092";
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kubeless-broker", version, about = "Kubeless-compatible trigger broker: delivers Kafka messages to functions over HTTP, at least once.")]
+pub struct Args {
+    /// Directory of Kubeless manifests (`*.yaml`, `*.yml`; multi-document files too), watched for changes.
+    #[arg(long, env = "KUBELESS_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    #[arg(long, env = "KUBELESS_ADMIN_ADDR", default_value = "0.0.0.0:9095")]
+    pub admin_addr: SocketAddr,
+
+    /// Where a function without a `kubeless.io/url` annotation is reached; `{name}`, `{namespace}`
+    /// and `{port}` are filled in.
+    #[arg(long, env = "KUBELESS_FUNCTION_URL_TEMPLATE", default_value = DEFAULT_URL_TEMPLATE)]
+    pub function_url_template: String,
+
+    /// Kafka brokers for triggers without `spec.brokers` (comma-separated).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_KAFKA_BROKERS)]
+    pub kafka_brokers: String,
+
+    /// Extra librdkafka property for every Kafka client, `key=value`; repeatable.
+    #[arg(long = "kafka-property", value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// How long a stopping or rebalancing consumer waits for in-flight messages before committing
+    /// what finished.
+    #[arg(long, env = "KUBELESS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How often the manifest directory is checked for changes.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub scan_interval: Duration,
+
+    /// Log format.
+    #[arg(long, env = "KUBELESS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} must be key=value, e.g. session.timeout.ms=6000")),
+    }
+}
+
+/// Settings checked and ready to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub manifests: PathBuf,
+    pub scan_interval: Duration,
+    pub index: IndexSettings,
+}
+
+impl Args {
+    /// Checks the flags and the Kubeless environment (`KAFKA_ENABLE_TLS`, `KAFKA_ENABLE_SASL`…).
+    pub fn settings(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+        let Args {
+            manifests,
+            admin_addr: _,
+            function_url_template,
+            kafka_brokers,
+            kafka_properties,
+            drain_timeout,
+            scan_interval,
+            log_format: _,
+        } = self;
+        let Some(manifests) = manifests.clone() else {
+            anyhow::bail!("--manifests DIR is required: this build runs in standalone mode only (Kubernetes mode is not built yet)");
+        };
+        let sample = function_url_template.replace("{name}", "f").replace("{namespace}", "ns").replace("{port}", "8080");
+        reqwest::Url::parse(&sample)
+            .map_err(|e| anyhow::anyhow!("--function-url-template {function_url_template:?} does not give a URL: {e}"))?;
+        let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(env)?;
+        props.extend(kafka_properties.iter().cloned());
+        Ok(Settings {
+            manifests,
+            scan_interval: *scan_interval,
+            index: IndexSettings {
+                kafka_brokers: kafka_brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+                url_template: function_url_template.clone(),
+                kafka_properties: props,
+                drain_timeout: *drain_timeout,
+            },
+        })
+    }
+}

@@ -1,0 +1,180 @@
+//! The desired state: from the valid resources, every consumer that should run. Pure and
+//! synchronous, so boot and every change go through the same diff (see `supervisor`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::core::{Selector, SelectorExt};
+use kubeless_kafka::{InitialOffset, KafkaSourceConfig};
+
+use super::manifests::{Loaded, Resource};
+use crate::resources::{DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, URL_ANNOTATION};
+
+/// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.
+pub const DEFAULT_GROUP_TEMPLATE: &str = "{namespace}_{trigger}_{function}_{topic}";
+/// Where a function is reached when it has no `kubeless.io/url` annotation.
+pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local:{port}";
+pub const KAFKA_EVENT_NAMESPACE: &str = "kafkatriggers.kubeless.io";
+
+/// Process-wide settings the index needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSettings {
+    /// Brokers for triggers without `spec.brokers` (env `KAFKA_BROKERS`).
+    pub kafka_brokers: String,
+    pub url_template: String,
+    /// librdkafka properties for every client (security, session timeout…).
+    pub kafka_properties: BTreeMap<String, String>,
+    pub drain_timeout: Duration,
+}
+
+/// One consumer: a (trigger, function, group) and everything needed to run it. Two equal specs
+/// mean "nothing changed"; any difference restarts the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// `namespace/trigger`.
+    pub trigger: String,
+    pub function: String,
+    pub event_namespace: &'static str,
+    pub source: KafkaSourceConfig,
+    pub url: String,
+    /// Per-request timeout: `spec.delivery.timeout`, else the Function's `spec.timeout`.
+    pub timeout: Duration,
+    pub delivery: DeliveryPolicy,
+}
+
+impl ConsumerSpec {
+    /// Unique among all consumers.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.trigger, self.function, self.source.group_id)
+    }
+}
+
+/// A trigger that is valid on its own but cannot run as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerProblem {
+    /// `Kind namespace/name`.
+    pub trigger: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub consumers: BTreeMap<String, ConsumerSpec>,
+    pub problems: Vec<TriggerProblem>,
+    /// Triggers whose selector matches no Function (not an error: one may be added later).
+    pub idle_triggers: Vec<String>,
+    /// Valid resources of kinds this build does not run yet.
+    pub unserved: Vec<String>,
+}
+
+pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
+    let mut out = Desired::default();
+    let functions: Vec<&Function> = resources
+        .iter()
+        .filter_map(|l| match &l.resource {
+            Resource::Function(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    for loaded in resources {
+        match &loaded.resource {
+            Resource::Function(_) => {}
+            Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &functions, settings, &mut out),
+            other => out.unserved.push(format!("{} {}", other.kind(), loaded.id)),
+        }
+    }
+    out
+}
+
+fn kafka_consumers(
+    trigger: &KafkaTrigger,
+    policy: &DeliveryPolicy,
+    functions: &[&Function],
+    settings: &IndexSettings,
+    out: &mut Desired,
+) {
+    let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
+    let name = trigger.metadata.name.as_deref().unwrap_or_default();
+    let label = format!("KafkaTrigger {ns}/{name}");
+    let selector = match trigger.spec.function_selector.clone().map(Selector::try_from) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return out.problems.push(TriggerProblem { trigger: label, problem: format!("spec.functionSelector: {}", e.0) }),
+        None => return,
+    };
+    let matched: Vec<&Function> = functions
+        .iter()
+        .copied()
+        .filter(|f| f.metadata.namespace.as_deref() == Some(ns))
+        .filter(|f| selector.matches(f.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
+        .collect();
+    if matched.is_empty() {
+        out.idle_triggers.push(label);
+        return;
+    }
+    let template = trigger.spec.consumer_group.clone().unwrap_or_else(|| DEFAULT_GROUP_TEMPLATE.to_string());
+    if matched.len() > 1 && !template.contains("{function}") {
+        let problem = format!(
+            "spec.consumerGroup {template:?} is shared by the {} functions the selector matches, so each would get only part of the messages; add {{function}} to it",
+            matched.len()
+        );
+        return out.problems.push(TriggerProblem { trigger: label, problem });
+    }
+    let brokers = trigger.spec.brokers.clone().unwrap_or_else(|| settings.kafka_brokers.clone());
+    let topics = trigger.topics();
+    for function in matched {
+        let fname = function.metadata.name.as_deref().unwrap_or_default();
+        let url = function_url(function, &settings.url_template);
+        // Topics that render to the same group share one consumer.
+        let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for topic in &topics {
+            let group = template
+                .replace("{namespace}", ns)
+                .replace("{trigger}", name)
+                .replace("{function}", fname)
+                .replace("{topic}", topic);
+            groups.entry(group).or_default().insert(topic.clone());
+        }
+        let mut delivery = policy.clone();
+        if let Some((_, dl_brokers @ None)) = &mut delivery.dead_letter {
+            *dl_brokers = Some(brokers.clone());
+        }
+        for (group_id, topics) in groups {
+            let spec = ConsumerSpec {
+                trigger: format!("{ns}/{name}"),
+                function: fname.to_string(),
+                event_namespace: KAFKA_EVENT_NAMESPACE,
+                source: KafkaSourceConfig {
+                    brokers: brokers.clone(),
+                    group_id,
+                    topics: topics.into_iter().collect(),
+                    initial_offset: match trigger.spec.initial_offset.unwrap_or_default() {
+                        InitialOffsetSpec::Earliest => InitialOffset::Earliest,
+                        InitialOffsetSpec::Latest => InitialOffset::Latest,
+                    },
+                    properties: settings.kafka_properties.clone(),
+                    drain_timeout: settings.drain_timeout,
+                },
+                url: url.clone(),
+                timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
+                delivery: delivery.clone(),
+            };
+            out.consumers.insert(spec.key(), spec);
+        }
+    }
+}
+
+/// The `kubeless.io/url` annotation if set, else the template with `{name}`, `{namespace}` and
+/// `{port}` filled in.
+pub fn function_url(function: &Function, template: &str) -> String {
+    if let Some(url) = function.metadata.annotations.as_ref().and_then(|a| a.get(URL_ANNOTATION)) {
+        return url.clone();
+    }
+    template
+        .replace("{name}", function.metadata.name.as_deref().unwrap_or_default())
+        .replace("{namespace}", function.metadata.namespace.as_deref().unwrap_or_default())
+        .replace("{port}", &function.port().to_string())
+}
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;

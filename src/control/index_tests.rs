@@ -1,0 +1,112 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::control::manifests::parse_file;
+
+fn settings() -> IndexSettings {
+    IndexSettings {
+        kafka_brokers: "k:9092".to_string(),
+        url_template: DEFAULT_URL_TEMPLATE.to_string(),
+        kafka_properties: BTreeMap::new(),
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+fn mk(yaml: &str) -> Vec<Loaded> {
+    parse_file(&PathBuf::from("test.yaml"), yaml)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("fixture must be valid: {e}")))
+        .collect()
+}
+
+const FUNCTIONS: &str = r#"
+apiVersion: kubeless.io/v1beta1
+kind: Function
+metadata: {name: fa, namespace: ns, labels: {app: demo, function: fa}}
+spec: {runtime: python3.7, timeout: "30", service: {ports: [{port: 9000}]}}
+---
+apiVersion: kubeless.io/v1beta1
+kind: Function
+metadata: {name: fb, namespace: ns, labels: {app: demo, function: fb}, annotations: {kubeless.io/url: "http://127.0.0.1:1234"}}
+spec: {runtime: python3.7}
+---
+apiVersion: kubeless.io/v1beta1
+kind: Function
+metadata: {name: fc, namespace: other, labels: {app: demo}}
+spec: {}
+"#;
+
+#[test]
+fn one_trigger_feeds_every_matching_function_in_its_namespace_with_kubeless_group_ids() {
+    let yaml = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\nspec: {{topic: orders, functionSelector: {{matchLabels: {{app: demo}}}}}}\n"
+    );
+    let d = desired(&mk(&yaml), &settings());
+    let groups: Vec<&str> = d.consumers.values().map(|c| c.source.group_id.as_str()).collect();
+    assert_eq!(groups, ["ns_t_fa_orders", "ns_t_fb_orders"]);
+    let fa = d.consumers.values().find(|c| c.function == "fa").expect("fa consumer");
+    assert_eq!(fa.url, "http://fa.ns.svc.cluster.local:9000");
+    assert_eq!(fa.timeout, Duration::from_secs(30));
+    assert_eq!(fa.source.brokers, "k:9092");
+    let fb = d.consumers.values().find(|c| c.function == "fb").expect("fb consumer");
+    assert_eq!(fb.url, "http://127.0.0.1:1234", "the annotation wins over the template");
+    assert_eq!(fb.timeout, Duration::from_secs(180), "Kubeless's default timeout");
+}
+
+#[test]
+fn several_topics_get_one_group_each_unless_the_group_template_merges_them() {
+    let base = format!("{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\n");
+    let per_topic = desired(
+        &mk(&format!("{base}spec: {{topics: [a, b], functionSelector: {{matchLabels: {{function: fa}}}}}}\n")),
+        &settings(),
+    );
+    assert_eq!(per_topic.consumers.len(), 2);
+    let merged = desired(
+        &mk(&format!(
+            "{base}spec: {{topics: [a, b], consumerGroup: mine, brokers: 'x:1', functionSelector: {{matchLabels: {{function: fa}}}}}}\n"
+        )),
+        &settings(),
+    );
+    let only = merged.consumers.values().next().expect("one consumer");
+    assert_eq!((only.source.group_id.as_str(), only.source.topics.clone()), ("mine", vec!["a".to_string(), "b".to_string()]));
+    assert_eq!(only.source.brokers, "x:1");
+}
+
+#[test]
+fn a_shared_consumer_group_over_several_functions_is_refused() {
+    let yaml = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\nspec: {{topic: a, consumerGroup: shared, functionSelector: {{matchLabels: {{app: demo}}}}}}\n"
+    );
+    let d = desired(&mk(&yaml), &settings());
+    assert!(d.consumers.is_empty());
+    assert!(d.problems[0].problem.contains("{function}"), "{:?}", d.problems);
+}
+
+#[test]
+fn a_trigger_matching_nothing_is_idle_and_other_kinds_are_listed_as_unserved() {
+    let yaml = r#"
+apiVersion: kubeless.io/v1beta1
+kind: KafkaTrigger
+metadata: {name: t}
+spec: {topic: a, functionSelector: {matchLabels: {function: nobody}}}
+---
+apiVersion: kubeless.io/v1beta1
+kind: CronJobTrigger
+metadata: {name: c}
+spec: {function-name: f, schedule: "* * * * *"}
+"#;
+    let d = desired(&mk(yaml), &settings());
+    assert!(d.consumers.is_empty());
+    assert_eq!(d.idle_triggers, ["KafkaTrigger default/t"]);
+    assert_eq!(d.unserved, ["CronJobTrigger default/c"]);
+}
+
+#[test]
+fn dead_letter_brokers_default_to_the_triggers_brokers() {
+    let yaml = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\nspec: {{topic: a, functionSelector: {{matchLabels: {{function: fa}}}}, delivery: {{deadLetter: {{topic: dlq}}}}}}\n"
+    );
+    let d = desired(&mk(&yaml), &settings());
+    let c = d.consumers.values().next().expect("one consumer");
+    assert_eq!(c.delivery.dead_letter, Some(("dlq".to_string(), Some("k:9092".to_string()))));
+}

@@ -1,0 +1,237 @@
+//! Standalone mode's source of truth: every `*.yaml`/`*.yml` in a directory, multi-document files
+//! included. Each document is parsed and validated on its own; a bad one becomes a
+//! [`ManifestError`] naming the file, the document, the resource and the field, and the rest load.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::resources::{
+    CronJobTrigger, DeliveryPolicy, FieldError, Function, HTTPTrigger, KafkaTrigger, KinesisTrigger, NATSTrigger,
+    API_VERSION,
+};
+
+/// Namespace of a resource whose metadata names none (kubectl's default).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One valid resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Function(Function),
+    Kafka(KafkaTrigger, DeliveryPolicy),
+    Nats(NATSTrigger),
+    Kinesis(KinesisTrigger),
+    CronJob(CronJobTrigger),
+    Http(HTTPTrigger),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Function(_) => "Function",
+            Self::Kafka(..) => "KafkaTrigger",
+            Self::Nats(_) => "NATSTrigger",
+            Self::Kinesis(_) => "KinesisTrigger",
+            Self::CronJob(_) => "CronJobTrigger",
+            Self::Http(_) => "HTTPTrigger",
+        }
+    }
+}
+
+/// A valid resource and where it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub file: PathBuf,
+    /// 1-based index of the document in its file.
+    pub doc: usize,
+    /// `namespace/name`.
+    pub id: String,
+    pub resource: Resource,
+}
+
+/// A document that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub doc: usize,
+    /// `Kind namespace/name`, when the document got far enough to say.
+    pub resource: Option<String>,
+    pub problem: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {})", self.file.display(), self.doc)?;
+        if let Some(r) = &self.resource {
+            write!(f, ", {r}")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// Everything read from the directory at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ManifestSet {
+    pub resources: Vec<Loaded>,
+    pub errors: Vec<ManifestError>,
+}
+
+/// The manifest files in `dir`, sorted so that loading is deterministic.
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Parses files already read (path, contents) into one set, reporting duplicates: the first
+/// definition (by file name, then document) wins and later ones are errors.
+pub fn parse_files(files: &[(PathBuf, String)]) -> ManifestSet {
+    let mut set = ManifestSet::default();
+    let mut seen: HashMap<(&'static str, String), (PathBuf, usize)> = HashMap::new();
+    for (path, text) in files {
+        for item in parse_file(path, text) {
+            match item {
+                Ok(loaded) => {
+                    let key = (loaded.resource.kind(), loaded.id.clone());
+                    if let Some((file, doc)) = seen.get(&key) {
+                        set.errors.push(ManifestError {
+                            file: loaded.file.clone(),
+                            doc: loaded.doc,
+                            resource: Some(format!("{} {}", key.0, key.1)),
+                            problem: format!(
+                                "duplicate: already defined in {} (document {doc}); this definition is ignored",
+                                file.display()
+                            ),
+                        });
+                    } else {
+                        seen.insert(key, (loaded.file.clone(), loaded.doc));
+                        set.resources.push(loaded);
+                    }
+                }
+                Err(e) => set.errors.push(e),
+            }
+        }
+    }
+    set
+}
+
+/// Parses every document of one file.
+pub fn parse_file(path: &Path, text: &str) -> Vec<Result<Loaded, ManifestError>> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc_no = i + 1;
+        let err = |resource: Option<String>, problem: String| ManifestError { file: path.to_path_buf(), doc: doc_no, resource, problem };
+        let value = match Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(Err(err(None, format!("not valid YAML: {e}"))));
+                // The parser cannot resynchronise after a syntax error: the rest of the file is unread.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // an empty document (e.g. a trailing `---`)
+        }
+        out.push(parse_document(value).map_err(|(r, p)| err(r, p)).map(|(id, resource)| Loaded {
+            file: path.to_path_buf(),
+            doc: doc_no,
+            id,
+            resource,
+        }));
+    }
+    out
+}
+
+type DocError = (Option<String>, String);
+
+fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
+    let Value::Mapping(map) = &mut value else {
+        return Err((None, "a manifest must be a mapping with apiVersion, kind and metadata".to_string()));
+    };
+    let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_string);
+    let kind = text("kind").ok_or((None, "kind: is required (e.g. KafkaTrigger)".to_string()))?;
+    let meta = map.get("metadata").and_then(Value::as_mapping);
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_string();
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE)
+        .to_string();
+    let id = format!("{namespace}/{name}");
+    let label = Some(format!("{kind} {id}"));
+    if name.is_empty() {
+        return Err((Some(kind), "metadata.name: is required".to_string()));
+    }
+    let known = ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger"];
+    if !known.contains(&kind.as_str()) {
+        return Err((
+            label,
+            format!("kind: {kind:?} is not a Kubeless kind (expected one of {})", known.join(", ")),
+        ));
+    }
+    match text("apiVersion") {
+        Some(v) if v == API_VERSION => {}
+        Some(v) => return Err((label, format!("apiVersion: {v:?} is not served; use {API_VERSION}"))),
+        None => return Err((label, format!("apiVersion: is required ({API_VERSION})"))),
+    }
+    // Fill in the namespace so every later step sees the one the id names.
+    if let Some(Value::Mapping(m)) = map.get_mut("metadata") {
+        m.insert(Value::from("namespace"), Value::from(namespace.as_str()));
+    }
+    let fields = |errors: Vec<FieldError>| -> DocError {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        (label.clone(), list.join("; "))
+    };
+    let resource = match kind.as_str() {
+        "Function" => {
+            let f: Function = typed(value, &label)?;
+            f.validate().map_err(fields)?;
+            Resource::Function(f)
+        }
+        "KafkaTrigger" => {
+            let t: KafkaTrigger = typed(value, &label)?;
+            let policy = t.validate().map_err(fields)?;
+            Resource::Kafka(t, policy)
+        }
+        "NATSTrigger" => {
+            let t: NATSTrigger = typed(value, &label)?;
+            t.validate().map_err(fields)?;
+            Resource::Nats(t)
+        }
+        "KinesisTrigger" => {
+            let t: KinesisTrigger = typed(value, &label)?;
+            t.validate().map_err(fields)?;
+            Resource::Kinesis(t)
+        }
+        "CronJobTrigger" => {
+            let t: CronJobTrigger = typed(value, &label)?;
+            t.validate().map_err(fields)?;
+            Resource::CronJob(t)
+        }
+        _ => {
+            let t: HTTPTrigger = typed(value, &label)?;
+            t.validate().map_err(fields)?;
+            Resource::Http(t)
+        }
+    };
+    Ok((id, resource))
+}
+
+/// Deserializes with the path of the offending field in the error.
+fn typed<T: DeserializeOwned>(value: Value, label: &Option<String>) -> Result<T, DocError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        (label.clone(), if path == "." { inner } else { format!("{path}: {inner}") })
+    })
+}

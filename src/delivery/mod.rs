@@ -1,0 +1,246 @@
+//! Delivery of one message to one function: POST, classify, retry with backoff, dead-letter, ack.
+//!
+//! A delivery holds its in-flight slot across retries, so retrying messages cannot pile up beyond
+//! `maxInFlight`. It resolves the message's ack only when the message is finished: delivered, or
+//! dead-lettered (or, with no dead-letter destination, logged and counted). A dead-letter write
+//! that fails is retried and the message is never acknowledged before it succeeds.
+
+pub mod event;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use kubeless_connector::{DeadLetter, DeadLetterReason, DeadLetterSink, Message, Outcome};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use reqwest::header::RETRY_AFTER;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::resources::RetryPolicy;
+use crate::telemetry::ConsumerMetrics;
+use retry::{backoff, classify, Verdict};
+
+/// Where and how one consumer delivers.
+pub struct Target {
+    /// `namespace/trigger`, for logs and dead letters.
+    pub trigger: String,
+    pub function: String,
+    pub url: reqwest::Url,
+    pub timeout: Duration,
+    pub event_namespace: &'static str,
+    pub retry: RetryPolicy,
+}
+
+/// Delivers messages for one (trigger, function). Shared by all its in-flight deliveries.
+pub struct Deliverer {
+    client: reqwest::Client,
+    target: Target,
+    dead_letter: Option<Arc<dyn DeadLetterSink>>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    metrics: ConsumerMetrics,
+}
+
+/// The HTTP client every consumer shares: pooled keep-alive connections, no redirects (a POST
+/// turned into a GET would lose the body), and a User-Agent naming us.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("kubeless-broker/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+}
+
+/// What one attempt ended in.
+struct Attempt {
+    verdict: Verdict,
+    status: Option<u16>,
+    error: String,
+}
+
+impl Deliverer {
+    pub fn new(
+        client: reqwest::Client,
+        target: Target,
+        dead_letter: Option<Arc<dyn DeadLetterSink>>,
+        rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+        metrics: ConsumerMetrics,
+    ) -> Self {
+        let limiter = rate_limit.map(|(rate, burst)| RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)));
+        Self { client, target, dead_letter, limiter, metrics }
+    }
+
+    pub fn metrics(&self) -> &ConsumerMetrics {
+        &self.metrics
+    }
+
+    /// Delivers `msg` until it is finished, or until `abort` (then the message stays unacknowledged
+    /// and will be delivered again).
+    pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
+        let received = Instant::now();
+        let headers = event::event_headers(&msg, self.target.event_namespace, SystemTime::now());
+        let mut rng = SmallRng::from_os_rng();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            if let Some(limiter) = &self.limiter {
+                tokio::select! {
+                    () = limiter.until_ready() => {}
+                    () = abort.cancelled() => return,
+                }
+            }
+            let attempt = tokio::select! {
+                a = self.attempt(&msg, headers.clone()) => a,
+                () = abort.cancelled() => return,
+            };
+            let retry_after = match attempt.verdict {
+                Verdict::Success => {
+                    self.metrics.delivered.increment(1);
+                    self.metrics.dispatch_duration.record(received.elapsed().as_secs_f64());
+                    msg.ack.finish(Outcome::Delivered);
+                    return;
+                }
+                Verdict::Reject => {
+                    return self.dead_letter(msg, DeadLetterReason::Rejected, &attempt, attempts, received, abort).await;
+                }
+                Verdict::Retry { after } => after,
+            };
+            let retry = &self.target.retry;
+            if retry.max_attempts.is_some_and(|max| attempts >= max) {
+                return self.dead_letter(msg, DeadLetterReason::RetriesExhausted, &attempt, attempts, received, abort).await;
+            }
+            if let (Some(max_age), Some(ts)) = (retry.max_record_age, msg.origin.timestamp_ms) {
+                let age_ms = chrono::Utc::now().timestamp_millis().saturating_sub(ts);
+                if u128::try_from(age_ms).unwrap_or(0) > max_age.as_millis() {
+                    return self.dead_letter(msg, DeadLetterReason::RecordTooOld, &attempt, attempts, received, abort).await;
+                }
+            }
+            self.metrics.retries.increment(1);
+            let delay = retry_after.unwrap_or_else(|| backoff(retry, attempts, &mut rng));
+            warn!(
+                trigger = %self.target.trigger, function = %self.target.function, topic = %msg.origin.source,
+                partition = msg.origin.partition, offset = msg.origin.offset, attempts, status = ?attempt.status,
+                error = %attempt.error, delay_ms = delay.as_millis() as u64, "Delivery failed; retrying."
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = abort.cancelled() => return,
+            }
+        }
+    }
+
+    async fn attempt(&self, msg: &Message, headers: reqwest::header::HeaderMap) -> Attempt {
+        let started = Instant::now();
+        self.metrics.in_flight.increment(1.0);
+        let result = self
+            .client
+            .post(self.target.url.clone())
+            .headers(headers)
+            .body(msg.payload.clone())
+            .timeout(self.target.timeout)
+            .send()
+            .await;
+        let attempt = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let verdict = classify(status, retry_after.as_deref(), SystemTime::now());
+                // Read the body so the connection goes back to the pool; keep a little of it to
+                // explain a failure.
+                let body = resp.bytes().await.unwrap_or_default();
+                let error = if verdict == Verdict::Success {
+                    String::new()
+                } else {
+                    let snippet = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                    format!("HTTP {status}: {snippet}")
+                };
+                Attempt { verdict, status: Some(status), error }
+            }
+            Err(e) => Attempt { verdict: Verdict::Retry { after: None }, status: None, error: error_chain(&e) },
+        };
+        self.metrics.in_flight.decrement(1.0);
+        self.metrics.request_duration.record(started.elapsed().as_secs_f64());
+        attempt
+    }
+
+    async fn dead_letter(
+        &self,
+        msg: Message,
+        reason: DeadLetterReason,
+        last: &Attempt,
+        attempts: u32,
+        received: Instant,
+        abort: &CancellationToken,
+    ) {
+        let t = &self.target;
+        let Some(sink) = &self.dead_letter else {
+            error!(
+                trigger = %t.trigger, function = %t.function, topic = %msg.origin.source, partition = msg.origin.partition,
+                offset = msg.origin.offset, reason = reason.as_str(), attempts, status = ?last.status, error = %last.error,
+                "Message not delivered and no dead-letter destination is configured; it is dropped."
+            );
+            self.metrics.failed.increment(1);
+            self.metrics.dispatch_duration.record(received.elapsed().as_secs_f64());
+            msg.ack.finish(Outcome::DeadLettered);
+            return;
+        };
+        let mut rng = SmallRng::from_os_rng();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let letter = DeadLetter {
+                message: &msg,
+                reason,
+                status: last.status,
+                attempts,
+                error: &last.error,
+                trigger: &t.trigger,
+                function: &t.function,
+            };
+            let written = tokio::select! {
+                r = sink.send(letter) => r,
+                () = abort.cancelled() => return,
+            };
+            match written {
+                Ok(()) => {
+                    warn!(
+                        trigger = %t.trigger, function = %t.function, topic = %msg.origin.source, partition = msg.origin.partition,
+                        offset = msg.origin.offset, reason = reason.as_str(), attempts, status = ?last.status,
+                        "Message dead-lettered to {}.", sink.describe()
+                    );
+                    self.metrics.dead_lettered.increment(1);
+                    self.metrics.dispatch_duration.record(received.elapsed().as_secs_f64());
+                    msg.ack.finish(Outcome::DeadLettered);
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.dead_letter_write_failures.increment(1);
+                    let delay = backoff(&t.retry, tries, &mut rng);
+                    error!(
+                        trigger = %t.trigger, function = %t.function, error = %e, tries,
+                        "Dead-letter write failed; the message stays uncommitted and the write is retried."
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = abort.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An error with its causes, e.g. `error sending request: connection refused`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -1,0 +1,127 @@
+//! Dispatch for one consumer: takes messages from the source's bounded channel and runs their
+//! deliveries with an ordering guarantee and a bound on what is in flight.
+//!
+//! Ordering lanes: a message whose lane (its key, or its partition) already has a delivery running
+//! waits behind it; other lanes proceed in parallel. At most `max_in_flight` deliveries run, and at
+//! most `max_waiting` messages wait behind busy lanes; beyond either, the dispatcher stops reading
+//! its channel, the channel fills, and the source pauses. Memory is bounded by configuration, never
+//! by the backlog.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use kubeless_connector::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Deliverer;
+use crate::resources::Ordering;
+
+/// The lane a message must keep order within.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Lane {
+    Key(Arc<str>, Bytes),
+    Partition(Arc<str>, i32),
+}
+
+fn lane_of(ordering: Ordering, msg: &Message) -> Option<Lane> {
+    match ordering {
+        Ordering::None => None,
+        Ordering::Partition => Some(Lane::Partition(msg.origin.source.clone(), msg.origin.partition)),
+        Ordering::Key => msg.key.clone().map(|k| Lane::Key(msg.origin.source.clone(), k)),
+    }
+}
+
+/// Messages allowed to wait behind busy lanes, per in-flight slot. Enough that one hot key does
+/// not stall intake for the other keys at once, small enough to stay a fixed multiple of the
+/// configured bound.
+const WAITING_PER_SLOT: usize = 4;
+
+/// Runs until `input` closes and every delivery finished, or until `abort` (remaining deliveries are
+/// dropped unacknowledged, to be delivered again).
+pub async fn run(
+    mut input: mpsc::Receiver<Message>,
+    deliverer: Arc<Deliverer>,
+    ordering: Ordering,
+    max_in_flight: usize,
+    abort: CancellationToken,
+) {
+    let max_in_flight = max_in_flight.max(1);
+    let max_waiting = max_in_flight * WAITING_PER_SLOT;
+    let mut running: JoinSet<Option<Lane>> = JoinSet::new();
+    // A lane is present while a delivery of it runs; its queue holds the messages waiting behind.
+    let mut busy: HashMap<Lane, VecDeque<Message>> = HashMap::new();
+    let mut waiting = 0usize;
+    let mut input_open = true;
+
+    let spawn = |running: &mut JoinSet<Option<Lane>>, msg: Message, lane: Option<Lane>| {
+        let deliverer = deliverer.clone();
+        let abort = abort.clone();
+        running.spawn(async move {
+            // A panic is a bug, but it must not wedge the lane: the message stays unacknowledged
+            // (delivered again after a restart) and the messages behind it keep flowing.
+            if AssertUnwindSafe(deliverer.deliver(msg, &abort)).catch_unwind().await.is_err() {
+                tracing::error!("A delivery panicked; its message stays uncommitted.");
+            }
+            lane
+        });
+    };
+
+    loop {
+        if !input_open && running.is_empty() {
+            break;
+        }
+        let can_take = input_open && running.len() < max_in_flight && waiting < max_waiting;
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => {
+                running.abort_all();
+                break;
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let Ok(Some(lane)) = done else { continue };
+                if let Entry::Occupied(mut queue) = busy.entry(lane) {
+                    match queue.get_mut().pop_front() {
+                        Some(next) => {
+                            waiting -= 1;
+                            let lane = queue.key().clone();
+                            spawn(&mut running, next, Some(lane));
+                        }
+                        None => {
+                            queue.remove();
+                        }
+                    }
+                }
+            }
+            msg = input.recv(), if can_take => match msg {
+                None => input_open = false,
+                Some(msg) => {
+                    deliverer.metrics().received.increment(1);
+                    match lane_of(ordering, &msg) {
+                        None => spawn(&mut running, msg, None),
+                        Some(lane) => match busy.entry(lane) {
+                            Entry::Occupied(mut queue) => {
+                                queue.get_mut().push_back(msg);
+                                waiting += 1;
+                            }
+                            Entry::Vacant(slot) => {
+                                let lane = slot.key().clone();
+                                slot.insert(VecDeque::new());
+                                spawn(&mut running, msg, Some(lane));
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

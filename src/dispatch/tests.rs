@@ -1,0 +1,255 @@
+//! Dispatch and delivery against a real HTTP server on loopback, with scripted answers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes as Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use futures::future::BoxFuture;
+use kubeless_connector::{
+    AckHandle, Acker, DeadLetter, DeadLetterError, DeadLetterReason, DeadLetterSink, Message, Origin, Outcome, Position,
+};
+
+use super::*;
+use crate::delivery::{http_client, Target};
+use crate::resources::RetryPolicy;
+use crate::telemetry::ConsumerMetrics;
+
+/// What the stub saw, and how it answers.
+#[derive(Default)]
+struct Stub {
+    /// (event-key, event-partition, body) in arrival order.
+    seen: Mutex<Vec<(String, String, String)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Per-partition in-flight counts, and the most seen at once for any partition.
+    per_partition: Mutex<HashMap<String, usize>>,
+    max_per_partition: AtomicUsize,
+    /// Statuses to answer, in order; 200 once they run out.
+    script: Mutex<Vec<u16>>,
+    delay: Duration,
+}
+
+async fn handle(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Body) -> StatusCode {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let (key, partition) = (header("event-key"), header("event-partition"));
+    let now = stub.in_flight.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+    stub.max_in_flight.fetch_max(now, AtomicOrdering::SeqCst);
+    {
+        let mut pp = stub.per_partition.lock().expect("lock");
+        let n = pp.entry(partition.clone()).or_default();
+        *n += 1;
+        stub.max_per_partition.fetch_max(*n, AtomicOrdering::SeqCst);
+    }
+    let status = {
+        let mut script = stub.script.lock().expect("lock");
+        if script.is_empty() { 200 } else { script.remove(0) }
+    };
+    if status == 200 {
+        stub.seen.lock().expect("lock").push((key, partition.clone(), String::from_utf8_lossy(&body).into_owned()));
+    }
+    tokio::time::sleep(stub.delay).await;
+    *stub.per_partition.lock().expect("lock").get_mut(&partition).expect("entry") -= 1;
+    stub.in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+}
+
+async fn serve(stub: Arc<Stub>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = Router::new().route("/", post(handle)).with_state(stub);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+#[derive(Default)]
+struct Acks(Mutex<Vec<(Position, Outcome)>>);
+
+impl Acker for Acks {
+    fn ack(&self, position: Position, outcome: Outcome) {
+        self.0.lock().expect("lock").push((position, outcome));
+    }
+}
+
+impl Acks {
+    fn all(&self) -> Vec<(Position, Outcome)> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+fn message(acks: &Arc<Acks>, partition: i32, offset: i64, key: Option<&str>) -> Message {
+    Message {
+        payload: bytes::Bytes::from(format!("{offset}")),
+        key: key.map(|k| bytes::Bytes::from(k.to_string())),
+        headers: Vec::new(),
+        origin: Origin { source: Arc::from("t"), partition, offset, timestamp_ms: None },
+        ack: AckHandle::new(acks.clone(), Position { slot: partition as u32, generation: 1, offset }),
+    }
+}
+
+fn retry(max_attempts: Option<u32>) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        max_record_age: None,
+    }
+}
+
+fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLetterSink>>) -> Arc<Deliverer> {
+    let target = Target {
+        trigger: "ns/t".into(),
+        function: "f".into(),
+        url: reqwest::Url::parse(url).expect("url"),
+        timeout: Duration::from_secs(10),
+        event_namespace: "kafkatriggers.kubeless.io",
+        retry,
+    };
+    Arc::new(Deliverer::new(http_client().expect("client"), target, dead_letter, None, ConsumerMetrics::new("ns/t", "f")))
+}
+
+/// Runs a dispatcher over `messages` until every one is acknowledged (or `expect_acks` are).
+async fn dispatch_all(d: Arc<Deliverer>, ordering: Ordering, max_in_flight: usize, messages: Vec<Message>) {
+    let (tx, rx) = mpsc::channel(8);
+    let abort = CancellationToken::new();
+    let task = tokio::spawn(run(rx, d, ordering, max_in_flight, abort));
+    for m in messages {
+        tx.send(m).await.expect("dispatcher alive");
+    }
+    drop(tx);
+    task.await.expect("dispatcher ends when input closes");
+}
+
+#[tokio::test]
+async fn key_ordering_keeps_each_keys_order_and_runs_keys_in_parallel_within_max_in_flight() {
+    let stub = Arc::new(Stub { delay: Duration::from_millis(2), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let acks = Arc::new(Acks::default());
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let msgs: Vec<Message> = (0..240).map(|i| message(&acks, 0, i, Some(keys[i as usize % keys.len()]))).collect();
+    dispatch_all(deliverer(&url, retry(None), None), Ordering::Key, 4, msgs).await;
+
+    let seen = stub.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 240);
+    for key in keys {
+        let offsets: Vec<i64> = seen.iter().filter(|(k, ..)| k == key).map(|(_, _, b)| b.parse().expect("offset")).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {offsets:?}");
+    }
+    let max = stub.max_in_flight.load(AtomicOrdering::SeqCst);
+    assert!(max > 1 && max <= 4, "in flight at once: {max}");
+    assert_eq!(acks.all().len(), 240);
+    assert!(acks.all().iter().all(|(_, o)| *o == Outcome::Delivered));
+}
+
+#[tokio::test]
+async fn partition_ordering_has_one_request_in_flight_per_partition() {
+    let stub = Arc::new(Stub { delay: Duration::from_millis(2), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let acks = Arc::new(Acks::default());
+    let msgs: Vec<Message> = (0..120).map(|i| message(&acks, (i % 3) as i32, i, Some(&format!("k{i}")))).collect();
+    dispatch_all(deliverer(&url, retry(None), None), Ordering::Partition, 8, msgs).await;
+    assert_eq!(stub.max_per_partition.load(AtomicOrdering::SeqCst), 1);
+    assert!(stub.max_in_flight.load(AtomicOrdering::SeqCst) > 1, "partitions run in parallel");
+    for p in ["0", "1", "2"] {
+        let seen = stub.seen.lock().expect("lock").clone();
+        let offsets: Vec<i64> = seen.iter().filter(|(_, pp, _)| pp == p).map(|(_, _, b)| b.parse().expect("offset")).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p} out of order");
+    }
+}
+
+#[tokio::test]
+async fn a_503_three_times_then_200_is_retried_to_success() {
+    let stub = Arc::new(Stub { script: Mutex::new(vec![503, 503, 503]), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let acks = Arc::new(Acks::default());
+    dispatch_all(deliverer(&url, retry(None), None), Ordering::Key, 4, vec![message(&acks, 0, 7, None)]).await;
+    assert_eq!(stub.seen.lock().expect("lock").len(), 1);
+    assert_eq!(acks.all(), vec![(Position { slot: 0, generation: 1, offset: 7 }, Outcome::Delivered)]);
+}
+
+/// (reason, status, attempts, offset) of one dead letter.
+type Letter = (DeadLetterReason, Option<u16>, u32, i64);
+
+/// A dead-letter destination that records letters, or fails every write.
+#[derive(Default)]
+struct RecordingSink {
+    fail: bool,
+    writes: AtomicUsize,
+    letters: Mutex<Vec<Letter>>,
+}
+
+impl DeadLetterSink for RecordingSink {
+    fn describe(&self) -> String {
+        "recording sink".into()
+    }
+
+    fn send<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<(), DeadLetterError>> {
+        Box::pin(async move {
+            self.writes.fetch_add(1, AtomicOrdering::SeqCst);
+            if self.fail {
+                return Err(DeadLetterError::WriteFailed { target: "nowhere".into(), reason: "unreachable".into() });
+            }
+            let entry = (letter.reason, letter.status, letter.attempts, letter.message.origin.offset);
+            self.letters.lock().expect("lock").push(entry);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_400_is_dead_lettered_at_once_with_its_status() {
+    let stub = Arc::new(Stub { script: Mutex::new(vec![400]), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let sink = Arc::new(RecordingSink::default());
+    let acks = Arc::new(Acks::default());
+    dispatch_all(deliverer(&url, retry(None), Some(sink.clone())), Ordering::Key, 4, vec![message(&acks, 0, 3, None)]).await;
+    assert_eq!(*sink.letters.lock().expect("lock"), vec![(DeadLetterReason::Rejected, Some(400), 1, 3)]);
+    assert_eq!(acks.all()[0].1, Outcome::DeadLettered);
+}
+
+#[tokio::test]
+async fn exhausted_retries_are_dead_lettered_after_max_attempts() {
+    let stub = Arc::new(Stub { script: Mutex::new(vec![500; 10]), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let sink = Arc::new(RecordingSink::default());
+    let acks = Arc::new(Acks::default());
+    dispatch_all(deliverer(&url, retry(Some(3)), Some(sink.clone())), Ordering::Key, 4, vec![message(&acks, 0, 5, None)]).await;
+    assert_eq!(*sink.letters.lock().expect("lock"), vec![(DeadLetterReason::RetriesExhausted, Some(500), 3, 5)]);
+    assert_eq!(stub.script.lock().expect("lock").len(), 7, "exactly three attempts were made");
+}
+
+#[tokio::test]
+async fn a_failing_dead_letter_write_is_retried_and_never_acknowledged() {
+    let stub = Arc::new(Stub { script: Mutex::new(vec![400]), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let sink = Arc::new(RecordingSink { fail: true, ..RecordingSink::default() });
+    let acks = Arc::new(Acks::default());
+    let (tx, rx) = mpsc::channel(1);
+    let abort = CancellationToken::new();
+    let task = tokio::spawn(run(rx, deliverer(&url, retry(None), Some(sink.clone())), Ordering::Key, 4, abort.clone()));
+    tx.send(message(&acks, 0, 1, None)).await.expect("send");
+    while sink.writes.load(AtomicOrdering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    abort.cancel();
+    task.await.expect("dispatcher stops on abort");
+    assert!(acks.all().is_empty(), "a message whose dead letter was not written must not be acknowledged");
+}
+
+#[tokio::test]
+async fn an_unreachable_function_is_retried_not_dropped() {
+    // Nothing listens on this port: connection refused is retriable.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    drop(listener);
+    let acks = Arc::new(Acks::default());
+    let d = deliverer(&url, retry(Some(4)), None);
+    dispatch_all(d, Ordering::None, 1, vec![message(&acks, 0, 9, None)]).await;
+    // With no dead-letter destination the exhausted message is logged, counted and finished.
+    assert_eq!(acks.all()[0].1, Outcome::DeadLettered);
+}

@@ -1,0 +1,52 @@
+//! `KinesisTrigger`: Kubeless's Kinesis trigger, one stream to one function. Parsed and validated
+//! here; its source is not part of this build yet.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::delivery::DeliverySpec;
+use super::status::TriggerStatus;
+use super::validate::{check_object_name, check_required, Errors, FieldError};
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(group = "kubeless.io", version = "v1beta1", kind = "KinesisTrigger", namespaced, status = "TriggerStatus", derive = "PartialEq")]
+#[kube(doc = "Delivers every record of a Kinesis stream to one Function.")]
+#[kube(printcolumn = r#"{"name":"Stream","type":"string","jsonPath":".spec.stream"}"#)]
+#[kube(printcolumn = r#"{"name":"Function","type":"string","jsonPath":".spec.function-name"}"#)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisTriggerSpec {
+    #[serde(rename = "function-name", default)]
+    pub function_name: String,
+    #[serde(rename = "aws-region", default)]
+    pub aws_region: String,
+    #[serde(default)]
+    pub stream: String,
+    /// Secret with keys `aws_access_key_id` and `aws_secret_access_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// One shard id; without it, every shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Endpoint override, for emulators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+impl KinesisTrigger {
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Errors::default();
+        check_object_name(&mut errors, "metadata.name", self.metadata.name.as_deref().unwrap_or_default());
+        check_required(&mut errors, "spec.function-name", &self.spec.function_name);
+        check_required(&mut errors, "spec.stream", &self.spec.stream);
+        check_required(&mut errors, "spec.aws-region", &self.spec.aws_region);
+        let region = &self.spec.aws_region;
+        if !region.is_empty() && !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            errors.push("spec.aws-region", format!("{region:?} is not an AWS region (e.g. us-west-2)"));
+        }
+        self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
+        errors.into_result(())
+    }
+}

@@ -1,0 +1,80 @@
+//! Metric names, their help text, and the per-consumer handles the hot path increments.
+//!
+//! Labels are bounded: `trigger` (`namespace/name`), `function`, and where needed `outcome`.
+//! Handles are registered once per consumer, so the hot path does no label hashing.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
+
+pub const MESSAGES_RECEIVED: &str = "kubeless_messages_received_total";
+pub const MESSAGES_DELIVERED: &str = "kubeless_messages_delivered_total";
+pub const DELIVERY_RETRIES: &str = "kubeless_delivery_retries_total";
+pub const MESSAGES_DEAD_LETTERED: &str = "kubeless_messages_dead_lettered_total";
+pub const MESSAGES_FAILED: &str = "kubeless_messages_failed_total";
+pub const DEAD_LETTER_WRITE_FAILURES: &str = "kubeless_dead_letter_write_failures_total";
+pub const DISPATCH_DURATION: &str = "kubeless_dispatch_duration_seconds";
+pub const REQUEST_DURATION: &str = "kubeless_request_duration_seconds";
+pub const IN_FLIGHT: &str = "kubeless_in_flight_requests";
+pub const CONSUMER_LAG: &str = "kubeless_consumer_lag";
+pub const CONSUMERS: &str = "kubeless_consumers";
+pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
+pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
+
+/// Buckets for both latency histograms: 1 ms to 60 s.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Registers help text for every metric; call once at start-up.
+pub fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages taken from the event bus, per trigger and function.");
+    describe_counter!(MESSAGES_DELIVERED, Unit::Count, "Messages the function answered with a 2xx.");
+    describe_counter!(DELIVERY_RETRIES, Unit::Count, "Retried requests (408, 429, 5xx, timeouts, connection errors).");
+    describe_counter!(MESSAGES_DEAD_LETTERED, Unit::Count, "Messages written to the dead-letter destination.");
+    describe_counter!(
+        MESSAGES_FAILED,
+        Unit::Count,
+        "Messages that could not be delivered and had no dead-letter destination (logged as errors)."
+    );
+    describe_counter!(DEAD_LETTER_WRITE_FAILURES, Unit::Count, "Failed dead-letter writes (retried; the message stays uncommitted).");
+    describe_histogram!(DISPATCH_DURATION, Unit::Seconds, "From receiving a message to its final outcome, retries included.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "One HTTP request to a function.");
+    describe_gauge!(IN_FLIGHT, Unit::Count, "HTTP requests to functions in flight.");
+    describe_gauge!(CONSUMER_LAG, Unit::Count, "Messages behind the end of the log, per trigger and function.");
+    describe_gauge!(CONSUMERS, Unit::Count, "Consumers running.");
+    describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
+    describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error.");
+}
+
+/// The handles of one consumer.
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    pub received: Counter,
+    pub delivered: Counter,
+    pub retries: Counter,
+    pub dead_lettered: Counter,
+    pub failed: Counter,
+    pub dead_letter_write_failures: Counter,
+    pub dispatch_duration: Histogram,
+    pub request_duration: Histogram,
+    pub in_flight: Gauge,
+    pub lag: Gauge,
+    pub restarts: Counter,
+}
+
+impl ConsumerMetrics {
+    pub fn new(trigger: &str, function: &str) -> Self {
+        let labels = [("trigger", trigger.to_string()), ("function", function.to_string())];
+        Self {
+            received: counter!(MESSAGES_RECEIVED, &labels),
+            delivered: counter!(MESSAGES_DELIVERED, &labels),
+            retries: counter!(DELIVERY_RETRIES, &labels),
+            dead_lettered: counter!(MESSAGES_DEAD_LETTERED, &labels),
+            failed: counter!(MESSAGES_FAILED, &labels),
+            dead_letter_write_failures: counter!(DEAD_LETTER_WRITE_FAILURES, &labels),
+            dispatch_duration: histogram!(DISPATCH_DURATION, &labels),
+            request_duration: histogram!(REQUEST_DURATION, &labels),
+            in_flight: gauge!(IN_FLIGHT, &labels),
+            lag: gauge!(CONSUMER_LAG, &labels),
+            restarts: counter!(CONSUMER_RESTARTS, &labels),
+        }
+    }
+}

@@ -235,3 +235,7 @@ fn typed<T: DeserializeOwned>(value: Value, label: &Option<String>) -> Result<T,
         (label.clone(), if path == "." { inner } else { format!("{path}: {inner}") })
     })
 }
+
+#[cfg(test)]
+#[path = "manifests_tests.rs"]
+mod tests;

@@ -42,6 +42,8 @@ const AUTO_COMMIT_INTERVAL_MS: &str = "1000";
 /// Kubeless's Sarama consumer used a 10 s session; librdkafka's 45 s default makes joins slow.
 const SESSION_TIMEOUT_MS: &str = "10000";
 const STATISTICS_INTERVAL_MS: &str = "5000";
+/// One fetch response lands in memory whole, whatever the queue limit says; cap it too.
+const FETCH_MAX_BYTES: &str = "4194304";
 
 impl KafkaSourceConfig {
     pub(crate) fn client_config(&self) -> ClientConfig {
@@ -63,6 +65,7 @@ impl KafkaSourceConfig {
             .set("session.timeout.ms", SESSION_TIMEOUT_MS)
             .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
             .set("queued.min.messages", QUEUED_MIN_MESSAGES)
+            .set("fetch.max.bytes", FETCH_MAX_BYTES)
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         for (k, v) in &self.properties {
             cfg.set(k, v);

@@ -115,7 +115,8 @@ fn consume(
         }
         if shared.lock().has_stash() {
             if !shared.lock().paused {
-                let room = runtime.block_on(tokio::time::timeout(PAUSE_AFTER, ctx.out.reserve()));
+                // The timer must be created inside block_on, where the runtime context exists.
+                let room = runtime.block_on(async { tokio::time::timeout(PAUSE_AFTER, ctx.out.reserve()).await });
                 match room {
                     Ok(Ok(permit)) => {
                         if let Some(msg) = shared.lock().stash.pop_front() {

@@ -1,0 +1,379 @@
+//! Test harness: a real tansu broker on loopback, HTTP functions with scripted behaviour, and the
+//! daemon binary run as a child process (so it can be killed with -9 or SIGTERM).
+
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Router;
+use futures::StreamExt;
+
+/// Session timeout that makes tansu groups join in ~3 s.
+pub const SESSION_TIMEOUT_MS: &str = "6000";
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `f` every 100 ms until it returns true or `limit` passes; panics with `what` on timeout.
+/// (A bound on how long to wait for an outcome, not a timing assertion.)
+pub async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tansu broker with in-memory storage, killed on drop.
+pub struct Kafka {
+    child: Child,
+    pub brokers: String,
+}
+
+impl Kafka {
+    pub async fn start() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let port = free_port();
+        let out = std::fs::File::create(std::env::temp_dir().join(format!("tansu-{port}.log"))).expect("log file");
+        let child = Command::new(root.join("scripts/tansu"))
+            .arg(port.to_string())
+            .stdout(out.try_clone().expect("clone"))
+            .stderr(out)
+            .spawn()
+            .expect("start tansu (run scripts/install-deps)");
+        let brokers = format!("127.0.0.1:{port}");
+        let addr = brokers.clone();
+        wait_for("tansu to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok()).await;
+        Self { child, brokers }
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        kubeless_kafka::create_topic(&self.brokers, &BTreeMap::new(), topic, partitions).await.expect("create topic");
+    }
+
+    pub fn publisher(&self) -> kubeless_kafka::Publisher {
+        kubeless_kafka::Publisher::new(&self.brokers, &BTreeMap::new()).expect("publisher")
+    }
+
+    /// Publishes `(key, payload)` pairs, many in flight at once, in order per key.
+    pub async fn publish_all(&self, topic: &str, records: Vec<(Option<String>, Vec<u8>)>) {
+        let publisher = self.publisher();
+        // Records of one key go to one partition; librdkafka keeps their order within it.
+        futures::stream::iter(records)
+            .map(|(key, payload)| {
+                let publisher = &publisher;
+                async move { publisher.publish(topic, key.as_deref().map(str::as_bytes), &payload, &[]).await.expect("publish") }
+            })
+            .buffered(2000)
+            .collect::<Vec<_>>()
+            .await;
+    }
+
+    /// Committed offsets of `group` for partitions `0..partitions` of `topic` (None: nothing committed).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every record of `topic` partition `partition`, with headers.
+    pub fn read_all(&self, topic: &str, partition: i32, expect: usize) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning).expect("tpl");
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while out.len() < expect && start.elapsed() < Duration::from_secs(30) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request a function received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: String,
+    pub body: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// How a function answers.
+#[derive(Clone)]
+pub enum Behaviour {
+    Ok,
+    /// Answers 200 after this long.
+    Slow(Duration),
+    /// Answers each status in turn for every new body, then 200.
+    FailFirst(Vec<u16>),
+    /// Always answers this status.
+    Status(u16),
+}
+
+/// An HTTP function on loopback that records what it receives.
+pub struct Function {
+    pub url: String,
+    state: Arc<FnState>,
+}
+
+struct FnState {
+    behaviour: Behaviour,
+    received: Mutex<Vec<Received>>,
+    /// Requests answered 2xx.
+    delivered: AtomicUsize,
+    /// Requests seen per body, for FailFirst.
+    attempts: Mutex<HashMap<String, usize>>,
+}
+
+async fn handle(State(s): State<Arc<FnState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let status = match &s.behaviour {
+        Behaviour::Ok => 200,
+        Behaviour::Slow(d) => {
+            tokio::time::sleep(*d).await;
+            200
+        }
+        Behaviour::Status(code) => *code,
+        Behaviour::FailFirst(script) => {
+            let mut attempts = s.attempts.lock().expect("lock");
+            let n = attempts.entry(body.clone()).or_default();
+            *n += 1;
+            script.get(*n - 1).copied().unwrap_or(200)
+        }
+    };
+    let headers: HashMap<String, String> =
+        headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string())).collect();
+    let key = headers.get("event-key").cloned().unwrap_or_default();
+    s.received.lock().expect("lock").push(Received { key, body, headers });
+    if (200..300).contains(&status) {
+        s.delivered.fetch_add(1, Ordering::SeqCst);
+    }
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+}
+
+impl Function {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let state = Arc::new(FnState {
+            behaviour,
+            received: Mutex::new(Vec::new()),
+            delivered: AtomicUsize::new(0),
+            attempts: Mutex::new(HashMap::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, state }
+    }
+
+    /// Everything received, in arrival order (failed attempts included).
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().expect("lock").clone()
+    }
+
+    pub fn delivered(&self) -> usize {
+        self.state.delivered.load(Ordering::SeqCst)
+    }
+}
+
+/// A Function manifest pointing at a local URL.
+pub fn function_yaml(name: &str, labels: &str, url: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {labels}\n  annotations: {{kubeless.io/url: \"{url}\"}}\nspec: {{runtime: python3.7, handler: h.f, timeout: \"30\"}}\n"
+    )
+}
+
+/// A KafkaTrigger manifest; `extra` is added to its spec (YAML lines indented by two spaces).
+pub fn trigger_yaml(name: &str, topic: &str, selector: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  topic: {topic}\n  functionSelector:\n    matchLabels: {selector}\n{extra}"
+    )
+}
+
+/// The daemon, run from its binary.
+pub struct Daemon {
+    child: Option<Child>,
+    pub admin: String,
+    pub log: PathBuf,
+    dir: PathBuf,
+    brokers: String,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    pub async fn start(dir: &Path, brokers: &str, extra: &[&str]) -> Self {
+        let mut d = Self {
+            child: None,
+            admin: String::new(),
+            log: PathBuf::new(),
+            dir: dir.to_path_buf(),
+            brokers: brokers.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let port = free_port();
+        self.admin = format!("http://127.0.0.1:{port}");
+        self.log = std::env::temp_dir().join(format!("kubeless-broker-{port}.log"));
+        let log = std::fs::File::create(&self.log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kubeless-broker"))
+            .arg("--manifests")
+            .arg(&self.dir)
+            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .args(["--kafka-brokers", &self.brokers])
+            .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])
+            .args(["--scan-interval", "100ms"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("start kubeless-broker");
+        self.child = Some(child);
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon before restarting it");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("{}{path}", self.admin)).await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    }
+
+    /// Waits until `/readyz` answers 200 (every consumer has its partitions).
+    pub async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "daemon not ready after 60 s; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (_, body) = self.get("/status").await.expect("status");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// The value of a metric line starting with `prefix` (summed over label sets).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory of the daemon in MiB, from /proc.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib / 1024.0
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "daemon exited with {status} after SIGTERM; log:\n{}", self.log_text());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -382,6 +382,11 @@ impl Inner {
             }
         }
         if tpl.count() > 0 {
+            // Store them too: librdkafka auto-commits its stored offsets when the partitions go,
+            // and an older stored offset would overwrite this commit (and cause redeliveries).
+            if let Err(err) = consumer.store_offsets(&tpl) {
+                debug!(group, error = %err, "Storing offsets before release failed.");
+            }
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => info!(group, partitions = tpl.count(), "Committed finished offsets before release."),
                 Err(err) => warn!(group, error = %err, "Commit before release failed; those messages will be delivered again."),

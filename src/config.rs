@@ -13,7 +13,11 @@ use crate::control::index::{IndexSettings, DEFAULT_URL_TEMPLATE};
 pub const DEFAULT_KAFKA_BROKERS: &str = "kafka.kubeless:9092";
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kubeless-broker", version, about = "Kubeless-compatible trigger broker: delivers Kafka messages to functions over HTTP, at least once.")]
+#[command(
+    name = "kubeless-broker",
+    version,
+    about = "Kubeless-compatible trigger broker: delivers Kafka messages to functions over HTTP, at least once."
+)]
 pub struct Args {
     /// Directory of Kubeless manifests (`*.yaml`, `*.yml`; multi-document files too), watched for changes.
     #[arg(long, env = "KUBELESS_MANIFESTS")]
@@ -81,9 +85,11 @@ impl Args {
         let Some(manifests) = manifests.clone() else {
             anyhow::bail!("--manifests DIR is required: this build runs in standalone mode only (Kubernetes mode is not built yet)");
         };
-        let sample = function_url_template.replace("{name}", "f").replace("{namespace}", "ns").replace("{port}", "8080");
-        reqwest::Url::parse(&sample)
-            .map_err(|e| anyhow::anyhow!("--function-url-template {function_url_template:?} does not give a URL: {e}"))?;
+        let sample =
+            function_url_template.replace("{name}", "f").replace("{namespace}", "ns").replace("{port}", "8080");
+        reqwest::Url::parse(&sample).map_err(|e| {
+            anyhow::anyhow!("--function-url-template {function_url_template:?} does not give a URL: {e}")
+        })?;
         let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(env)?;
         props.extend(kafka_properties.iter().cloned());
         Ok(Settings {

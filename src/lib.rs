@@ -12,7 +12,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod resources;
 pub mod admin;
 pub mod app;
 pub mod cli;
@@ -20,5 +19,6 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod dispatch;
+pub mod resources;
 pub mod shutdown;
 pub mod telemetry;

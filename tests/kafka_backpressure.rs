@@ -15,12 +15,15 @@ async fn slow_function_with_100k_backlog_keeps_memory_bounded_and_delivery_going
     let kafka = Kafka::start().await;
     kafka.create_topic("backlog", 4).await;
     let payload = vec![b'x'; PAYLOAD];
-    let records = (0..BACKLOG).map(|i| (Some(format!("k{}", i % 1000)), [format!("{i:08}").as_bytes(), &payload[8..]].concat())).collect();
+    let records = (0..BACKLOG)
+        .map(|i| (Some(format!("k{}", i % 1000)), [format!("{i:08}").as_bytes(), &payload[8..]].concat()))
+        .collect();
     kafka.publish_all("backlog", records).await;
 
     let f = Function::start(Behaviour::Slow(Duration::from_secs(1))).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = [function_yaml("slow", "{function: slow}", &f.url), trigger_yaml("t", "backlog", "{function: slow}", "")];
+    let manifests =
+        [function_yaml("slow", "{function: slow}", &f.url), trigger_yaml("t", "backlog", "{function: slow}", "")];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
     let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
     daemon.wait_ready().await;

@@ -125,7 +125,8 @@ async fn with_the_dead_letter_topic_unreachable_nothing_is_committed() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Port 1 on loopback: nothing listens there, so every dead-letter write fails.
     let dlq = "  delivery:\n    deadLetter: {topic: lost, brokers: '127.0.0.1:1'}\n    retry: {initialBackoff: 50ms, maxBackoff: 200ms}\n";
-    let manifests = [function_yaml("picky", "{function: picky}", &picky.url), trigger_yaml("t", "in", "{function: picky}", dlq)];
+    let manifests =
+        [function_yaml("picky", "{function: picky}", &picky.url), trigger_yaml("t", "in", "{function: picky}", dlq)];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
     let mut daemon = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "2s"]).await;
     daemon.wait_ready().await;

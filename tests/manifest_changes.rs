@@ -44,7 +44,8 @@ async fn editing_a_triggers_topic_or_selector_moves_its_consumers_and_stops_the_
     }
     let (f1, f2) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
     let dir = tempfile::tempdir().expect("tempdir");
-    let functions = [function_yaml("f1", "{function: f1}", &f1.url), function_yaml("f2", "{function: f2}", &f2.url)].join("---\n");
+    let functions =
+        [function_yaml("f1", "{function: f1}", &f1.url), function_yaml("f2", "{function: f2}", &f2.url)].join("---\n");
     std::fs::write(dir.path().join("functions.yaml"), &functions).expect("write");
     let trigger = dir.path().join("trigger.yml");
     std::fs::write(&trigger, trigger_yaml("t", "old-topic", "{function: f1}", "")).expect("write");
@@ -68,10 +69,17 @@ async fn editing_a_triggers_topic_or_selector_moves_its_consumers_and_stops_the_
     wait_groups(&daemon, &["default_t_f2_new-topic"]).await;
     daemon.wait_ready().await;
     publisher.publish("new-topic", None, b"for-f2", &[]).await.expect("publish");
-    wait_for("delivery to the newly selected function", Duration::from_secs(30), || bodies(&f2).contains(&"for-f2".to_string())).await;
+    wait_for("delivery to the newly selected function", Duration::from_secs(30), || {
+        bodies(&f2).contains(&"for-f2".to_string())
+    })
+    .await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(bodies(&f1), ["before", "new"], "the old consumers stopped: nothing from the old topic, nothing after deselection");
+    assert_eq!(
+        bodies(&f1),
+        ["before", "new"],
+        "the old consumers stopped: nothing from the old topic, nothing after deselection"
+    );
     assert_eq!(daemon.pid(), pid);
     assert!(daemon.is_running(), "the daemon was not restarted");
 
@@ -96,7 +104,8 @@ async fn bad_manifests_are_reported_by_file_and_other_triggers_keep_flowing() {
     kafka.create_topic("good", 1).await;
     let f = Function::start(Behaviour::Ok).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = [function_yaml("f", "{function: f}", &f.url), trigger_yaml("good", "good", "{function: f}", "")].join("---\n");
+    let good =
+        [function_yaml("f", "{function: f}", &f.url), trigger_yaml("good", "good", "{function: f}", "")].join("---\n");
     std::fs::write(dir.path().join("00-good.yaml"), good).expect("write");
     let mut daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
     daemon.wait_ready().await;

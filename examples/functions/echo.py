@@ -5,6 +5,9 @@ Usage: echo.py [PORT]   (default 8080, like Kubeless runtimes)
 """
 import http.server
 import sys
+import threading
+
+LOCK = threading.Lock()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -16,12 +19,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        print(
+        line = (
             f"event-id={self.headers.get('event-id')} topic={self.headers.get('event-topic')} "
             f"partition={self.headers.get('event-partition')} offset={self.headers.get('event-offset')} "
-            f"key={self.headers.get('event-key')} type={self.headers.get('event-type')} body={body.decode(errors='replace')}",
-            flush=True,
+            f"key={self.headers.get('event-key')} type={self.headers.get('event-type')} body={body.decode(errors='replace')}"
         )
+        with LOCK:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"OK")

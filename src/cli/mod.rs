@@ -75,7 +75,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topic(TopicCommand::Publish { topic, data, key, kafka }) => {
             let publisher = kubeless_kafka::Publisher::new(&kafka.brokers, &props)?;
-            let (partition, offset) = publisher.publish(&topic, key.as_deref().map(str::as_bytes), data.as_bytes(), &[]).await?;
+            let (partition, offset) =
+                publisher.publish(&topic, key.as_deref().map(str::as_bytes), data.as_bytes(), &[]).await?;
             println!("Published to {topic} partition {partition} offset {offset}.");
         }
     }

@@ -98,7 +98,11 @@ fn kafka_consumers(
     let label = format!("KafkaTrigger {ns}/{name}");
     let selector = match trigger.spec.function_selector.clone().map(Selector::try_from) {
         Some(Ok(s)) => s,
-        Some(Err(e)) => return out.problems.push(TriggerProblem { trigger: label, problem: format!("spec.functionSelector: {}", e.0) }),
+        Some(Err(e)) => {
+            return out
+                .problems
+                .push(TriggerProblem { trigger: label, problem: format!("spec.functionSelector: {}", e.0) })
+        }
         None => return,
     };
     let matched: Vec<&Function> = functions

@@ -55,7 +55,9 @@ fn one_trigger_feeds_every_matching_function_in_its_namespace_with_kubeless_grou
 
 #[test]
 fn several_topics_get_one_group_each_unless_the_group_template_merges_them() {
-    let base = format!("{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\n");
+    let base = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\n"
+    );
     let per_topic = desired(
         &mk(&format!("{base}spec: {{topics: [a, b], functionSelector: {{matchLabels: {{function: fa}}}}}}\n")),
         &settings(),
@@ -68,7 +70,10 @@ fn several_topics_get_one_group_each_unless_the_group_template_merges_them() {
         &settings(),
     );
     let only = merged.consumers.values().next().expect("one consumer");
-    assert_eq!((only.source.group_id.as_str(), only.source.topics.clone()), ("mine", vec!["a".to_string(), "b".to_string()]));
+    assert_eq!(
+        (only.source.group_id.as_str(), only.source.topics.clone()),
+        ("mine", vec!["a".to_string(), "b".to_string()])
+    );
     assert_eq!(only.source.brokers, "x:1");
 }
 

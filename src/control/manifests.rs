@@ -129,7 +129,12 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<Result<Loaded, ManifestError>>
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_no = i + 1;
-        let err = |resource: Option<String>, problem: String| ManifestError { file: path.to_path_buf(), doc: doc_no, resource, problem };
+        let err = |resource: Option<String>, problem: String| ManifestError {
+            file: path.to_path_buf(),
+            doc: doc_no,
+            resource,
+            problem,
+        };
         let value = match Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
@@ -174,10 +179,7 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
     }
     let known = ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger"];
     if !known.contains(&kind.as_str()) {
-        return Err((
-            label,
-            format!("kind: {kind:?} is not a Kubeless kind (expected one of {})", known.join(", ")),
-        ));
+        return Err((label, format!("kind: {kind:?} is not a Kubeless kind (expected one of {})", known.join(", "))));
     }
     match text("apiVersion") {
         Some(v) if v == API_VERSION => {}

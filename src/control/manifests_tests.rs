@@ -8,7 +8,9 @@ use super::*;
 const GOOD_TRIGGER: &str = "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {name: good}\nspec: {topic: t, functionSelector: {matchLabels: {function: f}}}\n";
 
 fn kafka(spec: &str) -> String {
-    format!("apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: bad, namespace: ns}}\nspec: {spec}\n")
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: bad, namespace: ns}}\nspec: {spec}\n"
+    )
 }
 
 fn function(meta: &str, spec: &str) -> String {
@@ -72,7 +74,10 @@ fn every_kind_of_bad_manifest_gets_an_error_naming_file_document_and_field() {
         let set = parse_files(&[(path, text)]);
         assert_eq!(set.errors.len(), 1, "{name}: expected one error, got {:?}", set.errors);
         let msg = set.errors[0].to_string();
-        assert!(msg.starts_with("/manifests/case.yaml (document 2)"), "{name}: error must name file and document: {msg}");
+        assert!(
+            msg.starts_with("/manifests/case.yaml (document 2)"),
+            "{name}: error must name file and document: {msg}"
+        );
         for w in words {
             assert!(msg.contains(w), "{name}: error must mention {w:?}: {msg}");
         }
@@ -88,7 +93,8 @@ fn errors_name_the_resource_once_it_is_known() {
 
 #[test]
 fn duplicate_names_keep_the_first_definition_and_report_the_second() {
-    let files = vec![(PathBuf::from("a.yaml"), GOOD_TRIGGER.to_string()), (PathBuf::from("b.yaml"), GOOD_TRIGGER.to_string())];
+    let files =
+        vec![(PathBuf::from("a.yaml"), GOOD_TRIGGER.to_string()), (PathBuf::from("b.yaml"), GOOD_TRIGGER.to_string())];
     let set = parse_files(&files);
     assert_eq!(set.resources.len(), 1);
     assert_eq!(set.resources[0].file, PathBuf::from("a.yaml"));

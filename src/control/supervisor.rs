@@ -192,7 +192,8 @@ async fn run_once(
         event_namespace: spec.event_namespace,
         retry: spec.delivery.retry.clone(),
     };
-    let deliverer = Arc::new(Deliverer::new(client.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
+    let deliverer =
+        Arc::new(Deliverer::new(client.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
     let max_in_flight = spec.delivery.max_in_flight as usize;
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting
     // on the consumer thread, no more.

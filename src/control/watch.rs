@@ -119,7 +119,12 @@ async fn apply(set: &ManifestSet, settings: &IndexSettings, supervisor: &Supervi
     for u in &d.unserved {
         warn!(resource = %u, "Valid, but this build does not run this kind yet.");
     }
-    info!(resources = set.resources.len(), errors = set.errors.len(), consumers = d.consumers.len(), "Manifests loaded.");
+    info!(
+        resources = set.resources.len(),
+        errors = set.errors.len(),
+        consumers = d.consumers.len(),
+        "Manifests loaded."
+    );
     metrics::gauge!(crate::telemetry::MANIFEST_ERRORS).set(set.errors.len() as f64);
     supervisor.apply(&d.consumers).await;
     let mut r = report.lock().unwrap_or_else(|p| p.into_inner());

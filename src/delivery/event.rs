@@ -36,10 +36,8 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, now: SystemTi
     h.insert(CONTENT_TYPE, content_type.clone());
     h.insert(EVENT_TYPE.clone(), content_type);
     h.insert(EVENT_ID.clone(), ascii(event_id(&o.source, o.partition, o.offset)));
-    let time = o
-        .timestamp_ms
-        .and_then(DateTime::<Utc>::from_timestamp_millis)
-        .unwrap_or_else(|| DateTime::<Utc>::from(now));
+    let time =
+        o.timestamp_ms.and_then(DateTime::<Utc>::from_timestamp_millis).unwrap_or_else(|| DateTime::<Utc>::from(now));
     h.insert(EVENT_TIME.clone(), ascii(go_time(time)));
     h.insert(EVENT_NAMESPACE.clone(), HeaderValue::from_static(event_namespace));
     if let Ok(topic) = HeaderValue::from_str(&o.source) {
@@ -110,8 +108,16 @@ mod tests {
         Message {
             payload: Bytes::from_static(payload),
             key: key.map(Bytes::from_static),
-            headers: vec![("trace-id".into(), Bytes::from_static(b"abc")), ("event-id".into(), Bytes::from_static(b"spoof"))],
-            origin: Origin { source: Arc::from("orders"), partition: 3, offset: 42, timestamp_ms: Some(1_257_894_000_123) },
+            headers: vec![
+                ("trace-id".into(), Bytes::from_static(b"abc")),
+                ("event-id".into(), Bytes::from_static(b"spoof")),
+            ],
+            origin: Origin {
+                source: Arc::from("orders"),
+                partition: 3,
+                offset: 42,
+                timestamp_ms: Some(1_257_894_000_123),
+            },
             ack: AckHandle::detached(),
         }
     }

@@ -104,18 +104,24 @@ impl Deliverer {
                     return;
                 }
                 Verdict::Reject => {
-                    return self.dead_letter(msg, DeadLetterReason::Rejected, &attempt, attempts, received, abort).await;
+                    return self
+                        .dead_letter(msg, DeadLetterReason::Rejected, &attempt, attempts, received, abort)
+                        .await;
                 }
                 Verdict::Retry { after } => after,
             };
             let retry = &self.target.retry;
             if retry.max_attempts.is_some_and(|max| attempts >= max) {
-                return self.dead_letter(msg, DeadLetterReason::RetriesExhausted, &attempt, attempts, received, abort).await;
+                return self
+                    .dead_letter(msg, DeadLetterReason::RetriesExhausted, &attempt, attempts, received, abort)
+                    .await;
             }
             if let (Some(max_age), Some(ts)) = (retry.max_record_age, msg.origin.timestamp_ms) {
                 let age_ms = chrono::Utc::now().timestamp_millis().saturating_sub(ts);
                 if u128::try_from(age_ms).unwrap_or(0) > max_age.as_millis() {
-                    return self.dead_letter(msg, DeadLetterReason::RecordTooOld, &attempt, attempts, received, abort).await;
+                    return self
+                        .dead_letter(msg, DeadLetterReason::RecordTooOld, &attempt, attempts, received, abort)
+                        .await;
                 }
             }
             self.metrics.retries.increment(1);

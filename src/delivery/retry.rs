@@ -11,7 +11,9 @@ use crate::resources::RetryPolicy;
 pub enum Verdict {
     Success,
     /// Worth another attempt; `after` is the function's own `Retry-After`, if it sent one.
-    Retry { after: Option<Duration> },
+    Retry {
+        after: Option<Duration>,
+    },
     /// Not worth another attempt (a 4xx other than 408/429, or a redirect): dead-letter it.
     Reject,
 }

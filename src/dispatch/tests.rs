@@ -48,7 +48,11 @@ async fn handle(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Body) -
     }
     let status = {
         let mut script = stub.script.lock().expect("lock");
-        if script.is_empty() { 200 } else { script.remove(0) }
+        if script.is_empty() {
+            200
+        } else {
+            script.remove(0)
+        }
     };
     if status == 200 {
         stub.seen.lock().expect("lock").push((key, partition.clone(), String::from_utf8_lossy(&body).into_owned()));
@@ -110,7 +114,13 @@ fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLett
         event_namespace: "kafkatriggers.kubeless.io",
         retry,
     };
-    Arc::new(Deliverer::new(http_client().expect("client"), target, dead_letter, None, ConsumerMetrics::new("ns/t", "f")))
+    Arc::new(Deliverer::new(
+        http_client().expect("client"),
+        target,
+        dead_letter,
+        None,
+        ConsumerMetrics::new("ns/t", "f"),
+    ))
 }
 
 /// Runs a dispatcher over `messages` until every one is acknowledged (or `expect_acks` are).
@@ -137,7 +147,8 @@ async fn key_ordering_keeps_each_keys_order_and_runs_keys_in_parallel_within_max
     let seen = stub.seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 240);
     for key in keys {
-        let offsets: Vec<i64> = seen.iter().filter(|(k, ..)| k == key).map(|(_, _, b)| b.parse().expect("offset")).collect();
+        let offsets: Vec<i64> =
+            seen.iter().filter(|(k, ..)| k == key).map(|(_, _, b)| b.parse().expect("offset")).collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {offsets:?}");
     }
     let max = stub.max_in_flight.load(AtomicOrdering::SeqCst);
@@ -157,7 +168,8 @@ async fn partition_ordering_has_one_request_in_flight_per_partition() {
     assert!(stub.max_in_flight.load(AtomicOrdering::SeqCst) > 1, "partitions run in parallel");
     for p in ["0", "1", "2"] {
         let seen = stub.seen.lock().expect("lock").clone();
-        let offsets: Vec<i64> = seen.iter().filter(|(_, pp, _)| pp == p).map(|(_, _, b)| b.parse().expect("offset")).collect();
+        let offsets: Vec<i64> =
+            seen.iter().filter(|(_, pp, _)| pp == p).map(|(_, _, b)| b.parse().expect("offset")).collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p} out of order");
     }
 }
@@ -207,7 +219,8 @@ async fn a_400_is_dead_lettered_at_once_with_its_status() {
     let url = serve(stub.clone()).await;
     let sink = Arc::new(RecordingSink::default());
     let acks = Arc::new(Acks::default());
-    dispatch_all(deliverer(&url, retry(None), Some(sink.clone())), Ordering::Key, 4, vec![message(&acks, 0, 3, None)]).await;
+    dispatch_all(deliverer(&url, retry(None), Some(sink.clone())), Ordering::Key, 4, vec![message(&acks, 0, 3, None)])
+        .await;
     assert_eq!(*sink.letters.lock().expect("lock"), vec![(DeadLetterReason::Rejected, Some(400), 1, 3)]);
     assert_eq!(acks.all()[0].1, Outcome::DeadLettered);
 }
@@ -218,7 +231,13 @@ async fn exhausted_retries_are_dead_lettered_after_max_attempts() {
     let url = serve(stub.clone()).await;
     let sink = Arc::new(RecordingSink::default());
     let acks = Arc::new(Acks::default());
-    dispatch_all(deliverer(&url, retry(Some(3)), Some(sink.clone())), Ordering::Key, 4, vec![message(&acks, 0, 5, None)]).await;
+    dispatch_all(
+        deliverer(&url, retry(Some(3)), Some(sink.clone())),
+        Ordering::Key,
+        4,
+        vec![message(&acks, 0, 5, None)],
+    )
+    .await;
     assert_eq!(*sink.letters.lock().expect("lock"), vec![(DeadLetterReason::RetriesExhausted, Some(500), 3, 5)]);
     assert_eq!(stub.script.lock().expect("lock").len(), 7, "exactly three attempts were made");
 }

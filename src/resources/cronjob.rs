@@ -9,7 +9,14 @@ use super::status::TriggerStatus;
 use super::validate::{check_object_name, check_required, Errors, FieldError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "kubeless.io", version = "v1beta1", kind = "CronJobTrigger", namespaced, status = "TriggerStatus", derive = "PartialEq")]
+#[kube(
+    group = "kubeless.io",
+    version = "v1beta1",
+    kind = "CronJobTrigger",
+    namespaced,
+    status = "TriggerStatus",
+    derive = "PartialEq"
+)]
 #[kube(doc = "Calls a Function on a cron schedule.")]
 #[kube(printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#)]
 #[kube(printcolumn = r#"{"name":"Function","type":"string","jsonPath":".spec.function-name"}"#)]

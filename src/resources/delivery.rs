@@ -88,7 +88,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: None, initial_backoff: DEFAULT_INITIAL_BACKOFF, max_backoff: DEFAULT_MAX_BACKOFF, max_record_age: None }
+        Self {
+            max_attempts: None,
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            max_record_age: None,
+        }
     }
 }
 
@@ -159,7 +164,8 @@ impl DeliverySpec {
                     ),
                 );
             }
-            policy.retry.max_record_age = parse_duration(errors, &format!("{f}.maxRecordAge"), retry.max_record_age.as_deref());
+            policy.retry.max_record_age =
+                parse_duration(errors, &format!("{f}.maxRecordAge"), retry.max_record_age.as_deref());
         }
         if let Some(dl) = &self.dead_letter {
             let f = format!("{field}.deadLetter");

@@ -19,7 +19,14 @@ pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_FUNCTION_PORT: i32 = 8080;
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "kubeless.io", version = "v1beta1", kind = "Function", namespaced, shortname = "fn", derive = "PartialEq")]
+#[kube(
+    group = "kubeless.io",
+    version = "v1beta1",
+    kind = "Function",
+    namespaced,
+    shortname = "fn",
+    derive = "PartialEq"
+)]
 #[kube(doc = "A Kubeless function: code, runtime and the Deployment/Service that run it.")]
 #[kube(printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#)]
 #[kube(printcolumn = r#"{"name":"Handler","type":"string","jsonPath":".spec.handler"}"#)]
@@ -79,7 +86,9 @@ impl Function {
                     format!("metadata.annotations.{URL_ANNOTATION}"),
                     format!("{url:?} has scheme {:?}; use http or https", u.scheme()),
                 ),
-                Err(e) => errors.push(format!("metadata.annotations.{URL_ANNOTATION}"), format!("{url:?} is not a URL: {e}")),
+                Err(e) => {
+                    errors.push(format!("metadata.annotations.{URL_ANNOTATION}"), format!("{url:?} is not a URL: {e}"))
+                }
             }
         }
         if let Some(port) = self.spec.service.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()) {

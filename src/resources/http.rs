@@ -38,7 +38,8 @@ impl HTTPTrigger {
         check_object_name(&mut errors, "metadata.name", self.metadata.name.as_deref().unwrap_or_default());
         check_required(&mut errors, "spec.function-name", &self.spec.function_name);
         if !matches!(self.spec.gateway.as_str(), "" | "nginx" | "traefik" | "kong") {
-            errors.push("spec.gateway", format!("{:?} is not a gateway (use nginx, traefik or kong)", self.spec.gateway));
+            errors
+                .push("spec.gateway", format!("{:?} is not a gateway (use nginx, traefik or kong)", self.spec.gateway));
         }
         errors.into_result(())
     }

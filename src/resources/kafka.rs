@@ -10,10 +10,19 @@ use super::status::TriggerStatus;
 use super::validate::{check_brokers, check_object_name, check_selector, check_topic, Errors, FieldError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "kubeless.io", version = "v1beta1", kind = "KafkaTrigger", namespaced, status = "TriggerStatus", derive = "PartialEq")]
+#[kube(
+    group = "kubeless.io",
+    version = "v1beta1",
+    kind = "KafkaTrigger",
+    namespaced,
+    status = "TriggerStatus",
+    derive = "PartialEq"
+)]
 #[kube(doc = "Delivers every message of a Kafka topic to each Function the selector matches.")]
 #[kube(printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".spec.topic"}"#)]
-#[kube(printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
 #[kube(printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#)]
 #[kube(printcolumn = r#"{"name":"Delivered","type":"integer","jsonPath":".status.delivered"}"#)]
 #[kube(printcolumn = r#"{"name":"Dead-Lettered","type":"integer","jsonPath":".status.deadLettered"}"#)]

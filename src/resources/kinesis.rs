@@ -10,7 +10,14 @@ use super::status::TriggerStatus;
 use super::validate::{check_object_name, check_required, Errors, FieldError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "kubeless.io", version = "v1beta1", kind = "KinesisTrigger", namespaced, status = "TriggerStatus", derive = "PartialEq")]
+#[kube(
+    group = "kubeless.io",
+    version = "v1beta1",
+    kind = "KinesisTrigger",
+    namespaced,
+    status = "TriggerStatus",
+    derive = "PartialEq"
+)]
 #[kube(doc = "Delivers every record of a Kinesis stream to one Function.")]
 #[kube(printcolumn = r#"{"name":"Stream","type":"string","jsonPath":".spec.stream"}"#)]
 #[kube(printcolumn = r#"{"name":"Function","type":"string","jsonPath":".spec.function-name"}"#)]

@@ -11,10 +11,19 @@ use super::status::TriggerStatus;
 use super::validate::{check_object_name, check_required, check_selector, Errors, FieldError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "kubeless.io", version = "v1beta1", kind = "NATSTrigger", namespaced, status = "TriggerStatus", derive = "PartialEq")]
+#[kube(
+    group = "kubeless.io",
+    version = "v1beta1",
+    kind = "NATSTrigger",
+    namespaced,
+    status = "TriggerStatus",
+    derive = "PartialEq"
+)]
 #[kube(doc = "Delivers every message on a NATS subject to each Function the selector matches.")]
 #[kube(printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".spec.topic"}"#)]
-#[kube(printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NATSTriggerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

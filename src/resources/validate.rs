@@ -76,8 +76,10 @@ pub fn check_topic(errors: &mut Errors, field: &str, topic: &str) {
         errors.push(field, "must not be empty");
     } else if topic.len() > 249 {
         errors.push(field, format!("topic {topic:?} is longer than 249 characters"));
-    } else if topic == "." || topic == ".." || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        errors.push(field, format!("{topic:?} is not a valid Kafka topic name (use letters, digits, '.', '_' and '-')"));
+    } else if topic == "." || topic == ".." || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        errors
+            .push(field, format!("{topic:?} is not a valid Kafka topic name (use letters, digits, '.', '_' and '-')"));
     }
 }
 
@@ -132,7 +134,8 @@ fn check_label_value(errors: &mut Errors, field: &str, value: &str) {
             && value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()));
     if !ok {
-        errors.push(field, format!("{value:?} is not a valid label value (at most 63 letters, digits, '-', '_' or '.')"));
+        errors
+            .push(field, format!("{value:?} is not a valid label value (at most 63 letters, digits, '-', '_' or '.')"));
     }
 }
 

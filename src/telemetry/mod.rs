@@ -3,7 +3,9 @@
 //! Labels are bounded: `trigger` (`namespace/name`), `function`, and where needed `outcome`.
 //! Handles are registered once per consumer, so the hot path does no label hashing.
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit,
+};
 
 pub const MESSAGES_RECEIVED: &str = "kubeless_messages_received_total";
 pub const MESSAGES_DELIVERED: &str = "kubeless_messages_delivered_total";
@@ -34,8 +36,16 @@ pub fn describe() {
         Unit::Count,
         "Messages that could not be delivered and had no dead-letter destination (logged as errors)."
     );
-    describe_counter!(DEAD_LETTER_WRITE_FAILURES, Unit::Count, "Failed dead-letter writes (retried; the message stays uncommitted).");
-    describe_histogram!(DISPATCH_DURATION, Unit::Seconds, "From receiving a message to its final outcome, retries included.");
+    describe_counter!(
+        DEAD_LETTER_WRITE_FAILURES,
+        Unit::Count,
+        "Failed dead-letter writes (retried; the message stays uncommitted)."
+    );
+    describe_histogram!(
+        DISPATCH_DURATION,
+        Unit::Seconds,
+        "From receiving a message to its final outcome, retries included."
+    );
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "One HTTP request to a function.");
     describe_gauge!(IN_FLIGHT, Unit::Count, "HTTP requests to functions in flight.");
     describe_gauge!(CONSUMER_LAG, Unit::Count, "Messages behind the end of the log, per trigger and function.");

@@ -72,7 +72,9 @@ impl Kafka {
         futures::stream::iter(records)
             .map(|(key, payload)| {
                 let publisher = &publisher;
-                async move { publisher.publish(topic, key.as_deref().map(str::as_bytes), &payload, &[]).await.expect("publish") }
+                async move {
+                    publisher.publish(topic, key.as_deref().map(str::as_bytes), &payload, &[]).await.expect("publish")
+                }
             })
             .buffered(2000)
             .collect::<Vec<_>>()
@@ -123,7 +125,9 @@ impl Kafka {
                     .headers()
                     .map(|hs| {
                         hs.iter()
-                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -309,7 +313,11 @@ impl Daemon {
             if let Some((200, _)) = self.get("/readyz").await {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "daemon not ready after 60 s; log:\n{}", self.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "daemon not ready after 60 s; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

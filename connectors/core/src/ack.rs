@@ -60,10 +60,7 @@ impl AckHandle {
 
 impl fmt::Debug for AckHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AckHandle")
-            .field("position", &self.position)
-            .field("pending", &self.acker.is_some())
-            .finish()
+        f.debug_struct("AckHandle").field("position", &self.position).field("pending", &self.acker.is_some()).finish()
     }
 }
 

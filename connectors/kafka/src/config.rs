@@ -86,9 +86,7 @@ pub enum SecurityError {
 /// `KAFKA_CACERTS`, `KAFKA_CERT`, `KAFKA_KEY` (file paths) and `KAFKA_INSECURE`; `KAFKA_ENABLE_SASL`
 /// with `KAFKA_USERNAME` and `KAFKA_PASSWORD` (SASL/PLAIN, as Kubeless; set `sasl.mechanism`
 /// through `--kafka-property` for SCRAM).
-pub fn security_properties(
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<String, String>, SecurityError> {
+pub fn security_properties(env: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, String>, SecurityError> {
     let flag = |var: &'static str| -> Result<bool, SecurityError> {
         match env(var).as_deref().map(str::trim) {
             None | Some("") => Ok(false),

@@ -82,9 +82,11 @@ impl DeadLetterSink for KafkaDeadLetter {
             if let Some(key) = &msg.key {
                 record = record.key(key.as_ref());
             }
-            self.producer.send(record, DEAD_LETTER_WRITE_TIMEOUT).await.map(|_| ()).map_err(|(err, _)| {
-                DeadLetterError::WriteFailed { target: self.describe(), reason: err.to_string() }
-            })
+            self.producer
+                .send(record, DEAD_LETTER_WRITE_TIMEOUT)
+                .await
+                .map(|_| ())
+                .map_err(|(err, _)| DeadLetterError::WriteFailed { target: self.describe(), reason: err.to_string() })
         })
     }
 }

@@ -94,12 +94,18 @@ fn consume(
         health: ctx.health.clone(),
         drain_timeout: config.drain_timeout,
         assigned: AtomicBool::new(false),
-        inner: Mutex::new(Inner { slots: Vec::new(), next_generation: 1, acks: ack_rx, stash: VecDeque::new(), paused: false }),
+        inner: Mutex::new(Inner {
+            slots: Vec::new(),
+            next_generation: 1,
+            acks: ack_rx,
+            stash: VecDeque::new(),
+            paused: false,
+        }),
     });
-    let consumer: BaseConsumer<SourceCtx> = config
-        .client_config()
-        .create_with_context(SourceCtx { shared: shared.clone() })
-        .map_err(|source| KafkaSourceError::CreateConsumer { group: config.group_id.clone(), source: Box::new(source) })?;
+    let consumer: BaseConsumer<SourceCtx> =
+        config.client_config().create_with_context(SourceCtx { shared: shared.clone() }).map_err(|source| {
+            KafkaSourceError::CreateConsumer { group: config.group_id.clone(), source: Box::new(source) }
+        })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
         group: config.group_id.clone(),
@@ -282,26 +288,28 @@ impl Inner {
     /// Registers a record as handed out and turns it into a message.
     fn track(&mut self, record: &BorrowedMessage<'_>, acker: &Arc<dyn Acker>) -> Option<Message> {
         let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
-        let (idx, slot) = self
-            .slots
-            .iter_mut()
-            .enumerate()
-            .find_map(|(i, s)| s.as_mut().filter(|s| s.partition == partition && &*s.topic == topic).map(|s| (i, s)))?;
+        let (idx, slot) =
+            self.slots.iter_mut().enumerate().find_map(|(i, s)| {
+                s.as_mut().filter(|s| s.partition == partition && &*s.topic == topic).map(|s| (i, s))
+            })?;
         slot.tracker.push(offset);
         let position = Position { slot: idx as u32, generation: slot.generation, offset };
         let headers = record
             .headers()
             .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), Bytes::copy_from_slice(h.value.unwrap_or_default())))
-                    .collect()
+                hs.iter().map(|h| (h.key.to_string(), Bytes::copy_from_slice(h.value.unwrap_or_default()))).collect()
             })
             .unwrap_or_default();
         Some(Message {
             payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
             key: record.key().map(Bytes::copy_from_slice),
             headers,
-            origin: Origin { source: slot.topic.clone(), partition, offset, timestamp_ms: record.timestamp().to_millis() },
+            origin: Origin {
+                source: slot.topic.clone(),
+                partition,
+                offset,
+                timestamp_ms: record.timestamp().to_millis(),
+            },
             ack: AckHandle::new(acker.clone(), position),
         })
     }
@@ -358,7 +366,8 @@ impl Inner {
             }
         }
         loop {
-            let outstanding: usize = slots.iter().filter_map(|&i| self.slots[i].as_ref()).map(|s| s.tracker.outstanding()).sum();
+            let outstanding: usize =
+                slots.iter().filter_map(|&i| self.slots[i].as_ref()).map(|s| s.tracker.outstanding()).sum();
             if outstanding == 0 {
                 break;
             }
@@ -389,7 +398,9 @@ impl Inner {
             }
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => info!(group, partitions = tpl.count(), "Committed finished offsets before release."),
-                Err(err) => warn!(group, error = %err, "Commit before release failed; those messages will be delivered again."),
+                Err(err) => {
+                    warn!(group, error = %err, "Commit before release failed; those messages will be delivered again.")
+                }
             }
         }
     }

@@ -75,3 +75,29 @@ async fn sigterm_then_restart_delivers_every_message_with_zero_duplicates() {
     assert!(dups.is_empty(), "{} duplicates after SIGTERM, e.g. {:?}", dups.len(), dups.first());
     assert_eq!(after.len(), MESSAGES);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_joining_mid_stream_takes_partitions_without_loss_or_duplicates() {
+    let kafka = Kafka::start().await;
+    let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
+    let (dir, first) = setup(&kafka, &f).await;
+    wait_for("a quarter of the stream", Duration::from_secs(120), || f.delivered() >= MESSAGES / 4).await;
+
+    // Same manifests, same consumer groups: the group rebalances, the first daemon's partitions are
+    // revoked, drained and committed before the second daemon takes half of them.
+    let second = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "10s"]).await;
+    second.wait_ready().await;
+    let before_join = f.delivered();
+    assert!(before_join < MESSAGES, "the second daemon must join mid-stream");
+    wait_for("every message", Duration::from_secs(180), || counts(&f).len() == MESSAGES).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let dups: Vec<(String, usize)> = counts(&f).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(dups.is_empty(), "{} duplicates across the rebalance, e.g. {:?}", dups.len(), dups.first());
+    let (a, b) = (
+        first.metric("kubeless_messages_delivered_total").await,
+        second.metric("kubeless_messages_delivered_total").await,
+    );
+    assert!(a > 0.0 && b > 0.0, "both daemons delivered (first {a}, second {b})");
+    assert!(first.log_text().contains("Partitions revoked"), "the first daemon went through a revocation");
+}

@@ -9,10 +9,11 @@ use common::*;
 
 const MESSAGES: usize = 6_000;
 
-async fn setup(kafka: &Kafka, f: &Function) -> (tempfile::TempDir, Daemon) {
+/// Publishes the stream and starts a daemon on it; `extra` is added to the trigger's spec.
+async fn setup(kafka: &Kafka, f: &Function, extra: &str) -> (tempfile::TempDir, Daemon) {
     kafka.create_topic("stream", 4).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = [function_yaml("f", "{function: f}", &f.url), trigger_yaml("t", "stream", "{function: f}", "")];
+    let manifests = [function_yaml("f", "{function: f}", &f.url), trigger_yaml("t", "stream", "{function: f}", extra)];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
     let daemon = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "10s"]).await;
     daemon.wait_ready().await;
@@ -35,7 +36,7 @@ async fn kill_dash_nine_mid_stream_then_restart_loses_no_message() {
     let kafka = Kafka::start().await;
     // A little latency per request keeps the stream going long enough to kill it in the middle.
     let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
-    let (_dir, mut daemon) = setup(&kafka, &f).await;
+    let (_dir, mut daemon) = setup(&kafka, &f, "").await;
     wait_for("a third of the stream", Duration::from_secs(120), || f.delivered() >= MESSAGES / 3).await;
     daemon.kill9();
     let before_kill = counts(&f);
@@ -62,7 +63,7 @@ async fn kill_dash_nine_mid_stream_then_restart_loses_no_message() {
 async fn sigterm_then_restart_delivers_every_message_with_zero_duplicates() {
     let kafka = Kafka::start().await;
     let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
-    let (_dir, mut daemon) = setup(&kafka, &f).await;
+    let (_dir, mut daemon) = setup(&kafka, &f, "").await;
     wait_for("a third of the stream", Duration::from_secs(120), || f.delivered() >= MESSAGES / 3).await;
     daemon.terminate();
     let before = f.delivered();
@@ -80,7 +81,8 @@ async fn sigterm_then_restart_delivers_every_message_with_zero_duplicates() {
 async fn a_second_daemon_joining_mid_stream_takes_partitions_without_loss_or_duplicates() {
     let kafka = Kafka::start().await;
     let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
-    let (dir, first) = setup(&kafka, &f).await;
+    // Few requests in flight (~400 msg/s) so the stream outlasts the second daemon's group join.
+    let (dir, first) = setup(&kafka, &f, "  delivery:\n    maxInFlight: 4\n").await;
     wait_for("a quarter of the stream", Duration::from_secs(120), || f.delivered() >= MESSAGES / 4).await;
 
     // Same manifests, same consumer groups: the group rebalances, the first daemon's partitions are

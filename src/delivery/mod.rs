@@ -13,8 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use kubeless_connector::{DeadLetter, DeadLetterReason, DeadLetterSink, Message, Outcome};
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use reqwest::header::RETRY_AFTER;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -82,7 +80,6 @@ impl Deliverer {
     pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
         let received = Instant::now();
         let headers = event::event_headers(&msg, self.target.event_namespace, SystemTime::now());
-        let mut rng = SmallRng::from_os_rng();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -125,7 +122,7 @@ impl Deliverer {
                 }
             }
             self.metrics.retries.increment(1);
-            let delay = retry_after.unwrap_or_else(|| backoff(retry, attempts, &mut rng));
+            let delay = retry_after.unwrap_or_else(|| backoff(retry, attempts, &mut rand::rng()));
             warn!(
                 trigger = %self.target.trigger, function = %self.target.function, topic = %msg.origin.source,
                 partition = msg.origin.partition, offset = msg.origin.offset, attempts, status = ?attempt.status,
@@ -193,7 +190,6 @@ impl Deliverer {
             msg.ack.finish(Outcome::DeadLettered);
             return;
         };
-        let mut rng = SmallRng::from_os_rng();
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -224,7 +220,7 @@ impl Deliverer {
                 }
                 Err(e) => {
                     self.metrics.dead_letter_write_failures.increment(1);
-                    let delay = backoff(&t.retry, tries, &mut rng);
+                    let delay = backoff(&t.retry, tries, &mut rand::rng());
                     error!(
                         trigger = %t.trigger, function = %t.function, error = %e, tries,
                         "Dead-letter write failed; the message stays uncommitted and the write is retried."

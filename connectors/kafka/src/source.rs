@@ -64,6 +64,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Pausing makes librdkafka drop its prefetch and fetch again on resume, so brief fullness (the
 /// normal state when the function is the bottleneck) is waited out instead.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// How often finished offsets are handed to librdkafka's offset store. It auto-commits the store
+/// every second, and revocation and shutdown commit directly, so storing after every message would
+/// only cost an FFI list per record.
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs a consumer until `ctx.shutdown` is cancelled or the dispatch channel closes, then drains and
 /// commits. Returns once the consumer has left its group.
@@ -100,6 +104,7 @@ fn consume(
             acks: ack_rx,
             stash: VecDeque::new(),
             paused: false,
+            last_store: Instant::now(),
         }),
     });
     let consumer: BaseConsumer<SourceCtx> =
@@ -227,6 +232,7 @@ struct Inner {
     /// what librdkafka had prefetched when the partitions were paused.
     stash: VecDeque<Message>,
     paused: bool,
+    last_store: Instant,
 }
 
 impl Inner {
@@ -262,6 +268,10 @@ impl Inner {
         while let Ok(ack) = self.acks.try_recv() {
             self.apply(ack);
         }
+        if self.last_store.elapsed() < STORE_INTERVAL {
+            return;
+        }
+        self.last_store = Instant::now();
         let mut tpl = TopicPartitionList::new();
         for slot in self.slots.iter_mut().flatten() {
             if let Some(next) = slot.tracker.take_commit() {

@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Where state that must survive a restart is kept (the last fired cron tick of each trigger).
+    /// Default: `$XDG_STATE_HOME/kubeless-broker`, else `~/.local/state/kubeless-broker`.
+    #[arg(long, env = "KUBELESS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// How often the manifest directory is checked for changes.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub scan_interval: Duration,
@@ -79,6 +84,7 @@ impl Args {
             kafka_brokers,
             kafka_properties,
             drain_timeout,
+            state_dir,
             scan_interval,
             log_format: _,
         } = self;
@@ -90,6 +96,10 @@ impl Args {
         reqwest::Url::parse(&sample).map_err(|e| {
             anyhow::anyhow!("--function-url-template {function_url_template:?} does not give a URL: {e}")
         })?;
+        let state_dir = match state_dir {
+            Some(dir) => dir.clone(),
+            None => default_state_dir(&env)?,
+        };
         let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(env)?;
         props.extend(kafka_properties.iter().cloned());
         Ok(Settings {
@@ -100,7 +110,18 @@ impl Args {
                 url_template: function_url_template.clone(),
                 kafka_properties: props,
                 drain_timeout: *drain_timeout,
+                state_dir,
             },
         })
+    }
+}
+
+fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = env("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("kubeless-broker"));
+    }
+    match env("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/kubeless-broker")),
+        None => anyhow::bail!("no HOME or XDG_STATE_HOME to put state in; pass --state-dir"),
     }
 }

@@ -17,6 +17,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cron;
 pub mod delivery;
 pub mod dispatch;
 pub mod resources;

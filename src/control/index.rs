@@ -2,19 +2,23 @@
 //! synchronous, so boot and every change go through the same diff (see `supervisor`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
 use kubeless_kafka::{InitialOffset, KafkaSourceConfig};
 
 use super::manifests::{Loaded, Resource};
-use crate::resources::{DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, URL_ANNOTATION};
+use crate::resources::{
+    ConcurrencyPolicy, CronJobTrigger, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, URL_ANNOTATION,
+};
 
 /// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.
 pub const DEFAULT_GROUP_TEMPLATE: &str = "{namespace}_{trigger}_{function}_{topic}";
 /// Where a function is reached when it has no `kubeless.io/url` annotation.
 pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local:{port}";
 pub const KAFKA_EVENT_NAMESPACE: &str = "kafkatriggers.kubeless.io";
+pub const CRON_EVENT_NAMESPACE: &str = "cronjobtriggers.kubeless.io";
 
 /// Process-wide settings the index needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +29,51 @@ pub struct IndexSettings {
     /// librdkafka properties for every client (security, session timeout…).
     pub kafka_properties: BTreeMap<String, String>,
     pub drain_timeout: Duration,
+    /// Where the scheduler remembers fired ticks.
+    pub state_dir: PathBuf,
+}
+
+/// Where a consumer's messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    Kafka(KafkaSourceConfig),
+    Cron(CronSource),
+}
+
+/// A cron trigger's schedule and policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSource {
+    pub schedule: String,
+    pub timezone: Option<String>,
+    /// The JSON body of each tick; none means a GET.
+    pub payload: Option<serde_json::Value>,
+    pub concurrency: ConcurrencyPolicy,
+    pub starting_deadline: Option<Duration>,
+    pub state_dir: PathBuf,
+}
+
+impl SourceSpec {
+    /// The consumer group, or what stands for it: for cron, the schedule.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Kafka(k) => &k.group_id,
+            Self::Cron(c) => &c.schedule,
+        }
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        match self {
+            Self::Kafka(k) => k.topics.clone(),
+            Self::Cron(_) => Vec::new(),
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        match self {
+            Self::Kafka(k) => k.drain_timeout,
+            Self::Cron(_) => Duration::ZERO,
+        }
+    }
 }
 
 /// One consumer: a (trigger, function, group) and everything needed to run it. Two equal specs
@@ -35,7 +84,7 @@ pub struct ConsumerSpec {
     pub trigger: String,
     pub function: String,
     pub event_namespace: &'static str,
-    pub source: KafkaSourceConfig,
+    pub source: SourceSpec,
     pub url: String,
     /// Per-request timeout: `spec.delivery.timeout`, else the Function's `spec.timeout`.
     pub timeout: Duration,
@@ -45,7 +94,7 @@ pub struct ConsumerSpec {
 impl ConsumerSpec {
     /// Unique among all consumers.
     pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.trigger, self.function, self.source.group_id)
+        format!("{}/{}/{}", self.trigger, self.function, self.source.id())
     }
 }
 
@@ -80,6 +129,7 @@ pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
         match &loaded.resource {
             Resource::Function(_) => {}
             Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &functions, settings, &mut out),
+            Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &functions, settings, &mut out),
             other => out.unserved.push(format!("{} {}", other.kind(), loaded.id)),
         }
     }
@@ -147,7 +197,7 @@ fn kafka_consumers(
                 trigger: format!("{ns}/{name}"),
                 function: fname.to_string(),
                 event_namespace: KAFKA_EVENT_NAMESPACE,
-                source: KafkaSourceConfig {
+                source: SourceSpec::Kafka(KafkaSourceConfig {
                     brokers: brokers.clone(),
                     group_id,
                     topics: topics.into_iter().collect(),
@@ -157,7 +207,7 @@ fn kafka_consumers(
                     },
                     properties: settings.kafka_properties.clone(),
                     drain_timeout: settings.drain_timeout,
-                },
+                }),
                 url: url.clone(),
                 timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
                 delivery: delivery.clone(),
@@ -165,6 +215,42 @@ fn kafka_consumers(
             out.consumers.insert(spec.key(), spec);
         }
     }
+}
+
+fn cron_consumer(
+    trigger: &CronJobTrigger,
+    policy: &DeliveryPolicy,
+    functions: &[&Function],
+    settings: &IndexSettings,
+    out: &mut Desired,
+) {
+    let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
+    let name = trigger.metadata.name.as_deref().unwrap_or_default();
+    let fname = &trigger.spec.function_name;
+    let Some(function) = functions
+        .iter()
+        .find(|f| f.metadata.namespace.as_deref() == Some(ns) && f.metadata.name.as_deref() == Some(fname.as_str()))
+    else {
+        out.idle_triggers.push(format!("CronJobTrigger {ns}/{name} (Function {ns}/{fname} does not exist)"));
+        return;
+    };
+    let spec = ConsumerSpec {
+        trigger: format!("{ns}/{name}"),
+        function: fname.clone(),
+        event_namespace: CRON_EVENT_NAMESPACE,
+        source: SourceSpec::Cron(CronSource {
+            schedule: trigger.spec.schedule.clone(),
+            timezone: trigger.spec.timezone.clone(),
+            payload: trigger.spec.payload.clone(),
+            concurrency: trigger.spec.concurrency_policy.unwrap_or_default(),
+            starting_deadline: trigger.spec.starting_deadline_seconds.map(Duration::from_secs),
+            state_dir: settings.state_dir.clone(),
+        }),
+        url: function_url(function, &settings.url_template),
+        timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
+        delivery: policy.clone(),
+    };
+    out.consumers.insert(spec.key(), spec);
 }
 
 /// The `kubeless.io/url` annotation if set, else the template with `{name}`, `{namespace}` and

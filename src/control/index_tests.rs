@@ -9,6 +9,7 @@ fn settings() -> IndexSettings {
         url_template: DEFAULT_URL_TEMPLATE.to_string(),
         kafka_properties: BTreeMap::new(),
         drain_timeout: Duration::from_secs(5),
+        state_dir: PathBuf::from("/state"),
     }
 }
 
@@ -42,12 +43,13 @@ fn one_trigger_feeds_every_matching_function_in_its_namespace_with_kubeless_grou
         "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\nspec: {{topic: orders, functionSelector: {{matchLabels: {{app: demo}}}}}}\n"
     );
     let d = desired(&mk(&yaml), &settings());
-    let groups: Vec<&str> = d.consumers.values().map(|c| c.source.group_id.as_str()).collect();
+    let groups: Vec<&str> = d.consumers.values().map(|c| c.source.id()).collect();
     assert_eq!(groups, ["ns_t_fa_orders", "ns_t_fb_orders"]);
     let fa = d.consumers.values().find(|c| c.function == "fa").expect("fa consumer");
     assert_eq!(fa.url, "http://fa.ns.svc.cluster.local:9000");
     assert_eq!(fa.timeout, Duration::from_secs(30));
-    assert_eq!(fa.source.brokers, "k:9092");
+    let SourceSpec::Kafka(src) = &fa.source else { panic!("a Kafka consumer") };
+    assert_eq!(src.brokers, "k:9092");
     let fb = d.consumers.values().find(|c| c.function == "fb").expect("fb consumer");
     assert_eq!(fb.url, "http://127.0.0.1:1234", "the annotation wins over the template");
     assert_eq!(fb.timeout, Duration::from_secs(180), "Kubeless's default timeout");
@@ -69,12 +71,11 @@ fn several_topics_get_one_group_each_unless_the_group_template_merges_them() {
         )),
         &settings(),
     );
-    let only = merged.consumers.values().next().expect("one consumer");
-    assert_eq!(
-        (only.source.group_id.as_str(), only.source.topics.clone()),
-        ("mine", vec!["a".to_string(), "b".to_string()])
-    );
-    assert_eq!(only.source.brokers, "x:1");
+    let Some(SourceSpec::Kafka(only)) = merged.consumers.values().next().map(|c| &c.source) else {
+        panic!("one Kafka consumer")
+    };
+    assert_eq!((only.group_id.as_str(), only.topics.clone()), ("mine", vec!["a".to_string(), "b".to_string()]));
+    assert_eq!(only.brokers, "x:1");
 }
 
 #[test]
@@ -98,12 +99,35 @@ spec: {topic: a, functionSelector: {matchLabels: {function: nobody}}}
 apiVersion: kubeless.io/v1beta1
 kind: CronJobTrigger
 metadata: {name: c}
-spec: {function-name: f, schedule: "* * * * *"}
+spec: {function-name: missing, schedule: "* * * * *"}
+---
+apiVersion: kubeless.io/v1beta1
+kind: NATSTrigger
+metadata: {name: n}
+spec: {topic: a, functionSelector: {matchLabels: {function: f}}}
 "#;
     let d = desired(&mk(yaml), &settings());
     assert!(d.consumers.is_empty());
-    assert_eq!(d.idle_triggers, ["KafkaTrigger default/t"]);
-    assert_eq!(d.unserved, ["CronJobTrigger default/c"]);
+    assert_eq!(
+        d.idle_triggers,
+        ["KafkaTrigger default/t", "CronJobTrigger default/c (Function default/missing does not exist)"]
+    );
+    assert_eq!(d.unserved, ["NATSTrigger default/n"]);
+}
+
+#[test]
+fn a_cron_trigger_runs_against_its_named_function() {
+    let yaml = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: c, namespace: ns}}\nspec: {{function-name: fa, schedule: '*/2 * * * * *', payload: {{a: 1}}, concurrencyPolicy: Forbid, startingDeadlineSeconds: 30}}\n"
+    );
+    let d = desired(&mk(&yaml), &settings());
+    let c = d.consumers.values().next().expect("one consumer");
+    assert_eq!((c.trigger.as_str(), c.function.as_str(), c.event_namespace), ("ns/c", "fa", CRON_EVENT_NAMESPACE));
+    let SourceSpec::Cron(src) = &c.source else { panic!("a cron consumer") };
+    assert_eq!(src.concurrency, ConcurrencyPolicy::Forbid);
+    assert_eq!(src.starting_deadline, Some(Duration::from_secs(30)));
+    assert_eq!(src.payload, Some(serde_json::json!({"a": 1})));
+    assert_eq!(c.url, "http://fa.ns.svc.cluster.local:9000");
 }
 
 #[test]

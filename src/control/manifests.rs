@@ -25,7 +25,7 @@ pub enum Resource {
     Kafka(KafkaTrigger, DeliveryPolicy),
     Nats(NATSTrigger),
     Kinesis(KinesisTrigger),
-    CronJob(CronJobTrigger),
+    CronJob(CronJobTrigger, DeliveryPolicy),
     Http(HTTPTrigger),
 }
 
@@ -36,7 +36,7 @@ impl Resource {
             Self::Kafka(..) => "KafkaTrigger",
             Self::Nats(_) => "NATSTrigger",
             Self::Kinesis(_) => "KinesisTrigger",
-            Self::CronJob(_) => "CronJobTrigger",
+            Self::CronJob(..) => "CronJobTrigger",
             Self::Http(_) => "HTTPTrigger",
         }
     }
@@ -217,8 +217,8 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
         }
         "CronJobTrigger" => {
             let t: CronJobTrigger = typed(value, &label)?;
-            t.validate().map_err(fields)?;
-            Resource::CronJob(t)
+            let policy = t.validate().map_err(fields)?;
+            Resource::CronJob(t, policy)
         }
         _ => {
             let t: HTTPTrigger = typed(value, &label)?;

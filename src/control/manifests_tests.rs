@@ -59,6 +59,9 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("kinesis without stream", "apiVersion: kubeless.io/v1beta1\nkind: KinesisTrigger\nmetadata: {name: k}\nspec: {function-name: f, aws-region: us-west-2}\n".to_string(), vec!["spec.stream", "required"]),
         ("kinesis bad region", "apiVersion: kubeless.io/v1beta1\nkind: KinesisTrigger\nmetadata: {name: k}\nspec: {function-name: f, aws-region: 'US West', stream: s}\n".to_string(), vec!["spec.aws-region", "US West"]),
         ("cron without schedule", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f}\n".to_string(), vec!["spec.schedule", "required"]),
+        ("cron bad schedule", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f, schedule: 'every minute'}\n".to_string(), vec!["spec.schedule", "every minute", "not a cron schedule"]),
+        ("cron unknown timezone", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f, schedule: '* * * * *', timezone: Mars/Base}\n".to_string(), vec!["spec.timezone", "Mars/Base"]),
+        ("cron bad concurrency policy", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f, schedule: '* * * * *', concurrencyPolicy: Sometimes}\n".to_string(), vec!["spec.concurrencyPolicy", "Sometimes"]),
         ("http bad gateway", "apiVersion: kubeless.io/v1beta1\nkind: HTTPTrigger\nmetadata: {name: h}\nspec: {function-name: f, gateway: apache}\n".to_string(), vec!["spec.gateway", "apache"]),
     ]
 }

@@ -12,10 +12,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::index::ConsumerSpec;
+use super::index::{ConsumerSpec, SourceSpec};
+use crate::delivery::event::EventStyle;
 use crate::delivery::{Deliverer, Target};
-use crate::dispatch;
-use crate::telemetry::ConsumerMetrics;
+use crate::telemetry::{ConsumerMetrics, CronMetrics};
+use crate::{cron, dispatch};
 
 /// Extra time, beyond the drain timeout, a stopping consumer gets before its task is abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -73,14 +74,14 @@ impl Supervisor {
             stale.iter().filter_map(|k| running.remove(k)).collect()
         };
         let stops = to_stop.into_iter().map(|r| {
-            info!(trigger = %r.spec.trigger, function = %r.spec.function, group = %r.spec.source.group_id, "Stopping consumer.");
+            info!(trigger = %r.spec.trigger, function = %r.spec.function, source = %r.spec.source.id(), "Stopping consumer.");
             stop(r)
         });
         futures::future::join_all(stops).await;
         let mut running = self.lock();
         for (key, spec) in desired {
             if !running.contains_key(key) {
-                info!(trigger = %spec.trigger, function = %spec.function, group = %spec.source.group_id, topics = ?spec.source.topics, url = %spec.url, "Starting consumer.");
+                info!(trigger = %spec.trigger, function = %spec.function, source = %spec.source.id(), topics = ?spec.source.topics(), url = %spec.url, "Starting consumer.");
                 running.insert(key.clone(), start(spec.clone(), self.client.clone()));
             }
         }
@@ -101,8 +102,8 @@ impl Supervisor {
                 ConsumerStatus {
                     trigger: r.spec.trigger.clone(),
                     function: r.spec.function.clone(),
-                    group: r.spec.source.group_id.clone(),
-                    topics: r.spec.source.topics.clone(),
+                    group: r.spec.source.id().to_string(),
+                    topics: r.spec.source.topics(),
                     url: r.spec.url.clone(),
                     ready: state == SourceState::Ready,
                     state: match state {
@@ -119,7 +120,7 @@ impl Supervisor {
 
 async fn stop(r: Running) {
     r.stop.cancel();
-    let grace = r.spec.source.drain_timeout + STOP_GRACE;
+    let grace = r.spec.source.drain_timeout() + STOP_GRACE;
     let mut task = r.task;
     if tokio::time::timeout(grace, &mut task).await.is_err() {
         warn!(trigger = %r.spec.trigger, function = %r.spec.function, "Consumer did not stop in time; abandoning it.");
@@ -175,14 +176,19 @@ async fn run_once(
     metrics: &ConsumerMetrics,
 ) -> Result<(), String> {
     let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("function URL {:?} is not valid: {e}", spec.url))?;
-    let dead_letter: Option<Arc<dyn DeadLetterSink>> = match &spec.delivery.dead_letter {
-        None => None,
-        Some((topic, brokers)) => {
-            let brokers = brokers.as_deref().unwrap_or(&spec.source.brokers);
-            let sink = KafkaDeadLetter::new(brokers, topic, &spec.source.properties)
+    let dead_letter: Option<Arc<dyn DeadLetterSink>> = match (&spec.delivery.dead_letter, &spec.source) {
+        (Some((topic, brokers)), SourceSpec::Kafka(kafka)) => {
+            let brokers = brokers.as_deref().unwrap_or(&kafka.brokers);
+            let sink = KafkaDeadLetter::new(brokers, topic, &kafka.properties)
                 .map_err(|e| format!("cannot create the dead-letter producer for topic {topic}: {e}"))?;
             Some(Arc::new(sink))
         }
+        _ => None,
+    };
+    let (style, method) = match &spec.source {
+        SourceSpec::Kafka(_) => (EventStyle::Broker, reqwest::Method::POST),
+        SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, reqwest::Method::GET),
+        SourceSpec::Cron(_) => (EventStyle::Cron, reqwest::Method::POST),
     };
     let target = Target {
         trigger: spec.trigger.clone(),
@@ -190,10 +196,19 @@ async fn run_once(
         url,
         timeout: spec.timeout,
         event_namespace: spec.event_namespace,
+        style,
+        method,
         retry: spec.delivery.retry.clone(),
     };
     let deliverer =
         Arc::new(Deliverer::new(client.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
+    let kafka = match &spec.source {
+        SourceSpec::Kafka(kafka) => kafka.clone(),
+        SourceSpec::Cron(c) => {
+            let metrics = CronMetrics::new(&spec.trigger, &spec.function);
+            return cron::runner::run(&spec.trigger, c, deliverer, metrics, health, stop).await;
+        }
+    };
     let max_in_flight = spec.delivery.max_in_flight as usize;
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting
     // on the consumer thread, no more.
@@ -201,7 +216,7 @@ async fn run_once(
     let abort = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(rx, deliverer, spec.delivery.ordering, max_in_flight, abort.clone()));
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone() };
-    let result = run_source(spec.source.clone(), ctx).await;
+    let result = run_source(kafka, ctx).await;
     // The source has drained, committed and left its group (or failed): whatever still runs
     // cannot be committed by this consumer any more, so stop retrying it.
     abort.cancel();

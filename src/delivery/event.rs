@@ -22,8 +22,18 @@ static EVENT_KEY_ENCODING: HeaderName = HeaderName::from_static("event-key-encod
 static EVENT_PARTITION: HeaderName = HeaderName::from_static("event-partition");
 static EVENT_OFFSET: HeaderName = HeaderName::from_static("event-offset");
 
+/// Which header set a source's messages get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStyle {
+    /// Event-bus messages: Kubeless's Kafka headers plus key, partition, offset and broker headers.
+    Broker,
+    /// Cron ticks, as Kubeless's CronJob sent them: always JSON, `event-time` in RFC 3339 seconds,
+    /// no topic or position.
+    Cron,
+}
+
 /// Headers for one message. `now` is used for `event-time` only when the broker gave no timestamp.
-pub fn event_headers(msg: &Message, event_namespace: &'static str, now: SystemTime) -> HeaderMap {
+pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventStyle, now: SystemTime) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(10 + msg.headers.len());
     // Broker headers first, so ours win on a name clash.
     for (k, v) in &msg.headers {
@@ -32,14 +42,19 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, now: SystemTi
         }
     }
     let o = &msg.origin;
-    let content_type = HeaderValue::from_static(if is_json_object(&msg.payload) { JSON } else { FORM });
+    let json = style == EventStyle::Cron || is_json_object(&msg.payload);
+    let content_type = HeaderValue::from_static(if json { JSON } else { FORM });
     h.insert(CONTENT_TYPE, content_type.clone());
     h.insert(EVENT_TYPE.clone(), content_type);
     h.insert(EVENT_ID.clone(), ascii(event_id(&o.source, o.partition, o.offset)));
     let time =
         o.timestamp_ms.and_then(DateTime::<Utc>::from_timestamp_millis).unwrap_or_else(|| DateTime::<Utc>::from(now));
-    h.insert(EVENT_TIME.clone(), ascii(go_time(time)));
     h.insert(EVENT_NAMESPACE.clone(), HeaderValue::from_static(event_namespace));
+    if style == EventStyle::Cron {
+        h.insert(EVENT_TIME.clone(), ascii(time.format("%Y-%m-%d %H:%M:%S+00:00").to_string()));
+        return h;
+    }
+    h.insert(EVENT_TIME.clone(), ascii(go_time(time)));
     if let Ok(topic) = HeaderValue::from_str(&o.source) {
         h.insert(EVENT_TOPIC.clone(), topic);
     }
@@ -124,7 +139,12 @@ mod tests {
 
     #[test]
     fn kubeless_headers_are_set_and_ours_win_over_broker_headers() {
-        let h = event_headers(&msg(br#"{"a":1}"#, Some(b"k1")), "kafkatriggers.kubeless.io", SystemTime::now());
+        let h = event_headers(
+            &msg(br#"{"a":1}"#, Some(b"k1")),
+            "kafkatriggers.kubeless.io",
+            EventStyle::Broker,
+            SystemTime::now(),
+        );
         assert_eq!(h["content-type"], JSON);
         assert_eq!(h["event-type"], JSON);
         assert_eq!(h["event-namespace"], "kafkatriggers.kubeless.io");
@@ -144,7 +164,7 @@ mod tests {
         for body in [&b"[1,2]"[..], b"\"s\"", b"42", b"{not json", b"a=b&c=d", b""] {
             assert!(!is_json_object(body), "{:?}", String::from_utf8_lossy(body));
         }
-        let h = event_headers(&msg(b"[1]", None), "x", SystemTime::now());
+        let h = event_headers(&msg(b"[1]", None), "x", EventStyle::Broker, SystemTime::now());
         assert_eq!(h["content-type"], FORM);
         assert!(h.get("event-key").is_none());
     }
@@ -160,9 +180,18 @@ mod tests {
 
     #[test]
     fn binary_keys_travel_base64url_encoded() {
-        let h = event_headers(&msg(b"x", Some(b"\xff\x00")), "x", SystemTime::now());
+        let h = event_headers(&msg(b"x", Some(b"\xff\x00")), "x", EventStyle::Broker, SystemTime::now());
         assert_eq!(h["event-key"], "_wA");
         assert_eq!(h["event-key-encoding"], "base64url");
+    }
+
+    #[test]
+    fn cron_ticks_are_json_with_an_rfc3339_time_and_no_position() {
+        let h = event_headers(&msg(b"", None), "cronjobtriggers.kubeless.io", EventStyle::Cron, SystemTime::now());
+        assert_eq!(h["content-type"], JSON);
+        assert_eq!(h["event-time"], "2009-11-10 23:00:00+00:00");
+        assert_eq!(h["event-namespace"], "cronjobtriggers.kubeless.io");
+        assert!(h.get("event-topic").is_none() && h.get("event-offset").is_none());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct Target {
     pub url: reqwest::Url,
     pub timeout: Duration,
     pub event_namespace: &'static str,
+    pub style: event::EventStyle,
+    /// POST, or GET for cron ticks without a payload (as Kubeless).
+    pub method: reqwest::Method,
     pub retry: RetryPolicy,
 }
 
@@ -79,7 +82,7 @@ impl Deliverer {
     /// and will be delivered again).
     pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
         let received = Instant::now();
-        let headers = event::event_headers(&msg, self.target.event_namespace, SystemTime::now());
+        let headers = event::event_headers(&msg, self.target.event_namespace, self.target.style, SystemTime::now());
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -140,7 +143,7 @@ impl Deliverer {
         self.metrics.in_flight.increment(1.0);
         let result = self
             .client
-            .post(self.target.url.clone())
+            .request(self.target.method.clone(), self.target.url.clone())
             .headers(headers)
             .body(msg.payload.clone())
             .timeout(self.target.timeout)

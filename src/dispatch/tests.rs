@@ -112,6 +112,8 @@ fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLett
         url: reqwest::Url::parse(url).expect("url"),
         timeout: Duration::from_secs(10),
         event_namespace: "kafkatriggers.kubeless.io",
+        style: crate::delivery::event::EventStyle::Broker,
+        method: reqwest::Method::POST,
         retry,
     };
     Arc::new(Deliverer::new(

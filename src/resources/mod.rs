@@ -11,7 +11,7 @@ mod nats;
 mod status;
 pub mod validate;
 
-pub use cronjob::{CronJobTrigger, CronJobTriggerSpec};
+pub use cronjob::{ConcurrencyPolicy, CronJobTrigger, CronJobTriggerSpec};
 pub use delivery::{DeadLetterSpec, DeliveryPolicy, DeliverySpec, Ordering, RateLimitSpec, RetryPolicy, RetrySpec};
 pub use function::{Function, FunctionSpec, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION};
 pub use http::{HTTPTrigger, HTTPTriggerSpec};

@@ -20,6 +20,8 @@ pub const CONSUMER_LAG: &str = "kubeless_consumer_lag";
 pub const CONSUMERS: &str = "kubeless_consumers";
 pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
+pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
+pub const CRON_LATENESS: &str = "kubeless_cron_tick_lateness_seconds";
 
 /// Buckets for both latency histograms: 1 ms to 60 s.
 pub const LATENCY_BUCKETS: &[f64] =
@@ -52,6 +54,12 @@ pub fn describe() {
     describe_gauge!(CONSUMERS, Unit::Count, "Consumers running.");
     describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
     describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error.");
+    describe_counter!(
+        CRON_TICKS,
+        Unit::Count,
+        "Cron ticks by outcome: fired, skipped (Forbid), replaced (Replace), succeeded, failed."
+    );
+    describe_histogram!(CRON_LATENESS, Unit::Seconds, "How late a cron tick fired after its scheduled time.");
 }
 
 /// The handles of one consumer.
@@ -85,6 +93,31 @@ impl ConsumerMetrics {
             in_flight: gauge!(IN_FLIGHT, &labels),
             lag: gauge!(CONSUMER_LAG, &labels),
             restarts: counter!(CONSUMER_RESTARTS, &labels),
+        }
+    }
+}
+
+/// The handles of one cron trigger.
+#[derive(Clone)]
+pub struct CronMetrics {
+    pub fired: Counter,
+    pub skipped: Counter,
+    pub replaced: Counter,
+    pub succeeded: Counter,
+    pub failed: Counter,
+    pub lateness: Histogram,
+}
+
+impl CronMetrics {
+    pub fn new(trigger: &str, function: &str) -> Self {
+        let c = |outcome: &'static str| counter!(CRON_TICKS, "trigger" => trigger.to_string(), "function" => function.to_string(), "outcome" => outcome);
+        Self {
+            fired: c("fired"),
+            skipped: c("skipped"),
+            replaced: c("replaced"),
+            succeeded: c("succeeded"),
+            failed: c("failed"),
+            lateness: histogram!(CRON_LATENESS, "trigger" => trigger.to_string(), "function" => function.to_string()),
         }
     }
 }

@@ -253,6 +253,8 @@ pub struct Daemon {
     dir: PathBuf,
     brokers: String,
     extra: Vec<String>,
+    /// Kept across restarts, like a real state volume.
+    state: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -264,6 +266,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             brokers: brokers.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            state: tempfile::tempdir().expect("state dir"),
         };
         d.spawn();
         d
@@ -281,6 +284,8 @@ impl Daemon {
             .args(["--kafka-brokers", &self.brokers])
             .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])
             .args(["--scan-interval", "100ms"])
+            .arg("--state-dir")
+            .arg(self.state.path())
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

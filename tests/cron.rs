@@ -1,0 +1,80 @@
+//! CronJobTrigger through the built-in scheduler, end to end (seconds-field schedules).
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use common::*;
+
+fn cron_yaml(name: &str, function: &str, schedule: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  schedule: '{schedule}'\n{extra}"
+    )
+}
+
+fn tick_time(r: &Received) -> i64 {
+    let t = &r.headers["event-time"];
+    NaiveDateTime::parse_from_str(t.trim_end_matches("+00:00"), "%Y-%m-%d %H:%M:%S")
+        .map(|n| n.and_utc().timestamp())
+        .unwrap_or_else(|e| panic!("event-time {t:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_trigger_every_2s_fires_on_its_ticks_with_its_payload_and_retries_a_500() {
+    // No broker needed: cron ticks do not come from an event bus.
+    let f = Function::start(Behaviour::FailFirst(vec![500, 500])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        cron_yaml(
+            "every2s",
+            "f",
+            "*/2 * * * * *",
+            "  payload: {job: report}\n  delivery:\n    retry: {initialBackoff: 50ms, maxBackoff: 100ms}\n",
+        ),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    wait_for("three successful ticks", Duration::from_secs(30), || f.delivered() >= 3).await;
+
+    let got = f.received();
+    // The first tick met two 500s and was retried to success, with the same event-id each time.
+    assert_eq!(got[0].headers["event-id"], got[2].headers["event-id"]);
+    assert_eq!(tick_time(&got[0]), tick_time(&got[2]), "retries carry the tick's time");
+    let ticks: Vec<i64> = got.iter().map(tick_time).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    assert!(ticks.iter().all(|t| t % 2 == 0), "ticks on even seconds: {ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] - w[0] == 2), "one tick every 2 s, none skipped: {ticks:?}");
+    for r in &got {
+        assert_eq!(r.body, r#"{"job":"report"}"#);
+        assert_eq!(r.headers["event-namespace"], "cronjobtriggers.kubeless.io");
+        assert_eq!(r.headers["content-type"], "application/json");
+    }
+    assert!(
+        daemon
+            .metric("kubeless_cron_ticks_total{trigger=\"default/every2s\",function=\"f\",outcome=\"succeeded\"}")
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_skips_a_tick_while_the_previous_call_runs() {
+    let f = Function::start(Behaviour::Slow(Duration::from_millis(2500))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        cron_yaml("forbid", "f", "* * * * * *", "  concurrencyPolicy: Forbid\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    wait_for("two calls", Duration::from_secs(30), || f.delivered() >= 2).await;
+    let skipped =
+        daemon.metric("kubeless_cron_ticks_total{trigger=\"default/forbid\",function=\"f\",outcome=\"skipped\"}").await;
+    assert!(skipped >= 2.0, "ticks during a 2.5 s call are skipped (skipped: {skipped})");
+    // Every call that started ran alone: a GET (no payload), never two at once.
+    let starts: Vec<i64> = f.received().iter().map(tick_time).collect();
+    assert!(starts.windows(2).all(|w| w[1] - w[0] >= 2), "calls overlapped: {starts:?}");
+}

@@ -11,6 +11,8 @@ use crate::control::index::{IndexSettings, DEFAULT_URL_TEMPLATE};
 
 /// Kubeless's default for `KAFKA_BROKERS`.
 pub const DEFAULT_KAFKA_BROKERS: &str = "kafka.kubeless:9092";
+/// Kubeless's default for `NATS_URL`.
+pub const DEFAULT_NATS_URL: &str = "nats://nats.nats-io.svc.cluster.local:4222";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -35,6 +37,10 @@ pub struct Args {
     /// Kafka brokers for triggers without `spec.brokers` (comma-separated).
     #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_KAFKA_BROKERS)]
     pub kafka_brokers: String,
+
+    /// NATS server for triggers without `spec.url`.
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    pub nats_url: String,
 
     /// Extra librdkafka property for every Kafka client, `key=value`; repeatable.
     #[arg(long = "kafka-property", value_parser = parse_property)]
@@ -82,6 +88,7 @@ impl Args {
             admin_addr: _,
             function_url_template,
             kafka_brokers,
+            nats_url,
             kafka_properties,
             drain_timeout,
             state_dir,
@@ -111,6 +118,7 @@ impl Args {
                 kafka_properties: props,
                 drain_timeout: *drain_timeout,
                 state_dir,
+                nats_url: nats_url.clone(),
             },
         })
     }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
 use kubeless_kafka::{InitialOffset, KafkaSourceConfig};
+use kubeless_nats::{NatsAuth, NatsSourceConfig};
 
 use super::manifests::{Loaded, Resource};
 use crate::resources::{
-    ConcurrencyPolicy, CronJobTrigger, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, URL_ANNOTATION,
+    ConcurrencyPolicy, CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger,
+    NATSTrigger, URL_ANNOTATION,
 };
 
 /// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.
@@ -19,6 +21,10 @@ pub const DEFAULT_GROUP_TEMPLATE: &str = "{namespace}_{trigger}_{function}_{topi
 pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local:{port}";
 pub const KAFKA_EVENT_NAMESPACE: &str = "kafkatriggers.kubeless.io";
 pub const CRON_EVENT_NAMESPACE: &str = "cronjobtriggers.kubeless.io";
+pub const NATS_EVENT_NAMESPACE: &str = "natstriggers.kubeless.io";
+/// A JetStream message is redelivered if not acknowledged this long after a request would have
+/// timed out.
+const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Process-wide settings the index needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +37,15 @@ pub struct IndexSettings {
     pub drain_timeout: Duration,
     /// Where the scheduler remembers fired ticks.
     pub state_dir: PathBuf,
+    /// NATS server for triggers without `spec.url` (env `NATS_URL`).
+    pub nats_url: String,
 }
 
 /// Where a consumer's messages come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     Kafka(KafkaSourceConfig),
+    Nats(NatsSourceConfig),
     Cron(CronSource),
 }
 
@@ -57,6 +66,7 @@ impl SourceSpec {
     pub fn id(&self) -> &str {
         match self {
             Self::Kafka(k) => &k.group_id,
+            Self::Nats(n) => &n.group,
             Self::Cron(c) => &c.schedule,
         }
     }
@@ -64,6 +74,7 @@ impl SourceSpec {
     pub fn topics(&self) -> Vec<String> {
         match self {
             Self::Kafka(k) => k.topics.clone(),
+            Self::Nats(n) => vec![n.subject.clone()],
             Self::Cron(_) => Vec::new(),
         }
     }
@@ -71,6 +82,7 @@ impl SourceSpec {
     pub fn drain_timeout(&self) -> Duration {
         match self {
             Self::Kafka(k) => k.drain_timeout,
+            Self::Nats(n) => n.drain_timeout,
             Self::Cron(_) => Duration::ZERO,
         }
     }
@@ -130,6 +142,7 @@ pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
             Resource::Function(_) => {}
             Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &functions, settings, &mut out),
             Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &functions, settings, &mut out),
+            Resource::Nats(trigger, policy) => nats_consumers(trigger, policy, &functions, settings, &mut out),
             other => out.unserved.push(format!("{} {}", other.kind(), loaded.id)),
         }
     }
@@ -146,21 +159,10 @@ fn kafka_consumers(
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let label = format!("KafkaTrigger {ns}/{name}");
-    let selector = match trigger.spec.function_selector.clone().map(Selector::try_from) {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            return out
-                .problems
-                .push(TriggerProblem { trigger: label, problem: format!("spec.functionSelector: {}", e.0) })
-        }
-        None => return,
+    let matched = match selected(trigger.spec.function_selector.as_ref(), ns, functions) {
+        Ok(m) => m,
+        Err(problem) => return out.problems.push(TriggerProblem { trigger: label, problem }),
     };
-    let matched: Vec<&Function> = functions
-        .iter()
-        .copied()
-        .filter(|f| f.metadata.namespace.as_deref() == Some(ns))
-        .filter(|f| selector.matches(f.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
-        .collect();
     if matched.is_empty() {
         out.idle_triggers.push(label);
         return;
@@ -189,7 +191,7 @@ fn kafka_consumers(
             groups.entry(group).or_default().insert(topic.clone());
         }
         let mut delivery = policy.clone();
-        if let Some((_, dl_brokers @ None)) = &mut delivery.dead_letter {
+        if let Some(DeadLetterTarget::Kafka { brokers: dl_brokers @ None, .. }) = &mut delivery.dead_letter {
             *dl_brokers = Some(brokers.clone());
         }
         for (group_id, topics) in groups {
@@ -214,6 +216,72 @@ fn kafka_consumers(
             };
             out.consumers.insert(spec.key(), spec);
         }
+    }
+}
+
+/// The functions in the trigger's namespace that its selector matches.
+fn selected<'a>(
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    ns: &str,
+    functions: &[&'a Function],
+) -> Result<Vec<&'a Function>, String> {
+    let selector = match selector.cloned().map(Selector::try_from) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return Err(format!("spec.functionSelector: {}", e.0)),
+        None => return Ok(Vec::new()),
+    };
+    Ok(functions
+        .iter()
+        .copied()
+        .filter(|f| f.metadata.namespace.as_deref() == Some(ns))
+        .filter(|f| selector.matches(f.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
+        .collect())
+}
+
+fn nats_consumers(
+    trigger: &NATSTrigger,
+    policy: &DeliveryPolicy,
+    functions: &[&Function],
+    settings: &IndexSettings,
+    out: &mut Desired,
+) {
+    let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
+    let name = trigger.metadata.name.as_deref().unwrap_or_default();
+    let label = format!("NATSTrigger {ns}/{name}");
+    let matched = match selected(trigger.spec.function_selector.as_ref(), ns, functions) {
+        Ok(m) => m,
+        Err(problem) => return out.problems.push(TriggerProblem { trigger: label, problem }),
+    };
+    if matched.is_empty() {
+        out.idle_triggers.push(label);
+        return;
+    }
+    let subject = &trigger.spec.topic;
+    for function in matched {
+        let fname = function.metadata.name.as_deref().unwrap_or_default();
+        let timeout = policy.timeout.unwrap_or_else(|| function.timeout());
+        let spec = ConsumerSpec {
+            trigger: format!("{ns}/{name}"),
+            function: fname.to_string(),
+            event_namespace: NATS_EVENT_NAMESPACE,
+            source: SourceSpec::Nats(NatsSourceConfig {
+                url: trigger.spec.url.clone().unwrap_or_else(|| settings.nats_url.clone()),
+                subject: subject.clone(),
+                group: format!("{ns}_{name}_{fname}_{subject}"),
+                jetstream_stream: trigger.spec.jetstream.as_ref().map(|j| j.stream.clone()),
+                // Enough to keep every in-flight slot busy while the next batch arrives.
+                max_ack_pending: i64::from(policy.max_in_flight) * 2,
+                ack_wait: timeout + ACK_WAIT_MARGIN,
+                auth: NatsAuth::None,
+                tls: false,
+                ca_file: None,
+                drain_timeout: settings.drain_timeout,
+            }),
+            url: function_url(function, &settings.url_template),
+            timeout,
+            delivery: policy.clone(),
+        };
+        out.consumers.insert(spec.key(), spec);
     }
 }
 

@@ -10,6 +10,7 @@ fn settings() -> IndexSettings {
         kafka_properties: BTreeMap::new(),
         drain_timeout: Duration::from_secs(5),
         state_dir: PathBuf::from("/state"),
+        nats_url: "nats://n:4222".to_string(),
     }
 }
 
@@ -102,9 +103,9 @@ metadata: {name: c}
 spec: {function-name: missing, schedule: "* * * * *"}
 ---
 apiVersion: kubeless.io/v1beta1
-kind: NATSTrigger
-metadata: {name: n}
-spec: {topic: a, functionSelector: {matchLabels: {function: f}}}
+kind: KinesisTrigger
+metadata: {name: k}
+spec: {function-name: f, aws-region: us-west-2, stream: s}
 "#;
     let d = desired(&mk(yaml), &settings());
     assert!(d.consumers.is_empty());
@@ -112,7 +113,7 @@ spec: {topic: a, functionSelector: {matchLabels: {function: f}}}
         d.idle_triggers,
         ["KafkaTrigger default/t", "CronJobTrigger default/c (Function default/missing does not exist)"]
     );
-    assert_eq!(d.unserved, ["NATSTrigger default/n"]);
+    assert_eq!(d.unserved, ["KinesisTrigger default/k"]);
 }
 
 #[test]
@@ -137,5 +138,8 @@ fn dead_letter_brokers_default_to_the_triggers_brokers() {
     );
     let d = desired(&mk(&yaml), &settings());
     let c = d.consumers.values().next().expect("one consumer");
-    assert_eq!(c.delivery.dead_letter, Some(("dlq".to_string(), Some("k:9092".to_string()))));
+    assert_eq!(
+        c.delivery.dead_letter,
+        Some(DeadLetterTarget::Kafka { topic: "dlq".to_string(), brokers: Some("k:9092".to_string()) })
+    );
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum Resource {
     Function(Function),
     Kafka(KafkaTrigger, DeliveryPolicy),
-    Nats(NATSTrigger),
+    Nats(NATSTrigger, DeliveryPolicy),
     Kinesis(KinesisTrigger),
     CronJob(CronJobTrigger, DeliveryPolicy),
     Http(HTTPTrigger),
@@ -34,7 +34,7 @@ impl Resource {
         match self {
             Self::Function(_) => "Function",
             Self::Kafka(..) => "KafkaTrigger",
-            Self::Nats(_) => "NATSTrigger",
+            Self::Nats(..) => "NATSTrigger",
             Self::Kinesis(_) => "KinesisTrigger",
             Self::CronJob(..) => "CronJobTrigger",
             Self::Http(_) => "HTTPTrigger",
@@ -207,8 +207,8 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
         }
         "NATSTrigger" => {
             let t: NATSTrigger = typed(value, &label)?;
-            t.validate().map_err(fields)?;
-            Resource::Nats(t)
+            let policy = t.validate().map_err(fields)?;
+            Resource::Nats(t, policy)
         }
         "KinesisTrigger" => {
             let t: KinesisTrigger = typed(value, &label)?;

@@ -62,6 +62,11 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("cron bad schedule", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f, schedule: 'every minute'}\n".to_string(), vec!["spec.schedule", "every minute", "not a cron schedule"]),
         ("cron unknown timezone", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f, schedule: '* * * * *', timezone: Mars/Base}\n".to_string(), vec!["spec.timezone", "Mars/Base"]),
         ("cron bad concurrency policy", "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: c}\nspec: {function-name: f, schedule: '* * * * *', concurrencyPolicy: Sometimes}\n".to_string(), vec!["spec.concurrencyPolicy", "Sometimes"]),
+        ("nats bad subject", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: 'a..b', functionSelector: {matchLabels: {function: f}}}\n".to_string(), vec!["spec.topic", "a..b", "not a NATS subject"]),
+        ("nats bad stream name", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: a, functionSelector: {matchLabels: {function: f}}, jetstream: {stream: 'a.b'}}\n".to_string(), vec!["spec.jetstream.stream", "a.b"]),
+        ("nats dead letter to a topic", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: a, functionSelector: {matchLabels: {function: f}}, delivery: {deadLetter: {topic: dlq}}}\n".to_string(), vec!["spec.delivery.deadLetter.topic", "NATSTrigger"]),
+        ("nats bad url", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: a, url: 'not a url', functionSelector: {matchLabels: {function: f}}}\n".to_string(), vec!["spec.url", "not a url"]),
+        ("kafka dead letter to a subject", kafka(&format!("{{topic: t, {sel}, delivery: {{deadLetter: {{subject: dlq}}}}}}")), vec!["spec.delivery.deadLetter.subject", "KafkaTrigger"]),
         ("http bad gateway", "apiVersion: kubeless.io/v1beta1\nkind: HTTPTrigger\nmetadata: {name: h}\nspec: {function-name: f, gateway: apache}\n".to_string(), vec!["spec.gateway", "apache"]),
     ]
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kubeless_connector::{DeadLetterSink, Health, SourceContext, SourceState};
 use kubeless_kafka::{run_source, KafkaDeadLetter};
+use kubeless_nats::NatsDeadLetter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use tracing::{error, info, warn};
 use super::index::{ConsumerSpec, SourceSpec};
 use crate::delivery::event::EventStyle;
 use crate::delivery::{Deliverer, Target};
+use crate::resources::DeadLetterTarget;
 use crate::telemetry::{ConsumerMetrics, CronMetrics};
 use crate::{cron, dispatch};
 
@@ -176,20 +178,14 @@ async fn run_once(
     metrics: &ConsumerMetrics,
 ) -> Result<(), String> {
     let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("function URL {:?} is not valid: {e}", spec.url))?;
-    let dead_letter: Option<Arc<dyn DeadLetterSink>> = match (&spec.delivery.dead_letter, &spec.source) {
-        (Some((topic, brokers)), SourceSpec::Kafka(kafka)) => {
-            let brokers = brokers.as_deref().unwrap_or(&kafka.brokers);
-            let sink = KafkaDeadLetter::new(brokers, topic, &kafka.properties)
-                .map_err(|e| format!("cannot create the dead-letter producer for topic {topic}: {e}"))?;
-            Some(Arc::new(sink))
-        }
-        _ => None,
-    };
+    let dead_letter = dead_letter_sink(spec).await?;
     let (style, method) = match &spec.source {
-        SourceSpec::Kafka(_) => (EventStyle::Broker, reqwest::Method::POST),
+        SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, reqwest::Method::POST),
         SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, reqwest::Method::GET),
         SourceSpec::Cron(_) => (EventStyle::Cron, reqwest::Method::POST),
     };
+    // JetStream redelivers on a NAK with delay; other sources retry here.
+    let redeliver_via_source = matches!(&spec.source, SourceSpec::Nats(n) if n.jetstream_stream.is_some());
     let target = Target {
         trigger: spec.trigger.clone(),
         function: spec.function.clone(),
@@ -199,27 +195,48 @@ async fn run_once(
         style,
         method,
         retry: spec.delivery.retry.clone(),
+        redeliver_via_source,
     };
     let deliverer =
         Arc::new(Deliverer::new(client.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
-    let kafka = match &spec.source {
-        SourceSpec::Kafka(kafka) => kafka.clone(),
-        SourceSpec::Cron(c) => {
-            let metrics = CronMetrics::new(&spec.trigger, &spec.function);
-            return cron::runner::run(&spec.trigger, c, deliverer, metrics, health, stop).await;
-        }
-    };
+    if let SourceSpec::Cron(c) = &spec.source {
+        let metrics = CronMetrics::new(&spec.trigger, &spec.function);
+        return cron::runner::run(&spec.trigger, c, deliverer, metrics, health, stop).await;
+    }
     let max_in_flight = spec.delivery.max_in_flight as usize;
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting
-    // on the consumer thread, no more.
+    // on the source, no more.
     let (tx, rx) = mpsc::channel(max_in_flight.max(16));
     let abort = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(rx, deliverer, spec.delivery.ordering, max_in_flight, abort.clone()));
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone() };
-    let result = run_source(kafka, ctx).await;
+    let result = match &spec.source {
+        SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Cron(_) => Ok(()),
+    };
     // The source has drained, committed and left its group (or failed): whatever still runs
     // cannot be committed by this consumer any more, so stop retrying it.
     abort.cancel();
     let _ = dispatcher.await;
-    result.map_err(|e| e.to_string())
+    result
+}
+
+/// The dead-letter destination of a consumer, if it has one.
+async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLetterSink>>, String> {
+    Ok(match (&spec.delivery.dead_letter, &spec.source) {
+        (Some(DeadLetterTarget::Kafka { topic, brokers }), SourceSpec::Kafka(kafka)) => {
+            let brokers = brokers.as_deref().unwrap_or(&kafka.brokers);
+            let sink = KafkaDeadLetter::new(brokers, topic, &kafka.properties)
+                .map_err(|e| format!("cannot create the dead-letter producer for topic {topic}: {e}"))?;
+            Some(Arc::new(sink))
+        }
+        (Some(DeadLetterTarget::Nats { subject }), SourceSpec::Nats(nats)) => {
+            let client = kubeless_nats::connect(&nats.url, &nats.auth, nats.tls, nats.ca_file.as_deref())
+                .await
+                .map_err(|e| format!("dead-letter subject {subject}: {e}"))?;
+            Some(Arc::new(NatsDeadLetter::new(client, subject, nats.jetstream_stream.is_some())))
+        }
+        _ => None,
+    })
 }

@@ -25,6 +25,8 @@ impl Acker for TickOutcomes {
         match outcome {
             Outcome::Delivered => self.0.succeeded.increment(1),
             Outcome::DeadLettered => self.0.failed.increment(1),
+            // Ticks are retried in the dispatcher, never handed back.
+            Outcome::Redeliver { .. } => {}
         }
     }
 }
@@ -134,6 +136,7 @@ impl Runner {
                 offset: tick.timestamp(),
                 timestamp_ms: Some(tick.timestamp_millis()),
             },
+            attempt: 1,
             ack: AckHandle::new(self.outcomes.clone(), Position { slot: 0, generation: 0, offset: tick.timestamp() }),
         };
         let (deliverer, cancel) = (self.deliverer.clone(), self.cancel_running.clone());

@@ -133,6 +133,7 @@ mod tests {
                 offset: 42,
                 timestamp_ms: Some(1_257_894_000_123),
             },
+            attempt: 1,
             ack: AckHandle::detached(),
         }
     }

@@ -33,6 +33,9 @@ pub struct Target {
     /// POST, or GET for cron ticks without a payload (as Kubeless).
     pub method: reqwest::Method,
     pub retry: RetryPolicy,
+    /// Retries go back to the source as `Outcome::Redeliver` (JetStream NAK with delay) instead of
+    /// waiting here: the broker keeps the message, not our memory.
+    pub redeliver_via_source: bool,
 }
 
 /// Delivers messages for one (trigger, function). Shared by all its in-flight deliveries.
@@ -83,7 +86,8 @@ impl Deliverer {
     pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
         let received = Instant::now();
         let headers = event::event_headers(&msg, self.target.event_namespace, self.target.style, SystemTime::now());
-        let mut attempts = 0u32;
+        // Attempts made before this delivery (JetStream redeliveries) count towards maxAttempts.
+        let mut attempts = msg.attempt.saturating_sub(1);
         loop {
             attempts += 1;
             if let Some(limiter) = &self.limiter {
@@ -126,6 +130,15 @@ impl Deliverer {
             }
             self.metrics.retries.increment(1);
             let delay = retry_after.unwrap_or_else(|| backoff(retry, attempts, &mut rand::rng()));
+            if self.target.redeliver_via_source {
+                warn!(
+                    trigger = %self.target.trigger, function = %self.target.function, source = %msg.origin.source,
+                    sequence = msg.origin.offset, attempts, status = ?attempt.status, error = %attempt.error,
+                    delay_ms = delay.as_millis() as u64, "Delivery failed; the broker redelivers it later."
+                );
+                msg.ack.finish(Outcome::Redeliver { after: delay });
+                return;
+            }
             warn!(
                 trigger = %self.target.trigger, function = %self.target.function, topic = %msg.origin.source,
                 partition = msg.origin.partition, offset = msg.origin.offset, attempts, status = ?attempt.status,

@@ -92,6 +92,7 @@ fn message(acks: &Arc<Acks>, partition: i32, offset: i64, key: Option<&str>) -> 
         key: key.map(|k| bytes::Bytes::from(k.to_string())),
         headers: Vec::new(),
         origin: Origin { source: Arc::from("t"), partition, offset, timestamp_ms: None },
+        attempt: 1,
         ack: AckHandle::new(acks.clone(), Position { slot: partition as u32, generation: 1, offset }),
     }
 }
@@ -115,6 +116,7 @@ fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLett
         style: crate::delivery::event::EventStyle::Broker,
         method: reqwest::Method::POST,
         retry,
+        redeliver_via_source: false,
     };
     Arc::new(Deliverer::new(
         http_client().expect("client"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::validate::{check_brokers, check_topic, parse_duration, Errors};
+use super::validate::{check_brokers, check_subject, check_topic, parse_duration, Errors};
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -59,9 +59,13 @@ pub struct RetrySpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeadLetterSpec {
-    /// Kafka topic for messages that cannot be delivered.
+    /// Kafka topic for messages that cannot be delivered (KafkaTrigger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// NATS subject for messages that cannot be delivered (NATSTrigger; through JetStream when the
+    /// trigger uses it, so the write is confirmed by the stream capturing the subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Brokers of the dead-letter topic, if not the trigger's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brokers: Option<String>,
@@ -97,6 +101,19 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Where dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterTarget {
+    /// A Kafka topic; brokers default to the trigger's.
+    Kafka {
+        topic: String,
+        brokers: Option<String>,
+    },
+    Nats {
+        subject: String,
+    },
+}
+
 /// `spec.delivery` resolved: defaults applied, durations parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryPolicy {
@@ -104,8 +121,7 @@ pub struct DeliveryPolicy {
     pub max_in_flight: u32,
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
-    /// Dead-letter topic and, when set, its own brokers.
-    pub dead_letter: Option<(String, Option<String>)>,
+    pub dead_letter: Option<DeadLetterTarget>,
     /// (per second, burst).
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
 }
@@ -169,15 +185,25 @@ impl DeliverySpec {
         }
         if let Some(dl) = &self.dead_letter {
             let f = format!("{field}.deadLetter");
-            match dl.topic.as_deref() {
-                Some(topic) => {
+            match (dl.topic.as_deref(), dl.subject.as_deref()) {
+                (Some(_), Some(_)) => {
+                    errors.push(format!("{f}.subject"), "set topic (Kafka) or subject (NATS), not both")
+                }
+                (Some(topic), None) => {
                     check_topic(errors, &format!("{f}.topic"), topic);
                     if let Some(b) = &dl.brokers {
                         check_brokers(errors, &format!("{f}.brokers"), b);
                     }
-                    policy.dead_letter = Some((topic.to_string(), dl.brokers.clone()));
+                    policy.dead_letter =
+                        Some(DeadLetterTarget::Kafka { topic: topic.to_string(), brokers: dl.brokers.clone() });
                 }
-                None => errors.push(format!("{f}.topic"), "is required when deadLetter is set"),
+                (None, Some(subject)) => {
+                    check_subject(errors, &format!("{f}.subject"), subject);
+                    policy.dead_letter = Some(DeadLetterTarget::Nats { subject: subject.to_string() });
+                }
+                (None, None) => {
+                    errors.push(format!("{f}.topic"), "is required when deadLetter is set (or subject, for NATS)")
+                }
             }
         }
         if let Some(rl) = &self.rate_limit {

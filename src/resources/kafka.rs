@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::delivery::{DeliveryPolicy, DeliverySpec};
+use super::delivery::{DeadLetterTarget, DeliveryPolicy, DeliverySpec};
 use super::status::TriggerStatus;
 use super::validate::{check_brokers, check_object_name, check_selector, check_topic, Errors, FieldError};
 
@@ -96,6 +96,10 @@ impl KafkaTrigger {
             check_brokers(&mut errors, "spec.brokers", b);
         }
         let policy = self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
+        if let Some(DeadLetterTarget::Nats { .. }) = policy.dead_letter {
+            errors
+                .push("spec.delivery.deadLetter.subject", "is for NATSTrigger; a KafkaTrigger dead-letters to a topic");
+        }
         errors.into_result(policy)
     }
 }

@@ -12,12 +12,14 @@ mod status;
 pub mod validate;
 
 pub use cronjob::{ConcurrencyPolicy, CronJobTrigger, CronJobTriggerSpec};
-pub use delivery::{DeadLetterSpec, DeliveryPolicy, DeliverySpec, Ordering, RateLimitSpec, RetryPolicy, RetrySpec};
+pub use delivery::{
+    DeadLetterSpec, DeadLetterTarget, DeliveryPolicy, DeliverySpec, Ordering, RateLimitSpec, RetryPolicy, RetrySpec,
+};
 pub use function::{Function, FunctionSpec, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION};
 pub use http::{HTTPTrigger, HTTPTriggerSpec};
 pub use kafka::{InitialOffsetSpec, KafkaTrigger, KafkaTriggerSpec};
 pub use kinesis::{KinesisTrigger, KinesisTriggerSpec};
-pub use nats::{NATSTrigger, NATSTriggerSpec};
+pub use nats::{JetStreamSpec, NATSTrigger, NATSTriggerSpec};
 pub use status::{Condition, TriggerStatus};
 pub use validate::FieldError;
 

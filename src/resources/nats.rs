@@ -1,14 +1,13 @@
-//! `NATSTrigger`: Kubeless's NATS trigger (same shape as KafkaTrigger). Parsed and validated here;
-//! its source is not part of this build yet.
+//! `NATSTrigger`: Kubeless's NATS trigger (same shape as KafkaTrigger), plus JetStream.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::delivery::DeliverySpec;
+use super::delivery::{DeadLetterTarget, DeliveryPolicy, DeliverySpec};
 use super::status::TriggerStatus;
-use super::validate::{check_object_name, check_required, check_selector, Errors, FieldError};
+use super::validate::{check_object_name, check_required, check_selector, check_subject, Errors, FieldError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -34,12 +33,23 @@ pub struct NATSTriggerSpec {
     /// Server URL; default: env `NATS_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Consume through an existing JetStream stream with a durable consumer (acknowledged after
+    /// delivery, survives restarts). Without it: a core-NATS queue subscription (at-most-once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JetStreamSpec {
+    /// The stream (it must exist and capture the trigger's subject).
+    pub stream: String,
+}
+
 impl NATSTrigger {
-    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+    pub fn validate(&self) -> Result<DeliveryPolicy, Vec<FieldError>> {
         let mut errors = Errors::default();
         check_object_name(&mut errors, "metadata.name", self.metadata.name.as_deref().unwrap_or_default());
         match &self.spec.function_selector {
@@ -47,10 +57,25 @@ impl NATSTrigger {
             None => errors.push("spec.functionSelector", "is required"),
         }
         check_required(&mut errors, "spec.topic", &self.spec.topic);
-        if self.spec.topic.contains(char::is_whitespace) {
-            errors.push("spec.topic", format!("{:?} is not a NATS subject (no spaces allowed)", self.spec.topic));
+        if !self.spec.topic.trim().is_empty() {
+            check_subject(&mut errors, "spec.topic", &self.spec.topic);
         }
-        self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
-        errors.into_result(())
+        if let Some(url) = &self.spec.url {
+            if !url.split(',').all(|u| u.trim().parse::<reqwest::Url>().is_ok_and(|u| u.host_str().is_some())) {
+                errors.push("spec.url", format!("{url:?} is not a NATS URL (e.g. nats://nats:4222)"));
+            }
+        }
+        if let Some(js) = &self.spec.jetstream {
+            let bad = js.stream.is_empty() || js.stream.contains(['.', '*', '>', ' ', '/']);
+            if bad {
+                errors.push("spec.jetstream.stream", format!("{:?} is not a stream name", js.stream));
+            }
+        }
+        let policy = self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
+        if let Some(DeadLetterTarget::Kafka { .. }) = policy.dead_letter {
+            errors
+                .push("spec.delivery.deadLetter.topic", "is for KafkaTrigger; a NATSTrigger dead-letters to a subject");
+        }
+        errors.into_result(policy)
     }
 }

@@ -170,6 +170,22 @@ pub fn check_brokers(errors: &mut Errors, field: &str, brokers: &str) {
     }
 }
 
+/// A NATS subject: dot-separated tokens, no whitespace, no empty token; `*` and a final `>` allowed.
+pub fn check_subject(errors: &mut Errors, field: &str, subject: &str) {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let ok = !subject.is_empty()
+        && !subject.contains(char::is_whitespace)
+        && tokens.iter().all(|t| !t.is_empty())
+        && tokens.iter().enumerate().all(|(i, t)| *t != ">" || i == tokens.len() - 1)
+        && tokens.iter().all(|t| t.len() == 1 || !t.contains(['*', '>']));
+    if !ok {
+        errors.push(
+            field,
+            format!("{subject:?} is not a NATS subject (dot-separated tokens; * for one token, > at the end)"),
+        );
+    }
+}
+
 /// A required string field of a Kubeless spec.
 pub fn check_required(errors: &mut Errors, field: &str, value: &str) {
     if value.trim().is_empty() {

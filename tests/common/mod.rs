@@ -390,3 +390,69 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A nats-server with JetStream (file store in a temp dir), killed on drop.
+pub struct Nats {
+    child: Child,
+    _store: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Nats {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let store = tempfile::tempdir().expect("store");
+        let bin = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("nats-{port}.log"))).expect("log");
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server (run scripts/install-deps)");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("nats-server to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok())
+            .await;
+        Self { child, _store: store, url: format!("nats://127.0.0.1:{port}") }
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        kubeless_nats::connect(&self.url, &kubeless_nats::NatsAuth::None, false, None).await.expect("connect")
+    }
+
+    /// Publishes `bodies` to `subject`; through JetStream (each confirmed) when `jetstream`.
+    pub async fn publish_all(&self, subject: &str, bodies: impl IntoIterator<Item = String>, jetstream: bool) {
+        let client = self.client().await;
+        if jetstream {
+            let js = async_nats::jetstream::new(client.clone());
+            let acks: Vec<_> = futures::future::join_all(bodies.into_iter().map(|b| {
+                let js = js.clone();
+                async move { js.publish(subject.to_string(), b.into()).await.expect("publish") }
+            }))
+            .await;
+            for ack in acks {
+                ack.await.expect("stored");
+            }
+        } else {
+            for b in bodies {
+                client.publish(subject.to_string(), b.into()).await.expect("publish");
+            }
+            client.flush().await.expect("flush");
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A NATSTrigger manifest; `extra` is added to its spec.
+pub fn nats_trigger_yaml(name: &str, subject: &str, selector: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  topic: '{subject}'\n  functionSelector:\n    matchLabels: {selector}\n{extra}"
+    )
+}

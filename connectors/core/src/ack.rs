@@ -3,7 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// What finally happened to a message. Both outcomes let the source commit the position.
+/// What finally happened to a message. `Delivered` and `DeadLettered` let the source commit the
+/// position; `Redeliver` asks a source that can (JetStream) to deliver it again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Every attempt that mattered ended in a 2xx.
@@ -11,6 +12,9 @@ pub enum Outcome {
     /// The message was written to the dead-letter destination, or (with none configured) logged and
     /// counted as failed; either way it is finished and will not be retried.
     DeadLettered,
+    /// Not finished: a retriable failure the broker should redeliver after `after` (a JetStream
+    /// NAK with delay). Only used for sources that declare they redeliver.
+    Redeliver { after: std::time::Duration },
 }
 
 /// Where a source tracks one message. The meaning of the fields belongs to the source: Kafka uses

@@ -27,5 +27,8 @@ pub struct Message {
     /// Broker headers, forwarded to the function where they are valid HTTP headers.
     pub headers: Vec<(String, Bytes)>,
     pub origin: Origin,
+    /// Delivery attempt as the broker counts it (1 for the first delivery; JetStream counts
+    /// redeliveries), so retry limits hold across redeliveries.
+    pub attempt: u32,
     pub ack: AckHandle,
 }

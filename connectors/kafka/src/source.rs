@@ -255,7 +255,12 @@ impl Inner {
         true
     }
 
-    fn apply(&mut self, (position, _outcome): (Position, Outcome)) {
+    fn apply(&mut self, (position, outcome): (Position, Outcome)) {
+        if matches!(outcome, Outcome::Redeliver { .. }) {
+            // Kafka cannot redeliver one record; retries happen in the dispatcher. An unfinished
+            // offset is never committed, which is the safe reading of this outcome.
+            return;
+        }
         if let Some(Some(slot)) = self.slots.get_mut(position.slot as usize) {
             if slot.generation == position.generation {
                 slot.tracker.finish(position.offset);
@@ -320,6 +325,7 @@ impl Inner {
                 offset,
                 timestamp_ms: record.timestamp().to_millis(),
             },
+            attempt: 1,
             ack: AckHandle::new(acker.clone(), position),
         })
     }

@@ -1,0 +1,56 @@
+//! Connection and helpers for the CLI and the tests: connect with auth, publish, create a stream.
+
+use async_nats::jetstream;
+
+use crate::config::NatsAuth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("NATS request failed: {0}")]
+    Request(String),
+}
+
+/// Connects with the given auth and TLS settings.
+pub async fn connect(
+    url: &str,
+    auth: &NatsAuth,
+    tls: bool,
+    ca_file: Option<&std::path::Path>,
+) -> Result<async_nats::Client, AdminError> {
+    let err = |reason: String| AdminError::Connect { url: url.to_string(), reason };
+    let mut opts = async_nats::ConnectOptions::new().name("kubeless-broker");
+    opts = match auth {
+        NatsAuth::None => opts,
+        NatsAuth::Token(t) => opts.token(t.clone()),
+        NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
+        NatsAuth::CredentialsFile(path) => opts.credentials_file(path).await.map_err(|e| err(e.to_string()))?,
+    };
+    if tls {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = ca_file {
+        opts = opts.add_root_certificates(ca.to_path_buf());
+    }
+    opts.connect(url).await.map_err(|e| err(e.to_string()))
+}
+
+/// Publishes one message (core NATS) and flushes it to the server.
+pub async fn publish(client: &async_nats::Client, subject: &str, payload: Vec<u8>) -> Result<(), AdminError> {
+    client.publish(subject.to_string(), payload.into()).await.map_err(|e| AdminError::Request(e.to_string()))?;
+    client.flush().await.map_err(|e| AdminError::Request(e.to_string()))
+}
+
+/// Creates (or keeps) a stream capturing `subjects`.
+pub async fn create_stream(client: &async_nats::Client, name: &str, subjects: &[&str]) -> Result<(), AdminError> {
+    let js = jetstream::new(client.clone());
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| AdminError::Request(e.to_string()))
+}

@@ -1,0 +1,239 @@
+//! The NATS source: a core queue subscription, or a JetStream durable pull consumer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use kubeless_connector::{AckHandle, Acker, Message, Origin, Outcome, Position, SourceContext, SourceState};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::admin::connect;
+use crate::config::{durable_name, NatsSourceConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsSourceError {
+    #[error(transparent)]
+    Connect(#[from] crate::AdminError),
+    #[error("cannot subscribe to {subject:?} in queue group {group}: {reason}")]
+    Subscribe { subject: String, group: String, reason: String },
+    #[error("JetStream stream {stream:?} is not available ({reason}); create it with a subject covering {subject:?}")]
+    Stream { stream: String, subject: String, reason: String },
+    #[error("cannot bind durable consumer {durable} on stream {stream}: {reason}")]
+    Consumer { stream: String, durable: String, reason: String },
+    #[error("the subscription to {subject:?} ended: {reason}")]
+    Ended { subject: String, reason: String },
+}
+
+/// Messages pulled from JetStream per request: a small batch keeps the prefetch (and memory) small.
+const MAX_BATCH: i64 = 256;
+
+/// Runs until `ctx.shutdown` (then waits, bounded, for handed-out messages to be acknowledged).
+pub async fn run_source(config: NatsSourceConfig, ctx: SourceContext) -> Result<(), NatsSourceError> {
+    let client = connect(&config.url, &config.auth, config.tls, config.ca_file.as_deref()).await?;
+    let result = match config.jetstream_stream.clone() {
+        None => core(&client, &config, &ctx).await,
+        Some(stream) => jetstream_consumer(&client, &stream, &config, &ctx).await,
+    };
+    // Acks are publishes: make sure they reached the server before the connection goes.
+    let _ = client.flush().await;
+    result
+}
+
+/// Core NATS: at-most-once by nature. While the dispatcher is full the subscription is not read;
+/// the client buffers, and past its capacity the server drops messages for this slow consumer.
+async fn core(
+    client: &async_nats::Client,
+    config: &NatsSourceConfig,
+    ctx: &SourceContext,
+) -> Result<(), NatsSourceError> {
+    let mut sub = client.queue_subscribe(config.subject.clone(), config.group.clone()).await.map_err(|e| {
+        NatsSourceError::Subscribe {
+            subject: config.subject.clone(),
+            group: config.group.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    ctx.health.set(SourceState::Ready);
+    info!(subject = %config.subject, group = %config.group, "NATS queue subscription made.");
+    // Core NATS has no sequence: number messages from the start time so event-ids stay unique.
+    let mut seq = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    loop {
+        let next = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(m) = next else {
+            return Err(NatsSourceError::Ended { subject: config.subject.clone(), reason: "connection closed".into() });
+        };
+        seq += 1;
+        let msg = Message {
+            headers: headers_of(m.headers.as_ref()),
+            payload: m.payload,
+            key: None,
+            origin: Origin { source: Arc::from(m.subject.as_str()), partition: 0, offset: seq, timestamp_ms: None },
+            attempt: 1,
+            ack: AckHandle::detached(),
+        };
+        if ctx.out.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(())
+}
+
+fn headers_of(h: Option<&async_nats::HeaderMap>) -> Vec<(String, Bytes)> {
+    h.map(|h| {
+        h.iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), Bytes::copy_from_slice(v.as_str().as_bytes()))))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Messages handed out and not yet acknowledged, so a stop can wait for them.
+#[derive(Default)]
+struct Outstanding {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl Outstanding {
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+}
+
+/// The ack of one JetStream message: `+ACK` when finished, `-NAK` with a delay to have the server
+/// redeliver it later (retries), nothing when dropped (the server redelivers after `ack_wait`).
+struct JsAck {
+    acker: Mutex<Option<jetstream::message::Acker>>,
+    outstanding: Arc<Outstanding>,
+}
+
+impl Acker for JsAck {
+    fn ack(&self, _position: Position, outcome: Outcome) {
+        let Some(acker) = self.acker.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let kind = match outcome {
+            Outcome::Delivered | Outcome::DeadLettered => AckKind::Ack,
+            Outcome::Redeliver { after } => AckKind::Nak(Some(after)),
+        };
+        let outstanding = self.outstanding.clone();
+        tokio::spawn(async move {
+            if let Err(e) = acker.ack_with(kind).await {
+                warn!(error = %e, "JetStream ack failed; the server will redeliver the message.");
+            }
+            outstanding.done();
+        });
+    }
+}
+
+impl Drop for JsAck {
+    fn drop(&mut self) {
+        // Never acknowledged (aborted): count it as settled, the server redelivers it.
+        if self.acker.get_mut().map(|a| a.is_some()).unwrap_or(false) {
+            self.outstanding.done();
+        }
+    }
+}
+
+async fn jetstream_consumer(
+    client: &async_nats::Client,
+    stream_name: &str,
+    config: &NatsSourceConfig,
+    ctx: &SourceContext,
+) -> Result<(), NatsSourceError> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(stream_name).await.map_err(|e| NatsSourceError::Stream {
+        stream: stream_name.to_string(),
+        subject: config.subject.clone(),
+        reason: e.to_string(),
+    })?;
+    let durable = durable_name(&config.group);
+    let consumer_err =
+        |e: String| NatsSourceError::Consumer { stream: stream_name.to_string(), durable: durable.clone(), reason: e };
+    let consumer: pull::Stream = stream
+        .get_or_create_consumer::<pull::Config>(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: config.subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_ack_pending: config.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| consumer_err(e.to_string()))?
+        .stream()
+        .max_messages_per_batch(config.max_ack_pending.clamp(1, MAX_BATCH) as usize)
+        .messages()
+        .await
+        .map_err(|e| consumer_err(e.to_string()))?;
+    let mut messages = consumer;
+    ctx.health.set(SourceState::Ready);
+    info!(stream = stream_name, durable = %durable, subject = %config.subject, "JetStream durable consumer bound.");
+    let outstanding = Arc::new(Outstanding::default());
+    let result = loop {
+        let next = tokio::select! {
+            () = ctx.shutdown.cancelled() => break Ok(()),
+            m = messages.next() => m,
+        };
+        let m = match next {
+            None => {
+                break Err(NatsSourceError::Ended { subject: config.subject.clone(), reason: "stream closed".into() })
+            }
+            Some(Err(e)) => {
+                warn!(durable = %durable, error = %e, "JetStream pull error; continuing.");
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let (seq, delivered, published_ms) = match m.info() {
+            Ok(i) => (i.stream_sequence as i64, i.delivered, (i.published.unix_timestamp_nanos() / 1_000_000) as i64),
+            Err(_) => (0, 1, 0),
+        };
+        let (m, acker) = m.split();
+        outstanding.count.fetch_add(1, Ordering::AcqRel);
+        let ack = Arc::new(JsAck { acker: Mutex::new(Some(acker)), outstanding: outstanding.clone() });
+        let msg = Message {
+            headers: headers_of(m.headers.as_ref()),
+            payload: m.payload,
+            key: None,
+            origin: Origin {
+                source: Arc::from(m.subject.as_str()),
+                partition: 0,
+                offset: seq,
+                timestamp_ms: (published_ms > 0).then_some(published_ms),
+            },
+            attempt: u32::try_from(delivered).unwrap_or(1).max(1),
+            ack: AckHandle::new(ack, Position { slot: 0, generation: 0, offset: seq }),
+        };
+        if ctx.out.send(msg).await.is_err() {
+            break Ok(());
+        }
+    };
+    // Stop pulling; what was prefetched but never handed out is redelivered by the server.
+    drop(messages);
+    let deadline = Instant::now() + config.drain_timeout;
+    while outstanding.count.load(Ordering::Acquire) > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            warn!(durable = %durable, outstanding = outstanding.count.load(Ordering::Acquire), "Drain timed out; the server will redeliver the rest.");
+            break;
+        }
+        let notified = outstanding.zero.notified();
+        if outstanding.count.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+    }
+    result
+}

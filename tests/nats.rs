@@ -1,0 +1,127 @@
+//! NATS and JetStream → functions through a real nats-server on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+fn counts(f: &Function) -> HashMap<String, usize> {
+    let mut c = HashMap::new();
+    for r in f.received() {
+        *c.entry(r.body).or_default() += 1;
+    }
+    c
+}
+
+/// A Function whose requests time out after 5 s, so JetStream redelivers unacknowledged messages
+/// 10 s (timeout + margin) after a crash.
+fn short_function(name: &str, url: &str) -> String {
+    function_yaml(name, &format!("{{function: {name}}}"), url).replace("timeout: \"30\"", "timeout: \"5\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_and_jetstream_each_deliver_3000_messages() {
+    const N: usize = 3000;
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "EVENTS", &["js.>"]).await.expect("stream");
+    let (core_fn, js_fn) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("core", "{function: core}", &core_fn.url),
+        function_yaml("js", "{function: js}", &js_fn.url),
+        nats_trigger_yaml("core", "core.*", "{function: core}", ""),
+        nats_trigger_yaml("js", "js.events", "{function: js}", "  jetstream: {stream: EVENTS}\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+
+    nats.publish_all("core.events", (0..N).map(|i| format!("c{i}")), false).await;
+    nats.publish_all("js.events", (0..N).map(|i| format!("j{i}")), true).await;
+    for f in [&core_fn, &js_fn] {
+        wait_for("every message", Duration::from_secs(120), || f.delivered() >= N).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (f, prefix) in [(&core_fn, "c"), (&js_fn, "j")] {
+        let c = counts(f);
+        assert_eq!(c.len(), N, "every {prefix} message arrived");
+        assert!(c.values().all(|n| *n == 1), "each exactly once");
+        let h = &f.received()[0].headers;
+        assert_eq!(h["event-namespace"], "natstriggers.kubeless.io");
+        assert!(h["event-topic"] == "core.events" || h["event-topic"] == "js.events");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_messages_published_while_the_daemon_is_down_arrive_after_kill_9() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "ORDERS", &["orders"]).await.expect("stream");
+    let f = Function::start(Behaviour::Slow(Duration::from_millis(2))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        short_function("f", &f.url),
+        nats_trigger_yaml("t", "orders", "{function: f}", "  jetstream: {stream: ORDERS}\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let mut daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    nats.publish_all("orders", (0..1000).map(|i| format!("a{i}")), true).await;
+    wait_for("some deliveries", Duration::from_secs(60), || f.delivered() >= 300).await;
+    daemon.kill9();
+
+    nats.publish_all("orders", (0..3000).map(|i| format!("b{i}")), true).await;
+    daemon.restart().await;
+    daemon.wait_ready().await;
+    wait_for("every message, after the restart", Duration::from_secs(120), || counts(&f).len() == 4000).await;
+    let c = counts(&f);
+    assert!((0..3000).all(|i| c.contains_key(&format!("b{i}"))), "messages published while down arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_one_durable_jetstream_consumer_without_loss_or_duplicates() {
+    const N: usize = 3000;
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "WORK", &["work"]).await.expect("stream");
+    let f = Function::start(Behaviour::Slow(Duration::from_millis(2))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests =
+        [short_function("f", &f.url), nats_trigger_yaml("t", "work", "{function: f}", "  jetstream: {stream: WORK}\n")];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let a = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    let b = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    nats.publish_all("work", (0..N).map(|i| format!("w{i}")), true).await;
+    wait_for("every message", Duration::from_secs(120), || counts(&f).len() == N).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = counts(&f);
+    assert!(c.values().all(|n| *n == 1), "no message delivered twice");
+    let (da, db) =
+        (a.metric("kubeless_messages_delivered_total").await, b.metric("kubeless_messages_delivered_total").await);
+    assert!(da > 0.0 && db > 0.0, "both daemons took a share (a {da}, b {db})");
+    assert_eq!((da + db) as usize, N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_retries_are_redeliveries_after_a_nak_with_delay() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "FLAKY", &["flaky"]).await.expect("stream");
+    let f = Function::start(Behaviour::FailFirst(vec![503, 503])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let retry = "  jetstream: {stream: FLAKY}\n  delivery:\n    retry: {initialBackoff: 100ms, maxBackoff: 200ms}\n";
+    let manifests = [short_function("f", &f.url), nats_trigger_yaml("t", "flaky", "{function: f}", retry)];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    nats.publish_all("flaky", ["once".to_string()], true).await;
+    wait_for("success after two 503s", Duration::from_secs(60), || f.delivered() == 1).await;
+    let got = f.received();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|r| r.headers["event-id"] == got[0].headers["event-id"]),
+        "one event-id across redeliveries"
+    );
+    assert_eq!(daemon.metric("kubeless_delivery_retries_total").await, 2.0);
+}

@@ -125,3 +125,52 @@ async fn jetstream_retries_are_redeliveries_after_a_nak_with_delay() {
     );
     assert_eq!(daemon.metric("kubeless_delivery_retries_total").await, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_come_from_a_secret_and_wrong_ones_are_reported_without_stopping_others() {
+    let nats = Nats::start_with(
+        &["--user", "broker", "--pass", "s3cret"],
+        kubeless_nats::NatsAuth::UserPassword("broker".into(), "s3cret".into()),
+    )
+    .await;
+    let (good, bad) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: nats-creds, namespace: default}\ndata: {user: YnJva2Vy, password: czNjcmV0}\n".to_string(),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: wrong-creds, namespace: default}\nstringData: {user: broker, password: nope}\n".to_string(),
+        function_yaml("good", "{function: good}", &good.url),
+        function_yaml("bad", "{function: bad}", &bad.url),
+        nats_trigger_yaml("good", "events", "{function: good}", "  auth: {secret: nats-creds}\n"),
+        nats_trigger_yaml("bad", "events", "{function: bad}", "  auth: {secret: wrong-creds}\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+
+    // The good trigger subscribes; the bad one reports why it cannot.
+    let start = std::time::Instant::now();
+    loop {
+        let status = daemon.status().await;
+        let states: Vec<(String, String)> = status["consumers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                (
+                    c["function"].as_str().unwrap_or_default().to_string(),
+                    c["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let state = |f: &str| states.iter().find(|(n, _)| n == f).map(|(_, s)| s.clone()).unwrap_or_default();
+        if state("good") == "Ready" && state("bad").contains("uthorization") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "states: {states:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nats.publish_all("events", ["hello".to_string()], false).await;
+    wait_for("delivery with credentials from the Secret", Duration::from_secs(30), || good.delivered() == 1).await;
+    assert_eq!(bad.delivered(), 0);
+    assert!(!daemon.log_text().contains("s3cret"), "a secret must never be logged");
+}

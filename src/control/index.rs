@@ -128,8 +128,54 @@ pub struct Desired {
     pub unserved: Vec<String>,
 }
 
+/// Secret contents by (namespace, name): `data` decoded, `stringData` merged over it.
+type Secrets = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
+
+fn secrets_of(resources: &[Loaded]) -> Secrets {
+    resources
+        .iter()
+        .filter_map(|l| match &l.resource {
+            Resource::Secret(s) => Some(s),
+            _ => None,
+        })
+        .map(|s| {
+            let mut data: BTreeMap<String, Vec<u8>> =
+                s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+            data.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
+            let key = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+            (key, data)
+        })
+        .collect()
+}
+
+/// One key of a Secret as text.
+fn secret_text(secrets: &Secrets, ns: &str, name: &str, key: &str) -> Option<String> {
+    let value = secrets.get(&(ns.to_string(), name.to_string()))?.get(key)?;
+    Some(String::from_utf8_lossy(value).into_owned())
+}
+
+/// NATS credentials from `spec.auth.secret`: `token`, or `user` + `password`, or `creds`.
+fn nats_auth(secrets: &Secrets, ns: &str, name: &str) -> Result<NatsAuth, String> {
+    if !secrets.contains_key(&(ns.to_string(), name.to_string())) {
+        return Err(format!(
+            "spec.auth.secret: Secret {ns}/{name} not found (in standalone mode, add a v1 Secret manifest)"
+        ));
+    }
+    let get = |k: &str| secret_text(secrets, ns, name, k);
+    if let Some(token) = get("token") {
+        Ok(NatsAuth::Token(token))
+    } else if let (Some(user), Some(password)) = (get("user"), get("password")) {
+        Ok(NatsAuth::UserPassword(user, password))
+    } else if let Some(creds) = get("creds") {
+        Ok(NatsAuth::Credentials(creds))
+    } else {
+        Err(format!("spec.auth.secret: Secret {ns}/{name} has none of the keys token, user and password, or creds"))
+    }
+}
+
 pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
     let mut out = Desired::default();
+    let secrets = secrets_of(resources);
     let functions: Vec<&Function> = resources
         .iter()
         .filter_map(|l| match &l.resource {
@@ -139,10 +185,12 @@ pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
         .collect();
     for loaded in resources {
         match &loaded.resource {
-            Resource::Function(_) => {}
+            Resource::Function(_) | Resource::Secret(_) => {}
             Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &functions, settings, &mut out),
             Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &functions, settings, &mut out),
-            Resource::Nats(trigger, policy) => nats_consumers(trigger, policy, &functions, settings, &mut out),
+            Resource::Nats(trigger, policy) => {
+                nats_consumers(trigger, policy, &functions, &secrets, settings, &mut out)
+            }
             other => out.unserved.push(format!("{} {}", other.kind(), loaded.id)),
         }
     }
@@ -242,6 +290,7 @@ fn nats_consumers(
     trigger: &NATSTrigger,
     policy: &DeliveryPolicy,
     functions: &[&Function],
+    secrets: &Secrets,
     settings: &IndexSettings,
     out: &mut Desired,
 ) {
@@ -256,6 +305,23 @@ fn nats_consumers(
         out.idle_triggers.push(label);
         return;
     }
+    let auth = match &trigger.spec.auth {
+        None => NatsAuth::None,
+        Some(a) => match nats_auth(secrets, ns, &a.secret) {
+            Ok(auth) => auth,
+            Err(problem) => return out.problems.push(TriggerProblem { trigger: label, problem }),
+        },
+    };
+    let ca_pem = match trigger.spec.tls.as_ref().and_then(|t| t.ca_secret.as_deref()) {
+        None => None,
+        Some(secret) => match secret_text(secrets, ns, secret, "ca.crt") {
+            Some(pem) => Some(pem),
+            None => {
+                let problem = format!("spec.tls.caSecret: Secret {ns}/{secret} with key ca.crt not found");
+                return out.problems.push(TriggerProblem { trigger: label, problem });
+            }
+        },
+    };
     let subject = &trigger.spec.topic;
     for function in matched {
         let fname = function.metadata.name.as_deref().unwrap_or_default();
@@ -272,9 +338,9 @@ fn nats_consumers(
                 // Enough to keep every in-flight slot busy while the next batch arrives.
                 max_ack_pending: i64::from(policy.max_in_flight) * 2,
                 ack_wait: timeout + ACK_WAIT_MARGIN,
-                auth: NatsAuth::None,
-                tls: false,
-                ca_file: None,
+                auth: auth.clone(),
+                tls: trigger.spec.tls.is_some(),
+                ca_pem: ca_pem.clone(),
                 drain_timeout: settings.drain_timeout,
             }),
             url: function_url(function, &settings.url_template),

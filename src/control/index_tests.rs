@@ -143,3 +143,25 @@ fn dead_letter_brokers_default_to_the_triggers_brokers() {
         Some(DeadLetterTarget::Kafka { topic: "dlq".to_string(), brokers: Some("k:9092".to_string()) })
     );
 }
+
+#[test]
+fn nats_credentials_come_from_a_secret_in_the_triggers_namespace() {
+    let base = format!("{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {{name: n, namespace: ns}}\nspec: {{topic: a, auth: {{secret: creds}}, functionSelector: {{matchLabels: {{function: fa}}}}}}\n");
+    let auth_of = |secret: &str| {
+        let d = desired(&mk(&format!("{base}---\n{secret}")), &settings());
+        match d.consumers.values().next().map(|c| &c.source) {
+            Some(SourceSpec::Nats(n)) => Ok(n.auth.clone()),
+            _ => Err(d.problems.first().map(|p| p.problem.clone()).unwrap_or_default()),
+        }
+    };
+    // base64("s3cret") = czNjcmV0
+    let token = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: ns}\ndata: {token: czNjcmV0}\n";
+    assert_eq!(auth_of(token), Ok(NatsAuth::Token("s3cret".into())));
+    let userpass =
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: ns}\nstringData: {user: u, password: p}\n";
+    assert_eq!(auth_of(userpass), Ok(NatsAuth::UserPassword("u".into(), "p".into())));
+    let empty = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: ns}\nstringData: {other: x}\n";
+    assert!(auth_of(empty).expect_err("no usable key").contains("none of the keys"));
+    let elsewhere = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: other}\nstringData: {token: t}\n";
+    assert!(auth_of(elsewhere).expect_err("wrong namespace").contains("Secret ns/creds not found"));
+}

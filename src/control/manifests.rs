@@ -21,6 +21,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// One valid resource.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
+    /// A `v1` Secret: in standalone mode, the source of credentials triggers refer to.
+    Secret(k8s_openapi::api::core::v1::Secret),
     Function(Function),
     Kafka(KafkaTrigger, DeliveryPolicy),
     Nats(NATSTrigger, DeliveryPolicy),
@@ -32,6 +34,7 @@ pub enum Resource {
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Secret(_) => "Secret",
             Self::Function(_) => "Function",
             Self::Kafka(..) => "KafkaTrigger",
             Self::Nats(..) => "NATSTrigger",
@@ -177,14 +180,16 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
     if name.is_empty() {
         return Err((Some(kind), "metadata.name: is required".to_string()));
     }
-    let known = ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger"];
+    let known =
+        ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger", "Secret"];
     if !known.contains(&kind.as_str()) {
         return Err((label, format!("kind: {kind:?} is not a Kubeless kind (expected one of {})", known.join(", "))));
     }
+    let api_version = if kind == "Secret" { "v1" } else { API_VERSION };
     match text("apiVersion") {
-        Some(v) if v == API_VERSION => {}
-        Some(v) => return Err((label, format!("apiVersion: {v:?} is not served; use {API_VERSION}"))),
-        None => return Err((label, format!("apiVersion: is required ({API_VERSION})"))),
+        Some(v) if v == api_version => {}
+        Some(v) => return Err((label, format!("apiVersion: {v:?} is not served; use {api_version}"))),
+        None => return Err((label, format!("apiVersion: is required ({api_version})"))),
     }
     // Fill in the namespace so every later step sees the one the id names.
     if let Some(Value::Mapping(m)) = map.get_mut("metadata") {
@@ -195,6 +200,7 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
         (label.clone(), list.join("; "))
     };
     let resource = match kind.as_str() {
+        "Secret" => Resource::Secret(typed(value, &label)?),
         "Function" => {
             let f: Function = typed(value, &label)?;
             f.validate().map_err(fields)?;

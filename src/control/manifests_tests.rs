@@ -67,6 +67,9 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("nats dead letter to a topic", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: a, functionSelector: {matchLabels: {function: f}}, delivery: {deadLetter: {topic: dlq}}}\n".to_string(), vec!["spec.delivery.deadLetter.topic", "NATSTrigger"]),
         ("nats bad url", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: a, url: 'not a url', functionSelector: {matchLabels: {function: f}}}\n".to_string(), vec!["spec.url", "not a url"]),
         ("kafka dead letter to a subject", kafka(&format!("{{topic: t, {sel}, delivery: {{deadLetter: {{subject: dlq}}}}}}")), vec!["spec.delivery.deadLetter.subject", "KafkaTrigger"]),
+        ("secret with bad base64", "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {token: 'not base64!'}\n".to_string(), vec!["Secret default/s", "data.token"]),
+        ("secret with kubeless apiVersion", "apiVersion: kubeless.io/v1beta1\nkind: Secret\nmetadata: {name: s}\n".to_string(), vec!["apiVersion", "use v1"]),
+        ("nats auth without secret name", "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {name: n}\nspec: {topic: a, auth: {}, functionSelector: {matchLabels: {function: f}}}\n".to_string(), vec!["spec.auth", "secret"]),
         ("http bad gateway", "apiVersion: kubeless.io/v1beta1\nkind: HTTPTrigger\nmetadata: {name: h}\nspec: {function-name: f, gateway: apache}\n".to_string(), vec!["spec.gateway", "apache"]),
     ]
 }

@@ -232,7 +232,7 @@ async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLett
             Some(Arc::new(sink))
         }
         (Some(DeadLetterTarget::Nats { subject }), SourceSpec::Nats(nats)) => {
-            let client = kubeless_nats::connect(&nats.url, &nats.auth, nats.tls, nats.ca_file.as_deref())
+            let client = kubeless_nats::connect(&nats.url, &nats.auth, nats.tls, nats.ca_pem.as_deref())
                 .await
                 .map_err(|e| format!("dead-letter subject {subject}: {e}"))?;
             Some(Arc::new(NatsDeadLetter::new(client, subject, nats.jetstream_stream.is_some())))

@@ -19,7 +19,7 @@ pub use function::{Function, FunctionSpec, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTI
 pub use http::{HTTPTrigger, HTTPTriggerSpec};
 pub use kafka::{InitialOffsetSpec, KafkaTrigger, KafkaTriggerSpec};
 pub use kinesis::{KinesisTrigger, KinesisTriggerSpec};
-pub use nats::{JetStreamSpec, NATSTrigger, NATSTriggerSpec};
+pub use nats::{JetStreamSpec, NATSTrigger, NATSTriggerSpec, NatsTlsSpec, SecretRef};
 pub use status::{Condition, TriggerStatus};
 pub use validate::FieldError;
 

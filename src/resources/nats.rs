@@ -37,6 +37,13 @@ pub struct NATSTriggerSpec {
     /// delivery, survives restarts). Without it: a core-NATS queue subscription (at-most-once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<JetStreamSpec>,
+    /// Credentials from a Secret in the trigger's namespace: key `token`, or `user` and
+    /// `password`, or `creds` (the contents of a `.creds` file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SecretRef>,
+    /// Require TLS; `caSecret` names a Secret whose `ca.crt` is a CA to trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTlsSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
@@ -46,6 +53,19 @@ pub struct NATSTriggerSpec {
 pub struct JetStreamSpec {
     /// The stream (it must exist and capture the trigger's subject).
     pub stream: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    pub secret: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsTlsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
 }
 
 impl NATSTrigger {
@@ -70,6 +90,12 @@ impl NATSTrigger {
             if bad {
                 errors.push("spec.jetstream.stream", format!("{:?} is not a stream name", js.stream));
             }
+        }
+        if let Some(a) = &self.spec.auth {
+            check_object_name(&mut errors, "spec.auth.secret", &a.secret);
+        }
+        if let Some(ca) = self.spec.tls.as_ref().and_then(|t| t.ca_secret.as_deref()) {
+            check_object_name(&mut errors, "spec.tls.caSecret", ca);
         }
         let policy = self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
         if let Some(DeadLetterTarget::Kafka { .. }) = policy.dead_letter {

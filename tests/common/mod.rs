@@ -327,9 +327,12 @@ impl Daemon {
         }
     }
 
+    /// `/status` as JSON (`null` while the admin server is not up yet).
     pub async fn status(&self) -> serde_json::Value {
-        let (_, body) = self.get("/status").await.expect("status");
-        serde_json::from_str(&body).expect("status JSON")
+        match self.get("/status").await {
+            Some((_, body)) => serde_json::from_str(&body).expect("status JSON"),
+            None => serde_json::Value::Null,
+        }
     }
 
     pub async fn metrics(&self) -> String {
@@ -396,10 +399,17 @@ pub struct Nats {
     child: Child,
     _store: tempfile::TempDir,
     pub url: String,
+    auth: kubeless_nats::NatsAuth,
 }
 
 impl Nats {
     pub async fn start() -> Self {
+        Self::start_with(&[], kubeless_nats::NatsAuth::None).await
+    }
+
+    /// A server started with extra flags (e.g. `--user u --pass p`); `auth` is what the test's
+    /// own client uses.
+    pub async fn start_with(flags: &[&str], auth: kubeless_nats::NatsAuth) -> Self {
         let port = free_port();
         let store = tempfile::tempdir().expect("store");
         let bin = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
@@ -407,6 +417,7 @@ impl Nats {
         let child = Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
+            .args(flags)
             .stdout(log.try_clone().expect("clone"))
             .stderr(log)
             .spawn()
@@ -414,11 +425,11 @@ impl Nats {
         let addr = format!("127.0.0.1:{port}");
         wait_for("nats-server to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok())
             .await;
-        Self { child, _store: store, url: format!("nats://127.0.0.1:{port}") }
+        Self { child, _store: store, url: format!("nats://127.0.0.1:{port}"), auth }
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        kubeless_nats::connect(&self.url, &kubeless_nats::NatsAuth::None, false, None).await.expect("connect")
+        kubeless_nats::connect(&self.url, &self.auth, false, None).await.expect("connect")
     }
 
     /// Publishes `bodies` to `subject`; through JetStream (each confirmed) when `jetstream`.

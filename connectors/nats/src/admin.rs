@@ -17,7 +17,7 @@ pub async fn connect(
     url: &str,
     auth: &NatsAuth,
     tls: bool,
-    ca_file: Option<&std::path::Path>,
+    ca_pem: Option<&str>,
 ) -> Result<async_nats::Client, AdminError> {
     let err = |reason: String| AdminError::Connect { url: url.to_string(), reason };
     let mut opts = async_nats::ConnectOptions::new().name("kubeless-broker");
@@ -25,13 +25,19 @@ pub async fn connect(
         NatsAuth::None => opts,
         NatsAuth::Token(t) => opts.token(t.clone()),
         NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
-        NatsAuth::CredentialsFile(path) => opts.credentials_file(path).await.map_err(|e| err(e.to_string()))?,
+        NatsAuth::Credentials(creds) => opts.credentials(creds).map_err(|e| err(format!("bad credentials: {e}")))?,
     };
     if tls {
         opts = opts.require_tls(true);
     }
-    if let Some(ca) = ca_file {
-        opts = opts.add_root_certificates(ca.to_path_buf());
+    if let Some(pem) = ca_pem {
+        // async-nats reads root certificates from a file: write the PEM to one named by its hash.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pem.hash(&mut h);
+        let path = std::env::temp_dir().join(format!("kubeless-nats-ca-{:016x}.pem", h.finish()));
+        std::fs::write(&path, pem).map_err(|e| err(format!("cannot write the CA file {}: {e}", path.display())))?;
+        opts = opts.add_root_certificates(path);
     }
     opts.connect(url).await.map_err(|e| err(e.to_string()))
 }

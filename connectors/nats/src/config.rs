@@ -3,14 +3,26 @@
 use std::time::Duration;
 
 /// How to authenticate to the server.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub enum NatsAuth {
     #[default]
     None,
     Token(String),
     UserPassword(String, String),
-    /// A `.creds` file (JWT + NKey seed).
-    CredentialsFile(std::path::PathBuf),
+    /// The contents of a `.creds` file (JWT + NKey seed).
+    Credentials(String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    /// Never prints a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Token(_) => "Token(***)",
+            Self::UserPassword(..) => "UserPassword(***)",
+            Self::Credentials(_) => "Credentials(***)",
+        })
+    }
 }
 
 /// One subscriber feeding one function.
@@ -30,9 +42,9 @@ pub struct NatsSourceConfig {
     /// How long the server waits for an ack before redelivering (JetStream): longer than a request.
     pub ack_wait: Duration,
     pub auth: NatsAuth,
-    /// Require TLS, optionally with a CA file.
+    /// Require TLS, optionally trusting this CA (PEM) besides the system roots.
     pub tls: bool,
-    pub ca_file: Option<std::path::PathBuf>,
+    pub ca_pem: Option<String>,
     /// How long a stop waits for handed-out messages to be acknowledged.
     pub drain_timeout: Duration,
 }

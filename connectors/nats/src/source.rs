@@ -33,7 +33,7 @@ const MAX_BATCH: i64 = 256;
 
 /// Runs until `ctx.shutdown` (then waits, bounded, for handed-out messages to be acknowledged).
 pub async fn run_source(config: NatsSourceConfig, ctx: SourceContext) -> Result<(), NatsSourceError> {
-    let client = connect(&config.url, &config.auth, config.tls, config.ca_file.as_deref()).await?;
+    let client = connect(&config.url, &config.auth, config.tls, config.ca_pem.as_deref()).await?;
     let result = match config.jetstream_stream.clone() {
         None => core(&client, &config, &ctx).await,
         Some(stream) => jetstream_consumer(&client, &stream, &config, &ctx).await,

@@ -207,14 +207,9 @@ fn kafka_consumers(
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let label = format!("KafkaTrigger {ns}/{name}");
-    let matched = match selected(trigger.spec.function_selector.as_ref(), ns, functions) {
-        Ok(m) => m,
-        Err(problem) => return out.problems.push(TriggerProblem { trigger: label, problem }),
-    };
-    if matched.is_empty() {
-        out.idle_triggers.push(label);
+    let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, functions, out) else {
         return;
-    }
+    };
     let template = trigger.spec.consumer_group.clone().unwrap_or_else(|| DEFAULT_GROUP_TEMPLATE.to_string());
     if matched.len() > 1 && !template.contains("{function}") {
         let problem = format!(
@@ -267,23 +262,33 @@ fn kafka_consumers(
     }
 }
 
-/// The functions in the trigger's namespace that its selector matches.
+/// The functions in the trigger's namespace that its selector matches. A bad selector is reported
+/// as a problem and a selector matching nothing as an idle trigger; both give `None`.
 fn selected<'a>(
+    label: String,
     selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     ns: &str,
     functions: &[&'a Function],
-) -> Result<Vec<&'a Function>, String> {
-    let selector = match selector.cloned().map(Selector::try_from) {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => return Err(format!("spec.functionSelector: {}", e.0)),
-        None => return Ok(Vec::new()),
+    out: &mut Desired,
+) -> Option<Vec<&'a Function>> {
+    let selector = match selector.cloned().map(Selector::try_from)? {
+        Ok(s) => s,
+        Err(e) => {
+            out.problems.push(TriggerProblem { trigger: label, problem: format!("spec.functionSelector: {}", e.0) });
+            return None;
+        }
     };
-    Ok(functions
+    let matched: Vec<&Function> = functions
         .iter()
         .copied()
         .filter(|f| f.metadata.namespace.as_deref() == Some(ns))
         .filter(|f| selector.matches(f.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
-        .collect())
+        .collect();
+    if matched.is_empty() {
+        out.idle_triggers.push(label);
+        return None;
+    }
+    Some(matched)
 }
 
 fn nats_consumers(
@@ -297,14 +302,9 @@ fn nats_consumers(
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let label = format!("NATSTrigger {ns}/{name}");
-    let matched = match selected(trigger.spec.function_selector.as_ref(), ns, functions) {
-        Ok(m) => m,
-        Err(problem) => return out.problems.push(TriggerProblem { trigger: label, problem }),
-    };
-    if matched.is_empty() {
-        out.idle_triggers.push(label);
+    let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, functions, out) else {
         return;
-    }
+    };
     let auth = match &trigger.spec.auth {
         None => NatsAuth::None,
         Some(a) => match nats_auth(secrets, ns, &a.secret) {

@@ -174,3 +174,56 @@ async fn nats_credentials_come_from_a_secret_and_wrong_ones_are_reported_without
     assert_eq!(bad.delivered(), 0);
     assert!(!daemon.log_text().contains("s3cret"), "a secret must never be logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_from_a_secret_connects_and_without_it_the_trigger_reports_why() {
+    let (certs, ca) = make_test_certificates();
+    let (cert, key) = (certs.path().join("server.crt"), certs.path().join("server.key"));
+    let nats = Nats::start_with(
+        &["--tls", "--tlscert", cert.to_str().expect("utf-8"), "--tlskey", key.to_str().expect("utf-8")],
+        kubeless_nats::NatsAuth::None,
+    )
+    .await
+    .with_client_tls(ca.clone());
+    let (trusted, untrusted) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    let manifests = [
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: nats-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{indented}"),
+        function_yaml("trusted", "{function: trusted}", &trusted.url),
+        function_yaml("untrusted", "{function: untrusted}", &untrusted.url),
+        nats_trigger_yaml("trusted", "secure", "{function: trusted}", "  tls: {caSecret: nats-ca}\n"),
+        nats_trigger_yaml("untrusted", "secure", "{function: untrusted}", ""),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+
+    let start = std::time::Instant::now();
+    loop {
+        let status = daemon.status().await;
+        let state = |f: &str| {
+            status["consumers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .find(|c| c["function"] == f)
+                .and_then(|c| c["state"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        if state("trusted") == "Ready" && state("untrusted").starts_with("Failed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "trusted: {}, untrusted: {}",
+            state("trusted"),
+            state("untrusted")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nats.publish_all("secure", ["over tls".to_string()], false).await;
+    wait_for("delivery over TLS", Duration::from_secs(30), || trusted.delivered() == 1).await;
+    assert_eq!(untrusted.delivered(), 0);
+}

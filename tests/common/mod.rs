@@ -400,6 +400,8 @@ pub struct Nats {
     _store: tempfile::TempDir,
     pub url: String,
     auth: kubeless_nats::NatsAuth,
+    /// CA the test's own client trusts, for a TLS server.
+    client_ca: Option<String>,
 }
 
 impl Nats {
@@ -425,11 +427,13 @@ impl Nats {
         let addr = format!("127.0.0.1:{port}");
         wait_for("nats-server to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok())
             .await;
-        Self { child, _store: store, url: format!("nats://127.0.0.1:{port}"), auth }
+        Self { child, _store: store, url: format!("nats://127.0.0.1:{port}"), auth, client_ca: None }
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        kubeless_nats::connect(&self.url, &self.auth, false, None).await.expect("connect")
+        kubeless_nats::connect(&self.url, &self.auth, self.client_ca.is_some(), self.client_ca.as_deref())
+            .await
+            .expect("connect")
     }
 
     /// Publishes `bodies` to `subject`; through JetStream (each confirmed) when `jetstream`.
@@ -459,6 +463,75 @@ impl Drop for Nats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Nats {
+    /// Makes the test's own client use TLS, trusting `ca_pem`.
+    pub fn with_client_tls(mut self, ca_pem: String) -> Self {
+        self.client_ca = Some(ca_pem);
+        self
+    }
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it, made with openssl:
+/// returns (dir holding ca.crt, server.crt, server.key; the CA in PEM).
+pub fn make_test_certificates() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("cert dir");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl (run scripts/install-deps)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=kubeless-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.path().join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca.crt");
+    (dir, ca)
 }
 
 /// A NATSTrigger manifest; `extra` is added to its spec.

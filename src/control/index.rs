@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
 use kubeless_kafka::{InitialOffset, KafkaSourceConfig};
+use kubeless_kinesis::{KinesisSourceConfig, StartingPosition};
 use kubeless_nats::{NatsAuth, NatsSourceConfig};
 
 use super::manifests::{Loaded, Resource};
 use crate::resources::{
     ConcurrencyPolicy, CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger,
-    NATSTrigger, URL_ANNOTATION,
+    KinesisTrigger, NATSTrigger, StartingPositionSpec, URL_ANNOTATION,
 };
 
 /// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.
@@ -22,6 +23,9 @@ pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.lo
 pub const KAFKA_EVENT_NAMESPACE: &str = "kafkatriggers.kubeless.io";
 pub const CRON_EVENT_NAMESPACE: &str = "cronjobtriggers.kubeless.io";
 pub const NATS_EVENT_NAMESPACE: &str = "natstriggers.kubeless.io";
+pub const KINESIS_EVENT_NAMESPACE: &str = "kinesistriggers.kubeless.io";
+/// Pause between `GetRecords` calls on an idle shard (Kubeless polled every 250 ms).
+const KINESIS_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// A JetStream message is redelivered if not acknowledged this long after a request would have
 /// timed out.
 const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
@@ -46,6 +50,7 @@ pub struct IndexSettings {
 pub enum SourceSpec {
     Kafka(KafkaSourceConfig),
     Nats(NatsSourceConfig),
+    Kinesis(KinesisSourceConfig),
     Cron(CronSource),
 }
 
@@ -67,6 +72,7 @@ impl SourceSpec {
         match self {
             Self::Kafka(k) => &k.group_id,
             Self::Nats(n) => &n.group,
+            Self::Kinesis(k) => &k.checkpoint_key,
             Self::Cron(c) => &c.schedule,
         }
     }
@@ -75,6 +81,7 @@ impl SourceSpec {
         match self {
             Self::Kafka(k) => k.topics.clone(),
             Self::Nats(n) => vec![n.subject.clone()],
+            Self::Kinesis(k) => vec![k.stream.clone()],
             Self::Cron(_) => Vec::new(),
         }
     }
@@ -83,6 +90,7 @@ impl SourceSpec {
         match self {
             Self::Kafka(k) => k.drain_timeout,
             Self::Nats(n) => n.drain_timeout,
+            Self::Kinesis(k) => k.drain_timeout,
             Self::Cron(_) => Duration::ZERO,
         }
     }
@@ -190,6 +198,9 @@ pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
             Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &functions, settings, &mut out),
             Resource::Nats(trigger, policy) => {
                 nats_consumers(trigger, policy, &functions, &secrets, settings, &mut out)
+            }
+            Resource::Kinesis(trigger, policy) => {
+                kinesis_consumer(trigger, policy, &functions, &secrets, settings, &mut out)
             }
             other => out.unserved.push(format!("{} {}", other.kind(), loaded.id)),
         }
@@ -351,6 +362,87 @@ fn nats_consumers(
     }
 }
 
+/// The Function a 1:1 trigger (Kinesis, cron) names, in the trigger's namespace; `None` (reported
+/// as idle) if it does not exist.
+fn named_function<'a>(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    fname: &str,
+    functions: &[&'a Function],
+    out: &mut Desired,
+) -> Option<&'a Function> {
+    let found = functions
+        .iter()
+        .copied()
+        .find(|f| f.metadata.namespace.as_deref() == Some(ns) && f.metadata.name.as_deref() == Some(fname));
+    if found.is_none() {
+        out.idle_triggers.push(format!("{kind} {ns}/{name} (Function {ns}/{fname} does not exist)"));
+    }
+    found
+}
+
+fn kinesis_consumer(
+    trigger: &KinesisTrigger,
+    policy: &DeliveryPolicy,
+    functions: &[&Function],
+    secrets: &Secrets,
+    settings: &IndexSettings,
+    out: &mut Desired,
+) {
+    let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
+    let name = trigger.metadata.name.as_deref().unwrap_or_default();
+    let spec = &trigger.spec;
+    let Some(function) = named_function("KinesisTrigger", ns, name, &spec.function_name, functions, out) else {
+        return;
+    };
+    let credentials = match &spec.secret {
+        None => None,
+        Some(secret) => {
+            let get = |k: &str| secret_text(secrets, ns, secret, k);
+            match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+                (Some(id), Some(key)) => Some((id.trim().to_string(), key.trim().to_string())),
+                _ => {
+                    let problem = format!(
+                        "spec.secret: Secret {ns}/{secret} with keys aws_access_key_id and aws_secret_access_key not found"
+                    );
+                    return out
+                        .problems
+                        .push(TriggerProblem { trigger: format!("KinesisTrigger {ns}/{name}"), problem });
+                }
+            }
+        }
+    };
+    let starting_position = match spec.starting_position.unwrap_or_default() {
+        StartingPositionSpec::Latest => StartingPosition::Latest,
+        StartingPositionSpec::TrimHorizon => StartingPosition::TrimHorizon,
+        StartingPositionSpec::AtTimestamp => {
+            StartingPosition::AtTimestamp(trigger.timestamp_secs().unwrap_or_default())
+        }
+    };
+    let consumer = ConsumerSpec {
+        trigger: format!("{ns}/{name}"),
+        function: spec.function_name.clone(),
+        event_namespace: KINESIS_EVENT_NAMESPACE,
+        source: SourceSpec::Kinesis(KinesisSourceConfig {
+            stream: spec.stream.clone(),
+            region: spec.aws_region.clone(),
+            endpoint: spec.endpoint.clone(),
+            credentials,
+            shard: spec.shard.clone(),
+            starting_position,
+            checkpoint_dir: settings.state_dir.clone(),
+            checkpoint_key: format!("{ns}_{name}_{}_{}", spec.function_name, spec.stream),
+            poll_interval: KINESIS_POLL_INTERVAL,
+            drain_timeout: settings.drain_timeout,
+        }),
+        url: function_url(function, &settings.url_template),
+        timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
+        delivery: policy.clone(),
+    };
+    out.consumers.insert(consumer.key(), consumer);
+}
+
 fn cron_consumer(
     trigger: &CronJobTrigger,
     policy: &DeliveryPolicy,
@@ -361,11 +453,7 @@ fn cron_consumer(
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let fname = &trigger.spec.function_name;
-    let Some(function) = functions
-        .iter()
-        .find(|f| f.metadata.namespace.as_deref() == Some(ns) && f.metadata.name.as_deref() == Some(fname.as_str()))
-    else {
-        out.idle_triggers.push(format!("CronJobTrigger {ns}/{name} (Function {ns}/{fname} does not exist)"));
+    let Some(function) = named_function("CronJobTrigger", ns, name, fname, functions, out) else {
         return;
     };
     let spec = ConsumerSpec {

@@ -26,7 +26,7 @@ pub enum Resource {
     Function(Function),
     Kafka(KafkaTrigger, DeliveryPolicy),
     Nats(NATSTrigger, DeliveryPolicy),
-    Kinesis(KinesisTrigger),
+    Kinesis(KinesisTrigger, DeliveryPolicy),
     CronJob(CronJobTrigger, DeliveryPolicy),
     Http(HTTPTrigger),
 }
@@ -38,7 +38,7 @@ impl Resource {
             Self::Function(_) => "Function",
             Self::Kafka(..) => "KafkaTrigger",
             Self::Nats(..) => "NATSTrigger",
-            Self::Kinesis(_) => "KinesisTrigger",
+            Self::Kinesis(..) => "KinesisTrigger",
             Self::CronJob(..) => "CronJobTrigger",
             Self::Http(_) => "HTTPTrigger",
         }
@@ -218,8 +218,8 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
         }
         "KinesisTrigger" => {
             let t: KinesisTrigger = typed(value, &label)?;
-            t.validate().map_err(fields)?;
-            Resource::Kinesis(t)
+            let policy = t.validate().map_err(fields)?;
+            Resource::Kinesis(t, policy)
         }
         "CronJobTrigger" => {
             let t: CronJobTrigger = typed(value, &label)?;

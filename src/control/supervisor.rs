@@ -181,6 +181,7 @@ async fn run_once(
     let dead_letter = dead_letter_sink(spec).await?;
     let (style, method) = match &spec.source {
         SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, reqwest::Method::POST),
+        SourceSpec::Kinesis(_) => (EventStyle::Stream, reqwest::Method::POST),
         SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, reqwest::Method::GET),
         SourceSpec::Cron(_) => (EventStyle::Cron, reqwest::Method::POST),
     };
@@ -213,6 +214,7 @@ async fn run_once(
     let result = match &spec.source {
         SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Kinesis(k) => kubeless_kinesis::run_source(k.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Cron(_) => Ok(()),
     };
     // The source has drained, committed and left its group (or failed): whatever still runs

@@ -27,6 +27,9 @@ static EVENT_OFFSET: HeaderName = HeaderName::from_static("event-offset");
 pub enum EventStyle {
     /// Event-bus messages: Kubeless's Kafka headers plus key, partition, offset and broker headers.
     Broker,
+    /// Stream records (Kinesis): like `Broker`, but the position travels in the source's own
+    /// headers (`event-shard-id`, `event-sequence-number`), not `event-partition`/`event-offset`.
+    Stream,
     /// Cron ticks, as Kubeless's CronJob sent them: always JSON, `event-time` in RFC 3339 seconds,
     /// no topic or position.
     Cron,
@@ -58,8 +61,10 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventS
     if let Ok(topic) = HeaderValue::from_str(&o.source) {
         h.insert(EVENT_TOPIC.clone(), topic);
     }
-    h.insert(EVENT_PARTITION.clone(), HeaderValue::from(o.partition));
-    h.insert(EVENT_OFFSET.clone(), HeaderValue::from(o.offset));
+    if style == EventStyle::Broker {
+        h.insert(EVENT_PARTITION.clone(), HeaderValue::from(o.partition));
+        h.insert(EVENT_OFFSET.clone(), HeaderValue::from(o.offset));
+    }
     if let Some(key) = &msg.key {
         match std::str::from_utf8(key).ok().and_then(|k| HeaderValue::from_str(k).ok()) {
             Some(v) => {

@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::delivery::DeliverySpec;
+use super::delivery::{DeliveryPolicy, DeliverySpec};
 use super::status::TriggerStatus;
 use super::validate::{check_object_name, check_required, Errors, FieldError};
 
@@ -38,12 +38,33 @@ pub struct KinesisTriggerSpec {
     /// Endpoint override, for emulators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Where a shard without a checkpoint starts: `LATEST` (default, as Kubeless),
+    /// `TRIM_HORIZON`, or `AT_TIMESTAMP` with `timestamp`.
+    #[serde(rename = "startingPosition", default, skip_serializing_if = "Option::is_none")]
+    pub starting_position: Option<StartingPositionSpec>,
+    /// RFC 3339 time for `AT_TIMESTAMP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
 
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StartingPositionSpec {
+    #[default]
+    Latest,
+    TrimHorizon,
+    AtTimestamp,
+}
+
 impl KinesisTrigger {
-    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+    /// `spec.timestamp` in seconds since the epoch, for `AT_TIMESTAMP`.
+    pub fn timestamp_secs(&self) -> Option<i64> {
+        self.spec.timestamp.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp())
+    }
+
+    pub fn validate(&self) -> Result<DeliveryPolicy, Vec<FieldError>> {
         let mut errors = Errors::default();
         check_object_name(&mut errors, "metadata.name", self.metadata.name.as_deref().unwrap_or_default());
         check_required(&mut errors, "spec.function-name", &self.spec.function_name);
@@ -53,7 +74,23 @@ impl KinesisTrigger {
         if !region.is_empty() && !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             errors.push("spec.aws-region", format!("{region:?} is not an AWS region (e.g. us-west-2)"));
         }
-        self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
-        errors.into_result(())
+        if let Some(e) = &self.spec.endpoint {
+            if !e.parse::<reqwest::Url>().is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                errors.push("spec.endpoint", format!("{e:?} is not an http(s) URL"));
+            }
+        }
+        if let Some(t) = &self.spec.timestamp {
+            if self.timestamp_secs().is_none() {
+                errors.push("spec.timestamp", format!("{t:?} is not an RFC 3339 time (e.g. 2026-11-21T10:00:00Z)"));
+            }
+        }
+        if self.spec.starting_position == Some(StartingPositionSpec::AtTimestamp) && self.spec.timestamp.is_none() {
+            errors.push("spec.timestamp", "is required with startingPosition AT_TIMESTAMP");
+        }
+        let policy = self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
+        if policy.dead_letter.is_some() {
+            errors.push("spec.delivery.deadLetter", "is not supported for KinesisTrigger yet");
+        }
+        errors.into_result(policy)
     }
 }

@@ -18,7 +18,7 @@ pub use delivery::{
 pub use function::{Function, FunctionSpec, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION};
 pub use http::{HTTPTrigger, HTTPTriggerSpec};
 pub use kafka::{InitialOffsetSpec, KafkaTrigger, KafkaTriggerSpec};
-pub use kinesis::{KinesisTrigger, KinesisTriggerSpec};
+pub use kinesis::{KinesisTrigger, KinesisTriggerSpec, StartingPositionSpec};
 pub use nats::{JetStreamSpec, NATSTrigger, NATSTriggerSpec, NatsTlsSpec, SecretRef};
 pub use status::{Condition, TriggerStatus};
 pub use validate::FieldError;

@@ -540,3 +540,56 @@ pub fn nats_trigger_yaml(name: &str, subject: &str, selector: &str, extra: &str)
         "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  topic: '{subject}'\n  functionSelector:\n    matchLabels: {selector}\n{extra}"
     )
 }
+
+/// moto_server (a Kinesis emulator) on loopback, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("moto-{port}.log"))).expect("log");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("start moto_server (run scripts/install-deps)");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("moto_server to listen", Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok())
+            .await;
+        Self { child, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    pub async fn client(&self) -> aws_sdk_kinesis::Client {
+        let cfg = kubeless_kinesis::KinesisSourceConfig {
+            stream: String::new(),
+            region: "us-east-1".into(),
+            endpoint: Some(self.endpoint.clone()),
+            credentials: Some(("testing".into(), "testing".into())),
+            shard: None,
+            starting_position: kubeless_kinesis::StartingPosition::Latest,
+            checkpoint_dir: PathBuf::new(),
+            checkpoint_key: String::new(),
+            poll_interval: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(1),
+        };
+        kubeless_kinesis::client(&cfg).await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A KinesisTrigger reading `stream` on moto with the Secret `aws` (keys `testing`).
+pub fn kinesis_yaml(name: &str, function: &str, stream: &str, endpoint: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: aws-{name}, namespace: default}}\nstringData: {{aws_access_key_id: testing, aws_secret_access_key: testing}}\n---\napiVersion: kubeless.io/v1beta1\nkind: KinesisTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  aws-region: us-east-1\n  stream: {stream}\n  secret: aws-{name}\n  endpoint: {endpoint}\n{extra}"
+    )
+}

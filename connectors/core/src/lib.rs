@@ -18,9 +18,11 @@ mod dead_letter;
 mod health;
 mod message;
 mod source;
+mod tracker;
 
 pub use ack::{AckHandle, Acker, Outcome, Position};
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterReason, DeadLetterSink};
 pub use health::{Health, SourceState};
 pub use message::{Message, Origin};
 pub use source::SourceContext;
+pub use tracker::PartitionTracker;

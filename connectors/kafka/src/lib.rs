@@ -11,7 +11,6 @@ mod admin;
 mod config;
 mod dead_letter;
 mod source;
-mod tracker;
 
 pub use admin::{create_topic, Publisher, TopicError};
 pub use config::{security_properties, InitialOffset, KafkaSourceConfig, SecurityError};

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kubeless_connector::{AckHandle, Acker, Health, Message, Origin, Outcome, Position, SourceContext, SourceState};
+use kubeless_connector::{
+    AckHandle, Acker, Health, Message, Origin, Outcome, PartitionTracker, Position, SourceContext, SourceState,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
@@ -23,7 +25,6 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
-use crate::tracker::PartitionTracker;
 use crate::KafkaSourceConfig;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! Per-partition offset tracking: which handed-out offsets are finished, and how far the
-//! contiguous finished prefix reaches (the only offset that may be committed).
+//! Offset tracking for one partition or shard: which handed-out offsets are finished, and how far
+//! the contiguous finished prefix reaches (the only position that may be committed). Shared by
+//! every source that commits positions (Kafka offsets, Kinesis checkpoints).
 
 use std::collections::VecDeque;
 
@@ -7,7 +8,7 @@ use std::collections::VecDeque;
 /// whether each is finished. Its length is bounded by the messages outstanding, which backpressure
 /// bounds.
 #[derive(Debug, Default)]
-pub(crate) struct PartitionTracker {
+pub struct PartitionTracker {
     pending: VecDeque<(i64, bool)>,
     /// The next offset to commit: one past the last offset of the finished prefix.
     committable: Option<i64>,
@@ -16,13 +17,13 @@ pub(crate) struct PartitionTracker {
 }
 
 impl PartitionTracker {
-    pub(crate) fn push(&mut self, offset: i64) {
+    pub fn push(&mut self, offset: i64) {
         debug_assert!(self.pending.back().is_none_or(|(last, _)| *last < offset), "offsets must increase");
         self.pending.push_back((offset, false));
     }
 
     /// Marks `offset` finished. Returns false if it was not outstanding (a stale or repeated ack).
-    pub(crate) fn finish(&mut self, offset: i64) -> bool {
+    pub fn finish(&mut self, offset: i64) -> bool {
         let idx = self.pending.partition_point(|(o, _)| *o < offset);
         match self.pending.get_mut(idx) {
             Some((o, done)) if *o == offset && !*done => *done = true,
@@ -37,22 +38,21 @@ impl PartitionTracker {
 
     /// Forgets `offset` and every later offset: they were never handed out (they sat in the stash)
     /// and the partition is being released, so the next owner reads them again.
-    pub(crate) fn forget_from(&mut self, offset: i64) {
+    pub fn forget_from(&mut self, offset: i64) {
         let idx = self.pending.partition_point(|(o, _)| *o < offset);
         self.pending.truncate(idx);
     }
 
-    pub(crate) fn outstanding(&self) -> usize {
+    pub fn outstanding(&self) -> usize {
         self.pending.iter().filter(|(_, done)| !done).count()
     }
 
-    #[cfg(test)]
-    pub(crate) fn is_drained(&self) -> bool {
+    pub fn is_drained(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// The next offset to commit, if it moved since the last call.
-    pub(crate) fn take_commit(&mut self) -> Option<i64> {
+    pub fn take_commit(&mut self) -> Option<i64> {
         if self.committable != self.stored {
             self.stored = self.committable;
             self.committable
@@ -62,7 +62,7 @@ impl PartitionTracker {
     }
 
     /// The next offset to commit, whether or not it was taken before.
-    pub(crate) fn committable(&self) -> Option<i64> {
+    pub fn committable(&self) -> Option<i64> {
         self.committable
     }
 }

@@ -1,0 +1,108 @@
+//! Per-shard checkpoints: the last sequence number whose record (and every record before it) is
+//! finished, and whether the shard is closed and fully finished. A trait, so Kubernetes `Lease`
+//! objects can hold checkpoints later; standalone mode keeps a JSON file per reader.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCheckpoint {
+    /// Resume after this sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
+    /// The shard was closed (resharding) and all its records are finished: its children may start.
+    #[serde(default)]
+    pub finished: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoints {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("cannot write checkpoints {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+pub trait CheckpointStore: Send + Sync {
+    fn load(&self) -> Result<BTreeMap<String, ShardCheckpoint>, CheckpointError>;
+    fn save(&self, shard: &str, checkpoint: ShardCheckpoint) -> Result<(), CheckpointError>;
+}
+
+/// `<dir>/kinesis/<key>.json`, replaced atomically on every save.
+pub struct FileCheckpointStore {
+    path: PathBuf,
+    /// The file's contents, so a save rewrites every shard without reading the file again.
+    cache: Mutex<Option<BTreeMap<String, ShardCheckpoint>>>,
+}
+
+impl FileCheckpointStore {
+    pub fn new(dir: &Path, key: &str) -> Self {
+        let file: String =
+            key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        Self { path: dir.join("kinesis").join(format!("{file}.json")), cache: Mutex::new(None) }
+    }
+
+    fn read(&self) -> Result<BTreeMap<String, ShardCheckpoint>, CheckpointError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(s) => serde_json::from_str(&s)
+                .map_err(|e| CheckpointError::Read { path: self.path.clone(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(CheckpointError::Read { path: self.path.clone(), reason: e.to_string() }),
+        }
+    }
+}
+
+impl CheckpointStore for FileCheckpointStore {
+    fn load(&self) -> Result<BTreeMap<String, ShardCheckpoint>, CheckpointError> {
+        let all = self.read()?;
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(all.clone());
+        Ok(all)
+    }
+
+    fn save(&self, shard: &str, checkpoint: ShardCheckpoint) -> Result<(), CheckpointError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let all = match cache.as_mut() {
+            Some(all) => all,
+            None => cache.insert(self.read()?),
+        };
+        all.insert(shard.to_string(), checkpoint);
+        let json = serde_json::to_string_pretty(all).unwrap_or_default();
+        let err = |e: std::io::Error| CheckpointError::Write { path: self.path.clone(), reason: e.to_string() };
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(json.as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_survive_a_new_store_and_keep_other_shards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileCheckpointStore::new(dir.path(), "ns_t_f_stream");
+        store
+            .save("shardId-000000000000", ShardCheckpoint { sequence: Some("49".into()), finished: false })
+            .expect("save");
+        store
+            .save("shardId-000000000001", ShardCheckpoint { sequence: Some("77".into()), finished: true })
+            .expect("save");
+        let again = FileCheckpointStore::new(dir.path(), "ns_t_f_stream").load().expect("load");
+        assert_eq!(again.len(), 2);
+        assert_eq!(again["shardId-000000000000"].sequence.as_deref(), Some("49"));
+        assert!(again["shardId-000000000001"].finished);
+        assert!(FileCheckpointStore::new(dir.path(), "other").load().expect("load").is_empty());
+    }
+}

@@ -1,0 +1,16 @@
+//! Kinesis for the Kubeless trigger broker: every shard of a stream (or one), read with
+//! `GetRecords`, checkpointed per shard only after the contiguous prefix of records is done, and
+//! resumed from the checkpoint after a restart. Parent shards are finished before their children
+//! start, so order per partition key survives resharding.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod checkpoint;
+mod config;
+mod source;
+
+pub use admin::{create_stream, put_record, update_shard_count, wait_active};
+pub use checkpoint::{CheckpointError, CheckpointStore, FileCheckpointStore, ShardCheckpoint};
+pub use config::{KinesisSourceConfig, StartingPosition};
+pub use source::{client, run_source, KinesisSourceError};

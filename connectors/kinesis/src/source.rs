@@ -1,0 +1,526 @@
+//! The Kinesis source: waits for the stream to be active, discovers shards, and runs one reader per
+//! shard whose parents are finished.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::Client;
+use bytes::Bytes;
+use kubeless_connector::{
+    AckHandle, Acker, Message, Origin, Outcome, PartitionTracker, Position, SourceContext, SourceState,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checkpoint::{CheckpointStore, FileCheckpointStore, ShardCheckpoint};
+use crate::config::{KinesisSourceConfig, StartingPosition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KinesisSourceError {
+    #[error("stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::CheckpointError),
+}
+
+/// How often the shard list is read again (new shards after resharding, finished parents).
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Records per `GetRecords` call: one call's worth stays small in memory.
+const RECORDS_PER_CALL: i32 = 500;
+/// Kinesis allows 5 `GetRecords` per second per shard; a busy shard is read at most this often.
+const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
+const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
+/// Checkpoints are written at most this often while reading, and always at the end.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A Kinesis client for the config's region, endpoint and credentials.
+pub async fn client(config: &KinesisSourceConfig) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.region.clone()));
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some((key, secret)) = &config.credentials {
+        loader = loader.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+            key.clone(),
+            secret.clone(),
+            None,
+            None,
+            "kubeless-trigger-secret",
+        ));
+    }
+    Client::new(&loader.load().await)
+}
+
+fn error_text(e: &impl std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Runs until `ctx.shutdown`; then every reader drains (bounded) and checkpoints.
+pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Result<(), KinesisSourceError> {
+    let client = client(&config).await;
+    if !wait_active(&client, &config, &ctx).await {
+        return Ok(());
+    }
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(FileCheckpointStore::new(&config.checkpoint_dir, &config.checkpoint_key));
+    let checkpoints = store.load()?;
+    let mut finished: HashSet<String> =
+        checkpoints.iter().filter(|(_, c)| c.finished).map(|(s, _)| s.clone()).collect();
+    // Shards this reader has read (it has a checkpoint): their children start at TRIM_HORIZON.
+    let mut read: HashSet<String> = checkpoints.keys().cloned().collect();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut readers: JoinSet<(String, Result<bool, String>)> = JoinSet::new();
+    let stop = ctx.shutdown.child_token();
+    let mut first = true;
+    loop {
+        match list_shards(&client, &config.stream).await {
+            Ok(shards) => {
+                let plan = plan_readers(&shards, &config, &checkpoints, &running, &mut finished, &read);
+                for (id, start) in plan {
+                    info!(stream = %config.stream, shard = %id, start = ?start, "Reading shard.");
+                    running.insert(id.clone());
+                    read.insert(id.clone());
+                    let (client, config, store, ctx, stop) =
+                        (client.clone(), config.clone(), store.clone(), ctx.clone(), stop.clone());
+                    readers.spawn(async move {
+                        let result = read_shard(&client, &config, &id, start, store.as_ref(), &ctx, &stop).await;
+                        (id, result)
+                    });
+                }
+                if first {
+                    ctx.health.set(SourceState::Ready);
+                    first = false;
+                }
+            }
+            Err(why) => {
+                warn!(stream = %config.stream, error = %why, "Listing shards failed; retrying.");
+                if first {
+                    ctx.health.set(SourceState::Failed(format!("stream {}: {why}", config.stream)));
+                }
+            }
+        }
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            Some(done) = readers.join_next(), if !readers.is_empty() => {
+                if let Ok((id, result)) = done {
+                    running.remove(&id);
+                    match result {
+                        Ok(true) => {
+                            info!(stream = %config.stream, shard = %id, "Shard finished; its children may start.");
+                            finished.insert(id);
+                        }
+                        Ok(false) => {}
+                        Err(why) => warn!(stream = %config.stream, shard = %id, error = %why, "Shard reader failed; it restarts from its checkpoint."),
+                    }
+                }
+            }
+            () = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+        }
+    }
+    stop.cancel();
+    while readers.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Waits for the stream to be ACTIVE, reporting why not. False if stopped meanwhile.
+async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &SourceContext) -> bool {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let why = match client.describe_stream_summary().stream_name(&config.stream).send().await {
+            Ok(out) => match out.stream_description_summary().map(|s| s.stream_status().clone()) {
+                Some(StreamStatus::Active) | Some(StreamStatus::Updating) => return true,
+                Some(status) => format!("stream {} is {status}, not ACTIVE yet", config.stream),
+                None => format!("stream {} has no status", config.stream),
+            },
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+                format!("stream {} does not exist in {}", config.stream, config.region)
+            }
+            Err(e) => format!("cannot describe stream {}: {}", config.stream, error_text(&e)),
+        };
+        warn!(stream = %config.stream, reason = %why, "Waiting for the stream.");
+        ctx.health.set(SourceState::Failed(why));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = ctx.shutdown.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Which shards to start reading now, and where. A shard starts only when every parent is finished
+/// (or gone from the stream), so records of one partition key are delivered in order across
+/// resharding. Where it starts: after its checkpoint; else at TRIM_HORIZON if this reader read a
+/// parent (its children hold the rest of those keys' records); else at the configured position.
+/// A shard that was already closed before this reader ever saw it, with `LATEST`, holds nothing
+/// new: it is marked finished without reading.
+fn plan_readers(
+    shards: &[ShardInfo],
+    config: &KinesisSourceConfig,
+    checkpoints: &std::collections::BTreeMap<String, ShardCheckpoint>,
+    running: &HashSet<String>,
+    finished: &mut HashSet<String>,
+    read: &HashSet<String>,
+) -> Vec<(String, Start)> {
+    let mut plan = Vec::new();
+    for shard in shards.iter().filter(|s| config.shard.as_ref().is_none_or(|only| *only == s.id)) {
+        if running.contains(&shard.id) || finished.contains(&shard.id) {
+            continue;
+        }
+        let parents_done = shard.parents.iter().all(|p| finished.contains(p) || !shards.iter().any(|s| &s.id == p));
+        if !parents_done {
+            continue;
+        }
+        let start = match checkpoints.get(&shard.id).and_then(|c| c.sequence.clone()) {
+            Some(seq) => Start::After(seq),
+            None if shard.parents.iter().any(|p| read.contains(p)) => Start::TrimHorizon,
+            None if shard.closed && config.starting_position == StartingPosition::Latest => {
+                finished.insert(shard.id.clone());
+                continue;
+            }
+            None => Start::Configured,
+        };
+        plan.push((shard.id.clone(), start));
+    }
+    plan
+}
+
+struct ShardInfo {
+    id: String,
+    parents: Vec<String>,
+    closed: bool,
+}
+
+async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let req = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = req.send().await.map_err(|e| error_text(&e))?;
+        for s in page.shards() {
+            let parents =
+                [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_string).collect();
+            let closed = s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
+            out.push(ShardInfo { id: s.shard_id().to_string(), parents, closed });
+        }
+        match page.next_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    After(String),
+    TrimHorizon,
+    Configured,
+}
+
+/// Records handed out for one shard, and the sequence number of each.
+#[derive(Default)]
+struct ShardState {
+    tracker: PartitionTracker,
+    /// (counter, sequence number) of records not yet behind the checkpoint.
+    sequences: VecDeque<(i64, String)>,
+}
+
+impl ShardState {
+    /// The sequence number to checkpoint: the last record of the finished prefix.
+    fn checkpoint(&mut self) -> Option<String> {
+        let next = self.tracker.committable()?;
+        let mut last = None;
+        while self.sequences.front().is_some_and(|(c, _)| *c < next) {
+            last = self.sequences.pop_front().map(|(_, s)| s);
+        }
+        last
+    }
+}
+
+struct ShardAcker(Mutex<ShardState>);
+
+impl Acker for ShardAcker {
+    fn ack(&self, position: Position, outcome: Outcome) {
+        if !matches!(outcome, Outcome::Redeliver { .. }) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.finish(position.offset);
+        }
+    }
+}
+
+/// `shardId-000000000003` → 3, for the `event-partition`-like shard index.
+fn shard_index(id: &str) -> i32 {
+    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Reads one shard until stopped (false) or until it is closed and every record is finished (true).
+async fn read_shard(
+    client: &Client,
+    config: &KinesisSourceConfig,
+    shard: &str,
+    start: Start,
+    store: &dyn CheckpointStore,
+    ctx: &SourceContext,
+    stop: &CancellationToken,
+) -> Result<bool, String> {
+    let state = Arc::new(ShardAcker(Mutex::new(ShardState::default())));
+    let acker: Arc<dyn Acker> = state.clone();
+    let stream_name: Arc<str> = Arc::from(config.stream.as_str());
+    let mut iterator = shard_iterator(client, config, shard, &start).await?;
+    let mut last_read: Option<String> = None;
+    let mut counter = 0i64;
+    let mut saved: Option<String> = match &start {
+        Start::After(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut last_save = Instant::now();
+    let save = |state: &ShardAcker, saved: &mut Option<String>, finished: bool| -> Result<(), String> {
+        let seq = state.0.lock().unwrap_or_else(|p| p.into_inner()).checkpoint();
+        if seq.is_some() || finished {
+            if seq.is_some() {
+                *saved = seq;
+            }
+            store.save(shard, ShardCheckpoint { sequence: saved.clone(), finished }).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let closed = loop {
+        if stop.is_cancelled() {
+            break false;
+        }
+        if last_save.elapsed() >= CHECKPOINT_INTERVAL {
+            save(&state, &mut saved, false)?;
+            last_save = Instant::now();
+        }
+        let called = Instant::now();
+        let out = match client.get_records().shard_iterator(&iterator).limit(RECORDS_PER_CALL).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let service = e.as_service_error();
+                if service.is_some_and(|s| s.is_expired_iterator_exception()) {
+                    let resume = last_read.clone().map_or(start.clone(), Start::After);
+                    iterator = shard_iterator(client, config, shard, &resume).await?;
+                    continue;
+                }
+                if service.is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) {
+                    warn!(stream = %config.stream, shard, "Throughput exceeded; backing off.");
+                    tokio::select! { () = tokio::time::sleep(THROTTLE_BACKOFF) => {}, () = stop.cancelled() => {} }
+                    continue;
+                }
+                return Err(format!("GetRecords on {shard}: {}", error_text(&e)));
+            }
+        };
+        for r in out.records() {
+            counter += 1;
+            let seq = r.sequence_number().to_string();
+            {
+                let mut s = state.0.lock().unwrap_or_else(|p| p.into_inner());
+                s.tracker.push(counter);
+                s.sequences.push_back((counter, seq.clone()));
+            }
+            let msg = Message {
+                payload: Bytes::copy_from_slice(r.data().as_ref()),
+                key: r.partition_key().map(|k| Bytes::copy_from_slice(k.as_bytes())),
+                headers: vec![
+                    ("event-sequence-number".to_string(), Bytes::from(seq.clone())),
+                    ("event-shard-id".to_string(), Bytes::copy_from_slice(shard.as_bytes())),
+                ],
+                origin: Origin {
+                    source: stream_name.clone(),
+                    partition: shard_index(shard),
+                    // Derived from the sequence number, so event-id is the same on redelivery.
+                    offset: sequence_id(&seq),
+                    timestamp_ms: r.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok()),
+                },
+                attempt: 1,
+                ack: AckHandle::new(acker.clone(), Position { slot: 0, generation: 0, offset: counter }),
+            };
+            tokio::select! {
+                sent = ctx.out.send(msg) => if sent.is_err() { return Ok(false) },
+                () = stop.cancelled() => break,
+            }
+            last_read = Some(seq);
+        }
+        match out.next_shard_iterator() {
+            Some(next) => iterator = next.to_string(),
+            None => break true,
+        }
+        let pause = if out.records().is_empty() { config.poll_interval } else { MIN_CALL_INTERVAL };
+        let wait = pause.saturating_sub(called.elapsed());
+        tokio::select! { () = tokio::time::sleep(wait) => {}, () = stop.cancelled() => {} }
+    };
+    // Wait for handed-out records: all of them for a closed shard (its children must not start
+    // before), bounded by the drain timeout on a stop.
+    let deadline = Instant::now() + config.drain_timeout;
+    loop {
+        let outstanding = state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding();
+        if outstanding == 0 {
+            break;
+        }
+        if stop.is_cancelled() && Instant::now() >= deadline {
+            warn!(stream = %config.stream, shard, outstanding, "Drain timed out; those records are read again after a restart.");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = closed && state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
+    save(&state, &mut saved, finished)?;
+    Ok(finished)
+}
+
+fn sequence_id(seq: &str) -> i64 {
+    // FNV-1a: stable across builds, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seq.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & (i64::MAX as u64)) as i64
+}
+
+async fn shard_iterator(
+    client: &Client,
+    config: &KinesisSourceConfig,
+    shard: &str,
+    start: &Start,
+) -> Result<String, String> {
+    let mut req = client.get_shard_iterator().stream_name(&config.stream).shard_id(shard);
+    req = match start {
+        Start::After(seq) => {
+            req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
+        }
+        Start::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        Start::Configured => match config.starting_position {
+            StartingPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartingPosition::AtTimestamp(secs) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_sdk_kinesis::primitives::DateTime::from_secs(secs)),
+        },
+    };
+    let out = req.send().await.map_err(|e| format!("GetShardIterator on {shard}: {}", error_text(&e)))?;
+    out.shard_iterator().map(str::to_string).ok_or_else(|| format!("no iterator for shard {shard}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_is_the_last_record_of_the_finished_prefix() {
+        let mut s = ShardState::default();
+        for (c, seq) in [(1, "100"), (2, "105"), (3, "110")] {
+            s.tracker.push(c);
+            s.sequences.push_back((c, seq.to_string()));
+        }
+        assert_eq!(s.checkpoint(), None, "nothing finished");
+        s.tracker.finish(2);
+        assert_eq!(s.checkpoint(), None, "record 1 still out");
+        s.tracker.finish(1);
+        assert_eq!(s.checkpoint(), Some("105".to_string()));
+        s.tracker.finish(3);
+        assert_eq!(s.checkpoint(), Some("110".to_string()));
+    }
+
+    fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {
+        ShardInfo { id: id.into(), parents: parents.iter().map(|p| p.to_string()).collect(), closed }
+    }
+
+    fn config(start: StartingPosition) -> KinesisSourceConfig {
+        KinesisSourceConfig {
+            stream: "s".into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            credentials: None,
+            shard: None,
+            starting_position: start,
+            checkpoint_dir: std::path::PathBuf::new(),
+            checkpoint_key: "k".into(),
+            poll_interval: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// After resharding 2 → 4 (0 → 2,3 and 1 → 4,5), as AWS lists it.
+    fn resharded() -> Vec<ShardInfo> {
+        vec![
+            shard("p0", &[], true),
+            shard("p1", &[], true),
+            shard("c2", &["p0"], false),
+            shard("c3", &["p0"], false),
+            shard("c4", &["p1"], false),
+            shard("c5", &["p1"], false),
+        ]
+    }
+
+    #[test]
+    fn children_wait_for_their_parents_then_start_at_trim_horizon() {
+        let cfg = config(StartingPosition::Latest);
+        let checkpoints: std::collections::BTreeMap<String, ShardCheckpoint> =
+            [("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), finished: false })].into();
+        let read: HashSet<String> = ["p0".to_string(), "p1".to_string()].into();
+        let mut finished = HashSet::new();
+        // Parents still being read: no child may start.
+        let running: HashSet<String> = read.clone();
+        assert!(plan_readers(&resharded(), &cfg, &checkpoints, &running, &mut finished, &read).is_empty());
+        // p0 finished: its children start from their first record; p1's still wait.
+        finished.insert("p0".to_string());
+        let running: HashSet<String> = ["p1".to_string()].into();
+        let plan = plan_readers(&resharded(), &cfg, &checkpoints, &running, &mut finished, &read);
+        assert_eq!(plan, vec![("c2".to_string(), Start::TrimHorizon), ("c3".to_string(), Start::TrimHorizon)]);
+    }
+
+    #[test]
+    fn a_restart_resumes_each_shard_after_its_checkpoint() {
+        let cfg = config(StartingPosition::Latest);
+        let checkpoints: std::collections::BTreeMap<String, ShardCheckpoint> = [
+            ("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), finished: true }),
+            ("p1".to_string(), ShardCheckpoint { sequence: Some("20".into()), finished: false }),
+        ]
+        .into();
+        let mut finished: HashSet<String> = ["p0".to_string()].into();
+        let read: HashSet<String> = checkpoints.keys().cloned().collect();
+        let plan = plan_readers(&resharded(), &cfg, &checkpoints, &HashSet::new(), &mut finished, &read);
+        assert_eq!(
+            plan,
+            vec![
+                ("p1".to_string(), Start::After("20".into())),
+                ("c2".to_string(), Start::TrimHorizon),
+                ("c3".to_string(), Start::TrimHorizon)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_latest_reader_skips_shards_closed_before_it_and_starts_children_at_latest() {
+        let cfg = config(StartingPosition::Latest);
+        let mut finished = HashSet::new();
+        let none = std::collections::BTreeMap::new();
+        let plan = plan_readers(&resharded(), &cfg, &none, &HashSet::new(), &mut finished, &HashSet::new());
+        assert!(finished.contains("p0") && finished.contains("p1"), "closed parents are not read");
+        // Their children start in the same pass, at the configured position (no history replay).
+        assert_eq!(plan.len(), 4);
+        assert!(plan.iter().all(|(id, s)| id.starts_with('c') && *s == Start::Configured), "{plan:?}");
+    }
+
+    #[test]
+    fn shard_index_and_sequence_ids_are_stable() {
+        assert_eq!(shard_index("shardId-000000000003"), 3);
+        assert_eq!(
+            sequence_id("49590338271490256608559692538361571095921575989136588898"),
+            sequence_id("49590338271490256608559692538361571095921575989136588898")
+        );
+        assert_ne!(sequence_id("1"), sequence_id("2"));
+    }
+}

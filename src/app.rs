@@ -69,8 +69,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Picks rustls's crypto provider for the whole process. The AWS SDK and async-nats enable
+/// different ones (aws-lc-rs, ring), and with both present rustls will not choose on its own: every
+/// TLS connection would panic. Call before any TLS client is built; calling twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The daemon's entry point after flag parsing: logging, listener, signals.
 pub async fn main(args: crate::config::Args) -> anyhow::Result<()> {
+    install_crypto_provider();
     init_logging(&args.log_format);
     let settings = args.settings(|k| std::env::var(k).ok())?;
     let prometheus = install_metrics()?;

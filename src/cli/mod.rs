@@ -57,6 +57,7 @@ pub enum TopicCommand {
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
+    crate::app::install_crypto_provider();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

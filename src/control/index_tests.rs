@@ -103,9 +103,9 @@ metadata: {name: c}
 spec: {function-name: missing, schedule: "* * * * *"}
 ---
 apiVersion: kubeless.io/v1beta1
-kind: KinesisTrigger
-metadata: {name: k}
-spec: {function-name: f, aws-region: us-west-2, stream: s}
+kind: HTTPTrigger
+metadata: {name: h}
+spec: {function-name: f}
 "#;
     let d = desired(&mk(yaml), &settings());
     assert!(d.consumers.is_empty());
@@ -113,7 +113,7 @@ spec: {function-name: f, aws-region: us-west-2, stream: s}
         d.idle_triggers,
         ["KafkaTrigger default/t", "CronJobTrigger default/c (Function default/missing does not exist)"]
     );
-    assert_eq!(d.unserved, ["KinesisTrigger default/k"]);
+    assert_eq!(d.unserved, ["HTTPTrigger default/h"]);
 }
 
 #[test]

@@ -2,9 +2,11 @@
 //! restarts only what changed. One code path for boot and for every later change.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use kubeless_connector::{DeadLetterSink, Health, SourceContext, SourceState};
 use kubeless_kafka::{run_source, KafkaDeadLetter};
 use kubeless_nats::NatsDeadLetter;
@@ -152,7 +154,12 @@ async fn supervise(spec: ConsumerSpec, client: reqwest::Client, health: Health, 
     });
     let mut backoff = RESTART_BACKOFF;
     while !stop.is_cancelled() {
-        let result = run_once(&spec, &client, &health, &stop, &metrics).await;
+        // A panic in a source is a bug, but it must not leave the consumer dead and "Starting"
+        // forever: report it and restart like any other failure.
+        let result = AssertUnwindSafe(run_once(&spec, &client, &health, &stop, &metrics))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(format!("the consumer panicked: {}", panic_text(&panic))));
         if stop.is_cancelled() {
             break;
         }
@@ -167,6 +174,14 @@ async fn supervise(spec: ConsumerSpec, client: reqwest::Client, health: Health, 
         backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
     }
     lag_task.abort();
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 /// One life of a consumer: source and dispatcher joined by a bounded channel.

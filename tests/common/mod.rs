@@ -431,6 +431,7 @@ impl Nats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
+        kubeless_broker::app::install_crypto_provider();
         kubeless_nats::connect(&self.url, &self.auth, self.client_ca.is_some(), self.client_ca.as_deref())
             .await
             .expect("connect")

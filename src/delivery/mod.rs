@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use kubeless_connector::{DeadLetter, DeadLetterReason, DeadLetterSink, Message, Outcome};
+use kubeless_connector::{error_chain, DeadLetter, DeadLetterReason, DeadLetterSink, Message, Outcome};
 use reqwest::header::RETRY_AFTER;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -249,16 +249,4 @@ impl Deliverer {
             }
         }
     }
-}
-
-/// An error with its causes, e.g. `error sending request: connection refused`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

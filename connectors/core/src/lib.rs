@@ -26,3 +26,16 @@ pub use health::{Health, SourceState};
 pub use message::{Message, Origin};
 pub use source::SourceContext;
 pub use tracker::PartitionTracker;
+
+/// An error with its causes, e.g. `error sending request: connection refused`: the top-level
+/// message of SDK and HTTP errors alone rarely says what went wrong.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -9,7 +9,7 @@ use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 use bytes::Bytes;
 use kubeless_connector::{
-    AckHandle, Acker, Message, Origin, Outcome, PartitionTracker, Position, SourceContext, SourceState,
+    error_chain, AckHandle, Acker, Message, Origin, Outcome, PartitionTracker, Position, SourceContext, SourceState,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,17 +53,6 @@ pub async fn client(config: &KinesisSourceConfig) -> Client {
         ));
     }
     Client::new(&loader.load().await)
-}
-
-fn error_text(e: &impl std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Runs until `ctx.shutdown`; then every reader drains (bounded) and checkpoints.
@@ -146,7 +135,7 @@ async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &Source
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
                 format!("stream {} does not exist in {}", config.stream, config.region)
             }
-            Err(e) => format!("cannot describe stream {}: {}", config.stream, error_text(&e)),
+            Err(e) => format!("cannot describe stream {}: {}", config.stream, error_chain(&e)),
         };
         warn!(stream = %config.stream, reason = %why, "Waiting for the stream.");
         ctx.health.set(SourceState::Failed(why));
@@ -209,7 +198,7 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, St
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let page = req.send().await.map_err(|e| error_text(&e))?;
+        let page = req.send().await.map_err(|e| error_chain(&e))?;
         for s in page.shards() {
             let parents =
                 [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_string).collect();
@@ -319,7 +308,7 @@ async fn read_shard(
                     tokio::select! { () = tokio::time::sleep(THROTTLE_BACKOFF) => {}, () = stop.cancelled() => {} }
                     continue;
                 }
-                return Err(format!("GetRecords on {shard}: {}", error_text(&e)));
+                return Err(format!("GetRecords on {shard}: {}", error_chain(&e)));
             }
         };
         for r in out.records() {
@@ -409,7 +398,7 @@ async fn shard_iterator(
                 .timestamp(aws_sdk_kinesis::primitives::DateTime::from_secs(secs)),
         },
     };
-    let out = req.send().await.map_err(|e| format!("GetShardIterator on {shard}: {}", error_text(&e)))?;
+    let out = req.send().await.map_err(|e| format!("GetShardIterator on {shard}: {}", error_chain(&e)))?;
     out.shard_iterator().map(str::to_string).ok_or_else(|| format!("no iterator for shard {shard}"))
 }
 

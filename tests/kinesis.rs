@@ -107,15 +107,7 @@ async fn a_missing_stream_is_reported_and_the_reader_starts_once_it_exists() {
     ];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
-    let start = std::time::Instant::now();
-    loop {
-        let state = daemon.status().await["consumers"][0]["state"].as_str().unwrap_or_default().to_string();
-        if state.contains("stream late does not exist in us-east-1") {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "state: {state}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    daemon.wait_states(&["f"], |s| s[0].contains("stream late does not exist in us-east-1")).await;
     let client = moto.client().await;
     kubeless_kinesis::create_stream(&client, "late", 1).await.expect("stream");
     daemon.wait_ready().await;

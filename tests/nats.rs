@@ -147,28 +147,7 @@ async fn nats_credentials_come_from_a_secret_and_wrong_ones_are_reported_without
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
 
     // The good trigger subscribes; the bad one reports why it cannot.
-    let start = std::time::Instant::now();
-    loop {
-        let status = daemon.status().await;
-        let states: Vec<(String, String)> = status["consumers"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                (
-                    c["function"].as_str().unwrap_or_default().to_string(),
-                    c["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        let state = |f: &str| states.iter().find(|(n, _)| n == f).map(|(_, s)| s.clone()).unwrap_or_default();
-        if state("good") == "Ready" && state("bad").contains("uthorization") {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "states: {states:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    daemon.wait_states(&["good", "bad"], |s| s[0] == "Ready" && s[1].contains("uthorization")).await;
     nats.publish_all("events", ["hello".to_string()], false).await;
     wait_for("delivery with credentials from the Secret", Duration::from_secs(30), || good.delivered() == 1).await;
     assert_eq!(bad.delivered(), 0);
@@ -198,31 +177,7 @@ async fn tls_with_a_ca_from_a_secret_connects_and_without_it_the_trigger_reports
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
 
-    let start = std::time::Instant::now();
-    loop {
-        let status = daemon.status().await;
-        let state = |f: &str| {
-            status["consumers"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .find(|c| c["function"] == f)
-                .and_then(|c| c["state"].as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        if state("trusted") == "Ready" && state("untrusted").starts_with("Failed") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "trusted: {}, untrusted: {}",
-            state("trusted"),
-            state("untrusted")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    daemon.wait_states(&["trusted", "untrusted"], |s| s[0] == "Ready" && s[1].starts_with("Failed")).await;
     nats.publish_all("secure", ["over tls".to_string()], false).await;
     wait_for("delivery over TLS", Duration::from_secs(30), || trusted.delivered() == 1).await;
     assert_eq!(untrusted.delivered(), 0);

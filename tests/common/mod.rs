@@ -335,6 +335,37 @@ impl Daemon {
         }
     }
 
+    /// The `/status` state of the consumer delivering to `function` ("" while there is none).
+    pub async fn consumer_state(&self, function: &str) -> String {
+        let status = self.status().await;
+        status["consumers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .find(|c| c["function"] == function)
+            .and_then(|c| c["state"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Polls `/status` until `done` holds for the states of `functions` (in that order); panics
+    /// with those states after 30 s.
+    pub async fn wait_states(&self, functions: &[&str], done: impl Fn(&[String]) -> bool) {
+        let start = Instant::now();
+        loop {
+            let mut states = Vec::with_capacity(functions.len());
+            for f in functions {
+                states.push(self.consumer_state(f).await);
+            }
+            if done(&states) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "consumer states of {functions:?}: {states:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.map(|(_, b)| b).unwrap_or_default()
     }

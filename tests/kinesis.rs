@@ -1,8 +1,9 @@
-//! Kinesis → functions through moto_server on loopback: every shard, checkpoints, resharding.
+//! Kinesis → functions through emulators on loopback: every shard and checkpoints on moto_server,
+//! resharding on kinesalite (which, unlike moto, closes a split parent and routes to its children).
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
@@ -15,16 +16,27 @@ fn counts(f: &Function) -> HashMap<String, usize> {
     c
 }
 
-async fn put_all(client: &aws_sdk_kinesis::Client, stream: &str, prefix: &str, n: usize, keys: usize) {
+/// Puts `n` records over `keys` partition keys; returns the shards they landed on.
+async fn put_all(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    prefix: &str,
+    n: usize,
+    keys: usize,
+) -> HashSet<String> {
+    let mut shards = HashSet::new();
     for i in 0..n {
         let key = format!("pk{}", i % keys);
-        kubeless_kinesis::put_record(client, stream, &key, format!("{prefix}{i}").as_bytes()).await.expect("put");
+        let (shard, _) =
+            kubeless_kinesis::put_record(client, stream, &key, format!("{prefix}{i}").as_bytes()).await.expect("put");
+        shards.insert(shard);
     }
+    shards
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_a_2_shard_stream_arrive_and_a_kill_9_resumes_from_the_checkpoint() {
-    let moto = Moto::start().await;
+    let moto = Kinesis::moto().await;
     let client = moto.client().await;
     kubeless_kinesis::create_stream(&client, "clicks", 2).await.expect("stream");
     let f = Function::start(Behaviour::Ok).await;
@@ -58,31 +70,49 @@ async fn records_of_a_2_shard_stream_arrive_and_a_kill_9_resumes_from_the_checkp
     assert!(replayed < 1000, "{replayed} records replayed: the restart must resume from the checkpoint, not the start");
 }
 
-/// moto 5.2.1 accepts UpdateShardCount and lists the child shards, but keeps writing to and serving
-/// the parents (it never closes them), so this shows only that a changing shard list loses nothing
-/// and keeps per-key order. The parent-before-child logic is unit-tested in the connector
-/// (`plan_readers`) against AWS's semantics.
+/// Resharding 2 → 4 while the daemon reads: each of the two shards is split (kinesalite has no
+/// UpdateShardCount; two SplitShards is the same 2 → 4), which closes it and sends every later
+/// record to its children. The readers must finish each parent before starting its children, so
+/// for every partition key the records put before the split arrive before those put after it.
+/// The function is slow (4 in flight, 10 ms each) so the parents still hold most of their records
+/// when the children fill: a reader that started the children early would break the key order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_shard_count_while_reading_loses_no_record_and_keeps_partition_key_order() {
-    let moto = Moto::start().await;
-    let client = moto.client().await;
+async fn resharding_2_to_4_while_reading_loses_no_record_and_keeps_partition_key_order() {
+    let kinesis = Kinesis::kinesalite().await;
+    let client = kinesis.client().await;
     kubeless_kinesis::create_stream(&client, "orders", 2).await.expect("stream");
-    let f = Function::start(Behaviour::Ok).await;
+    let f = Function::start(Behaviour::Slow(Duration::from_millis(10))).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = [
         function_yaml("f", "{function: f}", &f.url),
-        kinesis_yaml("orders", "f", "orders", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
+        kinesis_yaml(
+            "orders",
+            "f",
+            "orders",
+            &kinesis.endpoint,
+            "  startingPosition: TRIM_HORIZON\n  delivery:\n    maxInFlight: 4\n",
+        ),
     ];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
     daemon.wait_ready().await;
 
-    put_all(&client, "orders", "a", 1000, 10).await;
-    kubeless_kinesis::update_shard_count(&client, "orders", 4).await.expect("reshard");
-    put_all(&client, "orders", "b", 1000, 10).await;
+    let before = put_all(&client, "orders", "a", 1000, 10).await;
+    wait_for("the first records to flow", Duration::from_secs(60), || !f.received().is_empty()).await;
+    let parents: HashSet<String> =
+        kubeless_kinesis::split_open_shards(&client, "orders").await.expect("reshard").into_iter().collect();
+    assert_eq!(parents.len(), 2, "both shards were split");
+    assert_eq!(before, parents, "the first records went to the two original shards");
+    let after = put_all(&client, "orders", "b", 1000, 10).await;
+    assert!(after.is_disjoint(&parents), "records after the split go to the children, not to {parents:?}");
+    assert!(after.len() >= 2, "the records after the split spread over the children: {after:?}");
+
     wait_for("every record across the reshard", Duration::from_secs(120), || counts(&f).len() == 2000).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(counts(&f).values().all(|n| *n == 1), "no duplicates in a clean run");
+    let read_from: HashSet<String> =
+        f.received().iter().filter_map(|r| r.headers.get("event-shard-id").cloned()).collect();
+    assert!(after.is_subset(&read_from), "the children were read: {read_from:?}");
     // Per partition key: every "a" record before every "b" record, each run in publish order.
     let mut by_key: BTreeMap<String, Vec<(char, usize)>> = BTreeMap::new();
     for r in f.received() {
@@ -98,7 +128,7 @@ async fn update_shard_count_while_reading_loses_no_record_and_keeps_partition_ke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_stream_is_reported_and_the_reader_starts_once_it_exists() {
-    let moto = Moto::start().await;
+    let moto = Kinesis::moto().await;
     let f = Function::start(Behaviour::Ok).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = [

@@ -573,24 +573,41 @@ pub fn nats_trigger_yaml(name: &str, subject: &str, selector: &str, extra: &str)
     )
 }
 
-/// moto_server (a Kinesis emulator) on loopback, killed on drop.
-pub struct Moto {
+/// A Kinesis emulator on loopback, killed on drop: moto_server, or kinesalite where a test needs
+/// resharding as AWS does it (moto keeps routing records to split parents).
+pub struct Kinesis {
     child: Child,
     pub endpoint: String,
 }
 
-impl Moto {
-    pub async fn start() -> Self {
+impl Kinesis {
+    pub async fn moto() -> Self {
         let port = free_port();
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("moto-{port}.log"))).expect("log");
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        Self::spawn("moto_server", Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]), port)
+            .await
+    }
+
+    pub async fn kinesalite() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("scripts/kinesalite-path")).output().expect("run scripts/kinesalite-path");
+        assert!(out.status.success(), "kinesalite is not installed (run scripts/install-deps)");
+        let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = free_port();
+        // Stream state changes take 50 ms instead of kinesalite's default 500 ms.
+        let mut command = Command::new(bin);
+        command.args(["--port", &port.to_string(), "--createStreamMs", "50", "--updateStreamMs", "50"]);
+        Self::spawn("kinesalite", &mut command, port).await
+    }
+
+    async fn spawn(name: &str, command: &mut Command, port: u16) -> Self {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{name}-{port}.log"))).expect("log");
+        let child = command
             .stdout(log.try_clone().expect("clone"))
             .stderr(log)
             .spawn()
-            .expect("start moto_server (run scripts/install-deps)");
+            .unwrap_or_else(|e| panic!("start {name} (run scripts/install-deps): {e}"));
         let addr = format!("127.0.0.1:{port}");
-        wait_for("moto_server to listen", Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok())
+        wait_for(&format!("{name} to listen"), Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok())
             .await;
         Self { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
@@ -612,14 +629,14 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
+impl Drop for Kinesis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// A KinesisTrigger reading `stream` on moto with the Secret `aws` (keys `testing`).
+/// A KinesisTrigger reading `stream` on an emulator with the Secret `aws` (keys `testing`).
 pub fn kinesis_yaml(name: &str, function: &str, stream: &str, endpoint: &str, extra: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: aws-{name}, namespace: default}}\nstringData: {{aws_access_key_id: testing, aws_secret_access_key: testing}}\n---\napiVersion: kubeless.io/v1beta1\nkind: KinesisTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  aws-region: us-east-1\n  stream: {stream}\n  secret: aws-{name}\n  endpoint: {endpoint}\n{extra}"

@@ -1,9 +1,9 @@
-//! Stream helpers for the CLI and the tests: create a stream, wait for it, put records, reshard.
+//! Stream helpers for the tests and load tests: create a stream, wait for it, put records, reshard.
 
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{ScalingType, StreamStatus};
+use aws_sdk_kinesis::types::StreamStatus;
 use aws_sdk_kinesis::Client;
 
 /// Creates a stream with `shards` shards and waits until it is ACTIVE.
@@ -24,8 +24,8 @@ pub async fn wait_active(client: &Client, stream: &str) -> Result<(), String> {
     Err(format!("stream {stream} did not become ACTIVE"))
 }
 
-/// Puts one record; returns its sequence number.
-pub async fn put_record(client: &Client, stream: &str, key: &str, data: &[u8]) -> Result<String, String> {
+/// Puts one record; returns the shard it landed on and its sequence number.
+pub async fn put_record(client: &Client, stream: &str, key: &str, data: &[u8]) -> Result<(String, String), String> {
     let out = client
         .put_record()
         .stream_name(stream)
@@ -34,18 +34,36 @@ pub async fn put_record(client: &Client, stream: &str, key: &str, data: &[u8]) -
         .send()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(out.sequence_number().to_string())
+    Ok((out.shard_id().to_string(), out.sequence_number().to_string()))
 }
 
-/// Reshards to `shards` shards (uniform scaling) and waits until the stream is ACTIVE again.
-pub async fn update_shard_count(client: &Client, stream: &str, shards: i32) -> Result<(), String> {
-    client
-        .update_shard_count()
-        .stream_name(stream)
-        .target_shard_count(shards)
-        .scaling_type(ScalingType::UniformScaling)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    wait_active(client, stream).await
+/// Splits every open shard at the middle of its hash-key range (SplitShard, one at a time, waiting
+/// until the stream is ACTIVE after each), doubling the open shards. Returns the ids of the shards
+/// that were split, which are now closed. This is how an emulator without UpdateShardCount
+/// (kinesalite) reshards 2 → 4.
+pub async fn split_open_shards(client: &Client, stream: &str) -> Result<Vec<String>, String> {
+    let shards = client.list_shards().stream_name(stream).send().await.map_err(|e| e.to_string())?;
+    let open: Vec<(String, u128, u128)> = shards
+        .shards()
+        .iter()
+        .filter(|s| s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_none())
+        .map(|s| {
+            let range = s.hash_key_range().ok_or_else(|| format!("shard {} has no hash-key range", s.shard_id()))?;
+            let parse = |v: &str| v.parse::<u128>().map_err(|e| format!("shard {} hash key {v}: {e}", s.shard_id()));
+            Ok((s.shard_id().to_string(), parse(range.starting_hash_key())?, parse(range.ending_hash_key())?))
+        })
+        .collect::<Result<_, String>>()?;
+    for (shard, start, end) in &open {
+        let middle = start + (end - start) / 2 + 1;
+        client
+            .split_shard()
+            .stream_name(stream)
+            .shard_to_split(shard)
+            .new_starting_hash_key(middle.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("split {shard}: {e}"))?;
+        wait_active(client, stream).await?;
+    }
+    Ok(open.into_iter().map(|(shard, _, _)| shard).collect())
 }

@@ -1,0 +1,607 @@
+//! The scenario runner behind `loadtests/run`: starts tansu, nats-server, moto_server and the sink,
+//! measures the HTTP ceiling, then runs each scenario against a fresh daemon in standalone mode and
+//! collects msgs/s, latency percentiles, the daemon's peak RSS and CPU.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::procs::{self, CpuWindow, Proc};
+use crate::produce::{self, Load, Target};
+use crate::sink::Stats;
+
+/// How big the run is. `quick` shrinks every count for a smoke run of the harness itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub flat_out: u64,
+    pub partition_ordering: u64,
+    pub nats: u64,
+    pub kinesis: u64,
+    pub backlog: u64,
+    pub fan_out: u64,
+    pub rate_seconds: u64,
+    pub slow_seconds: u64,
+    pub idle_triggers: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Self {
+        Self {
+            flat_out: 200_000,
+            partition_ordering: 50_000,
+            nats: 100_000,
+            kinesis: 20_000,
+            backlog: 1_000_000,
+            fan_out: 20_000,
+            rate_seconds: 20,
+            slow_seconds: 30,
+            idle_triggers: 100,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            flat_out: 5_000,
+            partition_ordering: 2_000,
+            nats: 2_000,
+            kinesis: 1_000,
+            backlog: 20_000,
+            fan_out: 1_000,
+            rate_seconds: 3,
+            slow_seconds: 5,
+            idle_triggers: 10,
+        }
+    }
+}
+
+const SIZE: usize = 1024;
+const KEYS: u64 = 1000;
+const PARTITIONS: i32 = 8;
+const KINESIS_SHARDS: i32 = 4;
+const MAX_IN_FLIGHT: usize = 64;
+const SESSION_TIMEOUT_MS: u32 = 6000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// `backlog`: the messages were in the broker before the daemon started and msgs/s is the drain
+    /// rate (latency then includes the wait in the backlog); `rate`: produced live at a set rate;
+    /// `idle`: no traffic.
+    pub mode: &'static str,
+    pub messages: u64,
+    pub msgs_per_sec: f64,
+    pub ceiling_msgs_per_sec: Option<f64>,
+    pub ratio_to_ceiling: Option<f64>,
+    pub concurrency: usize,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub peak_rss_mib: f64,
+    pub cpu_percent: f64,
+    pub target: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    pub concurrency: usize,
+    pub latency_ms: u64,
+    pub msgs_per_sec: f64,
+}
+
+pub struct Env {
+    work: tempfile::TempDir,
+    _servers: Vec<Proc>,
+    brokers: String,
+    nats_url: String,
+    moto: String,
+    sink_url: String,
+    http: reqwest::Client,
+    ceilings: Vec<Ceiling>,
+}
+
+impl Env {
+    pub async fn start(root: &Path) -> anyhow::Result<Self> {
+        let work = tempfile::Builder::new().prefix("kubeless-loadtest-").tempdir()?;
+        let logs = work.path().to_path_buf();
+        let mut servers = Vec::new();
+
+        let port = procs::free_port()?;
+        let mut tansu = Proc::spawn("tansu", Command::new(root.join("scripts/tansu")).arg(port.to_string()), &logs)?;
+        let brokers = format!("127.0.0.1:{port}");
+        procs::wait_listening(&mut tansu, &brokers, Duration::from_secs(30)).await?;
+        servers.push(tansu);
+
+        let port = procs::free_port()?;
+        let bin = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
+        let store = logs.join("jetstream");
+        let mut nats = Proc::spawn(
+            "nats-server",
+            Command::new(bin).args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(&store),
+            &logs,
+        )?;
+        let nats_addr = format!("127.0.0.1:{port}");
+        procs::wait_listening(&mut nats, &nats_addr, Duration::from_secs(30)).await?;
+        servers.push(nats);
+
+        let port = procs::free_port()?;
+        let mut moto = Proc::spawn(
+            "moto_server",
+            Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            &logs,
+        )?;
+        let moto_addr = format!("127.0.0.1:{port}");
+        procs::wait_listening(&mut moto, &moto_addr, Duration::from_secs(60)).await?;
+        servers.push(moto);
+
+        let port = procs::free_port()?;
+        let sink_addr = format!("127.0.0.1:{port}");
+        let exe = std::env::current_exe()?;
+        let mut sink = Proc::spawn("sink", Command::new(exe).args(["sink", "--addr", &sink_addr]), &logs)?;
+        procs::wait_listening(&mut sink, &sink_addr, Duration::from_secs(30)).await?;
+        servers.push(sink);
+
+        Ok(Self {
+            work,
+            _servers: servers,
+            brokers,
+            nats_url: format!("nats://{nats_addr}"),
+            moto: format!("http://{moto_addr}"),
+            sink_url: format!("http://{sink_addr}"),
+            http: reqwest::Client::new(),
+            ceilings: Vec::new(),
+        })
+    }
+
+    pub fn logs(&self) -> &Path {
+        self.work.path()
+    }
+
+    pub fn ceilings(&self) -> &[Ceiling] {
+        &self.ceilings
+    }
+
+    async fn reset_sink(&self, latency_ms: u64) -> anyhow::Result<()> {
+        self.http
+            .post(format!("{}/_reset?latency_ms={latency_ms}&error_rate=0", self.sink_url))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> anyhow::Result<Stats> {
+        Ok(self.http.get(format!("{}/_stats", self.sink_url)).send().await?.error_for_status()?.json().await?)
+    }
+
+    /// The ceiling at this concurrency and function latency, measured once per run and reused.
+    pub async fn ceiling(&mut self, concurrency: usize, latency_ms: u64) -> anyhow::Result<f64> {
+        if let Some(c) = self.ceilings.iter().find(|c| c.concurrency == concurrency && c.latency_ms == latency_ms) {
+            return Ok(c.msgs_per_sec);
+        }
+        self.reset_sink(latency_ms).await?;
+        let rate =
+            crate::ceiling::measure(&format!("{}/ceiling", self.sink_url), concurrency, SIZE, Duration::from_secs(5))
+                .await?;
+        eprintln!("ceiling: {concurrency} in flight, {latency_ms} ms function: {rate:.0} req/s");
+        self.ceilings.push(Ceiling { concurrency, latency_ms, msgs_per_sec: rate });
+        Ok(rate)
+    }
+
+    fn function_yaml(&self, name: &str, label: &str) -> String {
+        format!(
+            "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{bench: {label}}}\n  annotations: {{kubeless.io/url: \"{}/{name}\"}}\nspec: {{runtime: python3.7, handler: h.f, timeout: \"30\"}}\n",
+            self.sink_url
+        )
+    }
+
+    /// Starts the daemon on `manifests` and waits for /readyz.
+    async fn daemon(&self, scenario: &str, manifests: &[String]) -> anyhow::Result<Daemon> {
+        let dir = self.work.path().join(scenario);
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state)?;
+        let manifest_dir = dir.join("manifests");
+        std::fs::create_dir_all(&manifest_dir)?;
+        std::fs::write(manifest_dir.join("bench.yaml"), manifests.join("---\n"))?;
+        let admin = format!("127.0.0.1:{}", procs::free_port()?);
+        let bin = procs::sibling_binary("kubeless-broker")?;
+        let mut proc = Proc::spawn(
+            &format!("daemon-{scenario}"),
+            Command::new(bin)
+                .arg("--manifests")
+                .arg(&manifest_dir)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--admin-addr", &admin])
+                .args(["--kafka-brokers", &self.brokers])
+                .args(["--nats-url", &self.nats_url])
+                .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])
+                .env("RUST_LOG", "warn"),
+            self.work.path(),
+        )?;
+        let start = Instant::now();
+        loop {
+            proc.check_alive()?;
+            let ready = self.http.get(format!("http://{admin}/readyz")).send().await;
+            if matches!(&ready, Ok(r) if r.status().is_success()) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("the daemon for {scenario} was not ready within 120 s; see {}", self.work.path().display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Daemon { proc })
+    }
+
+    /// Waits until the sink has `expected` deliveries; measures the daemon's CPU from the first
+    /// delivery to the last.
+    async fn drain(&self, daemon: &mut Daemon, expected: u64, limit: Duration) -> anyhow::Result<(Stats, f64)> {
+        let start = Instant::now();
+        let mut window = None;
+        loop {
+            daemon.proc.check_alive()?;
+            let stats = self.stats().await?;
+            if window.is_none() && stats.received > 0 {
+                window = Some(CpuWindow::open(daemon.proc.pid())?);
+            }
+            if stats.received >= expected {
+                let cpu = match &window {
+                    Some(w) => w.close()?.0,
+                    None => 0.0,
+                };
+                return Ok((stats, cpu));
+            }
+            if start.elapsed() > limit {
+                bail!("only {} of {expected} delivered within {limit:?}", stats.received);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        kubeless_kafka::create_topic(&self.brokers, &BTreeMap::new(), topic, partitions).await?;
+        Ok(())
+    }
+
+    fn kafka_trigger(&self, name: &str, topic: &str, label: &str, ordering: &str) -> String {
+        format!(
+            "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  topic: {topic}\n  functionSelector:\n    matchLabels: {{bench: {label}}}\n  delivery:\n    ordering: {ordering}\n    maxInFlight: {MAX_IN_FLIGHT}\n"
+        )
+    }
+
+    /// A backlog scenario: `count` messages produced flat out before the daemon starts, then drained.
+    #[allow(clippy::too_many_arguments)]
+    async fn backlog(
+        &mut self,
+        name: &str,
+        description: &str,
+        target: Target,
+        count: u64,
+        manifests: Vec<String>,
+        functions: u64,
+        target_text: &str,
+    ) -> anyhow::Result<Scenario> {
+        let concurrency = MAX_IN_FLIGHT * functions as usize;
+        let ceiling = self.ceiling(concurrency, 0).await?;
+        let sent = produce::produce(&target, Load { count, rate: None, size: SIZE, keys: KEYS }).await?;
+        eprintln!("{name}: {count} messages in the backlog ({sent:.0}/s produced)");
+        self.reset_sink(0).await?;
+        let mut daemon = self.daemon(name, &manifests).await?;
+        let (stats, cpu) = self.drain(&mut daemon, count * functions, Duration::from_secs(600)).await?;
+        Ok(scenario(
+            name,
+            description,
+            "backlog",
+            count * functions,
+            &stats,
+            ceiling,
+            concurrency,
+            &daemon,
+            cpu,
+            target_text,
+        )?)
+    }
+}
+
+struct Daemon {
+    proc: Proc,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scenario(
+    name: &str,
+    description: &str,
+    mode: &'static str,
+    messages: u64,
+    stats: &Stats,
+    ceiling: f64,
+    concurrency: usize,
+    daemon: &Daemon,
+    cpu_percent: f64,
+    target: &str,
+) -> anyhow::Result<Scenario> {
+    let rate = stats.rate();
+    let s = Scenario {
+        name: name.to_string(),
+        description: description.to_string(),
+        mode,
+        messages,
+        msgs_per_sec: rate,
+        ceiling_msgs_per_sec: Some(ceiling),
+        ratio_to_ceiling: (ceiling > 0.0).then(|| rate / ceiling),
+        concurrency,
+        p50_ms: Some(stats.p50_us as f64 / 1000.0),
+        p99_ms: Some(stats.p99_us as f64 / 1000.0),
+        p999_ms: Some(stats.p999_us as f64 / 1000.0),
+        peak_rss_mib: procs::peak_rss_mib(daemon.proc.pid())?,
+        cpu_percent,
+        target: target.to_string(),
+        note: String::new(),
+    };
+    eprintln!(
+        "{name}: {:.0} msg/s ({:.2} of ceiling {ceiling:.0}), p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, peak RSS {:.1} MiB, CPU {:.0}%",
+        s.msgs_per_sec,
+        s.ratio_to_ceiling.unwrap_or(0.0),
+        s.p50_ms.unwrap_or(0.0),
+        s.p99_ms.unwrap_or(0.0),
+        s.p999_ms.unwrap_or(0.0),
+        s.peak_rss_mib,
+        s.cpu_percent
+    );
+    Ok(s)
+}
+
+/// Runs every scenario in order; a failing scenario is reported and the others still run.
+pub async fn run_all(env: &mut Env, sizes: Sizes, only: Option<&str>) -> Vec<Result<Scenario, (String, String)>> {
+    let mut out = Vec::new();
+    let names = [
+        "kafka-key-flat-out",
+        "kafka-key-half-rate",
+        "kafka-partition-flat-out",
+        "nats-jetstream-flat-out",
+        "kinesis-flat-out",
+        "kafka-slow-function-1m-backlog",
+        "kafka-100-idle-triggers",
+        "kafka-fan-out-10-functions",
+    ];
+    let mut flat_rate = None;
+    for name in names {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let result = match name {
+            "kafka-key-flat-out" => kafka_flat(env, name, "key", sizes.flat_out).await,
+            "kafka-key-half-rate" => kafka_half_rate(env, name, flat_rate, sizes).await,
+            "kafka-partition-flat-out" => kafka_flat(env, name, "partition", sizes.partition_ordering).await,
+            "nats-jetstream-flat-out" => nats_flat(env, name, sizes.nats).await,
+            "kinesis-flat-out" => kinesis_flat(env, name, sizes.kinesis).await,
+            "kafka-slow-function-1m-backlog" => slow_backlog(env, name, sizes).await,
+            "kafka-100-idle-triggers" => idle(env, name, sizes.idle_triggers).await,
+            _ => fan_out(env, name, sizes.fan_out).await,
+        };
+        match result {
+            Ok(s) => {
+                if name == "kafka-key-flat-out" {
+                    flat_rate = Some(s.msgs_per_sec);
+                }
+                out.push(Ok(s));
+            }
+            Err(e) => {
+                eprintln!("{name}: FAILED: {e:#}");
+                out.push(Err((name.to_string(), format!("{e:#}"))));
+            }
+        }
+    }
+    out
+}
+
+async fn kafka_flat(env: &mut Env, name: &str, ordering: &str, count: u64) -> anyhow::Result<Scenario> {
+    let topic = name.to_string();
+    env.create_topic(&topic, PARTITIONS).await?;
+    let manifests = vec![env.function_yaml("f", name), env.kafka_trigger(name, &topic, name, ordering)];
+    let description = format!(
+        "Kafka → HTTP, {SIZE} B messages, {PARTITIONS} partitions, {KEYS} keys, ordering: {ordering}, maxInFlight {MAX_IN_FLIGHT}, {count} messages drained flat out"
+    );
+    let target =
+        if ordering == "key" { "≥ 0.8 × ceiling" } else { "comparison (Kubeless: one in flight per partition)" };
+    env.backlog(name, &description, Target::Kafka { brokers: env.brokers.clone(), topic }, count, manifests, 1, target)
+        .await
+}
+
+async fn kafka_half_rate(env: &mut Env, name: &str, flat: Option<f64>, sizes: Sizes) -> anyhow::Result<Scenario> {
+    let Some(flat) = flat else { bail!("needs kafka-key-flat-out's rate; run it first") };
+    let rate = (flat / 2.0).max(1.0);
+    let count = (rate * sizes.rate_seconds as f64) as u64;
+    let topic = name.to_string();
+    env.create_topic(&topic, PARTITIONS).await?;
+    let manifests = vec![env.function_yaml("f", name), env.kafka_trigger(name, &topic, name, "key")];
+    let mut daemon = env.daemon(name, &manifests).await?;
+    env.reset_sink(0).await?;
+    let target = Target::Kafka { brokers: env.brokers.clone(), topic };
+    let load = Load { count, rate: Some(rate), size: SIZE, keys: KEYS };
+    let window = CpuWindow::open(daemon.proc.pid())?;
+    let sent = produce::produce(&target, load).await?;
+    let (stats, _) = env.drain(&mut daemon, count, Duration::from_secs(120)).await?;
+    let (cpu, _) = window.close()?;
+    eprintln!("{name}: produced at {sent:.0}/s");
+    let ceiling = env.ceiling(MAX_IN_FLIGHT, 0).await?;
+    let description = format!(
+        "Kafka → HTTP as kafka-key-flat-out, produced live at {rate:.0} msg/s (50% of the flat-out rate) for {} s",
+        sizes.rate_seconds
+    );
+    let mut s = scenario(
+        name,
+        &description,
+        "rate",
+        count,
+        &stats,
+        ceiling,
+        MAX_IN_FLIGHT,
+        &daemon,
+        cpu,
+        "p99 added latency < 5 ms",
+    )?;
+    s.msgs_per_sec = count as f64 / (stats.last_us.saturating_sub(stats.first_us) as f64 / 1e6).max(1e-9);
+    s.ratio_to_ceiling = Some(s.msgs_per_sec / ceiling);
+    Ok(s)
+}
+
+async fn nats_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scenario> {
+    let client = async_nats::connect(&env.nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        ..Default::default()
+    })
+    .await
+    .context("creating the JetStream stream BENCH")?;
+    let subject = "bench.events";
+    let manifests = vec![
+        env.function_yaml("f", name),
+        format!(
+            "apiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  topic: {subject}\n  functionSelector:\n    matchLabels: {{bench: {name}}}\n  jetstream:\n    stream: BENCH\n  delivery:\n    maxInFlight: {MAX_IN_FLIGHT}\n"
+        ),
+    ];
+    let description =
+        format!("NATS JetStream → HTTP, {SIZE} B messages, durable pull consumer, maxInFlight {MAX_IN_FLIGHT}, {count} messages drained flat out");
+    let target = Target::Nats { url: env.nats_url.clone(), subject: subject.into() };
+    env.backlog(name, &description, target, count, manifests, 1, "≥ 0.7 × ceiling").await
+}
+
+async fn kinesis_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scenario> {
+    let client = crate::kinesis_client(&env.moto).await;
+    kubeless_kinesis::create_stream(&client, "bench", KINESIS_SHARDS).await.map_err(anyhow::Error::msg)?;
+    let manifests = vec![
+        env.function_yaml("f", name),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: aws, namespace: default}}\nstringData: {{aws_access_key_id: testing, aws_secret_access_key: testing}}\n---\napiVersion: kubeless.io/v1beta1\nkind: KinesisTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: f\n  aws-region: us-east-1\n  stream: bench\n  secret: aws\n  endpoint: {}\n  startingPosition: TRIM_HORIZON\n  delivery:\n    maxInFlight: {MAX_IN_FLIGHT}\n",
+            env.moto
+        ),
+    ];
+    let description = format!(
+        "Kinesis (moto_server) → HTTP, {SIZE} B records, {KINESIS_SHARDS} shards, {KEYS} partition keys, maxInFlight {MAX_IN_FLIGHT}, {count} records drained flat out"
+    );
+    let target = Target::Kinesis { endpoint: env.moto.clone(), stream: "bench".into() };
+    env.backlog(name, &description, target, count, manifests, 1, "≥ 0.7 × ceiling").await
+}
+
+async fn slow_backlog(env: &mut Env, name: &str, sizes: Sizes) -> anyhow::Result<Scenario> {
+    const LATENCY_MS: u64 = 50;
+    let topic = name.to_string();
+    env.create_topic(&topic, PARTITIONS).await?;
+    let count = sizes.backlog;
+    let target = Target::Kafka { brokers: env.brokers.clone(), topic: topic.clone() };
+    let sent = produce::produce(&target, Load { count, rate: None, size: SIZE, keys: KEYS }).await?;
+    eprintln!("{name}: {count} messages in the backlog ({sent:.0}/s produced)");
+    env.reset_sink(LATENCY_MS).await?;
+    let manifests = vec![env.function_yaml("f", name), env.kafka_trigger(name, &topic, name, "key")];
+    let mut daemon = env.daemon(name, &manifests).await?;
+    // Measure a fixed window once delivery has started; sample RSS to see that it stays flat.
+    env.drain(&mut daemon, 1, Duration::from_secs(60)).await?;
+    let window = CpuWindow::open(daemon.proc.pid())?;
+    let mut rss = Vec::new();
+    let end = Instant::now() + Duration::from_secs(sizes.slow_seconds);
+    while Instant::now() < end {
+        daemon.proc.check_alive()?;
+        rss.push(procs::rss_mib(daemon.proc.pid())?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (cpu, _) = window.close()?;
+    let stats = env.stats().await?;
+    let ceiling = env.ceiling(MAX_IN_FLIGHT, LATENCY_MS).await?;
+    let description = format!(
+        "Kafka → HTTP with a {LATENCY_MS} ms function, {count}-message backlog, maxInFlight {MAX_IN_FLIGHT}, measured for {} s (expected ≈ {} msg/s)",
+        sizes.slow_seconds,
+        MAX_IN_FLIGHT as u64 * 1000 / LATENCY_MS
+    );
+    let mut s = scenario(
+        name,
+        &description,
+        "backlog",
+        stats.received,
+        &stats,
+        ceiling,
+        MAX_IN_FLIGHT,
+        &daemon,
+        cpu,
+        "RSS < 256 MiB, flat",
+    )?;
+    let (first_half, second_half) = rss.split_at(rss.len() / 2);
+    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    s.note = format!(
+        "RSS sampled every 0.5 s: max {:.1} MiB in the first half of the window, {:.1} MiB in the second",
+        max(first_half),
+        max(second_half)
+    );
+    Ok(s)
+}
+
+async fn idle(env: &mut Env, name: &str, triggers: usize) -> anyhow::Result<Scenario> {
+    let mut manifests = vec![env.function_yaml("f", name)];
+    for i in 0..triggers {
+        let topic = format!("idle-{i}");
+        env.create_topic(&topic, 1).await?;
+        manifests.push(env.kafka_trigger(&format!("idle-{i}"), &topic, name, "key"));
+    }
+    let daemon = env.daemon(name, &manifests).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let window = CpuWindow::open(daemon.proc.pid())?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (cpu, _) = window.close()?;
+    let rss = procs::rss_mib(daemon.proc.pid())?;
+    let peak = procs::peak_rss_mib(daemon.proc.pid())?;
+    eprintln!("{name}: RSS {rss:.1} MiB (peak {peak:.1}), CPU {cpu:.1}% at rest");
+    Ok(Scenario {
+        name: name.to_string(),
+        description: format!(
+            "{triggers} Kafka triggers on {triggers} idle topics, one consumer group each; measured for 10 s at rest"
+        ),
+        mode: "idle",
+        messages: 0,
+        msgs_per_sec: 0.0,
+        ceiling_msgs_per_sec: None,
+        ratio_to_ceiling: None,
+        concurrency: 0,
+        p50_ms: None,
+        p99_ms: None,
+        p999_ms: None,
+        peak_rss_mib: peak,
+        cpu_percent: cpu,
+        target: "RSS < 64 MiB".into(),
+        note: format!("RSS at rest {rss:.1} MiB"),
+    })
+}
+
+async fn fan_out(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scenario> {
+    const FUNCTIONS: u64 = 10;
+    let topic = name.to_string();
+    env.create_topic(&topic, PARTITIONS).await?;
+    let mut manifests: Vec<String> = (0..FUNCTIONS).map(|i| env.function_yaml(&format!("f{i}"), name)).collect();
+    manifests.push(env.kafka_trigger(name, &topic, name, "key"));
+    let description = format!(
+        "one Kafka trigger selecting {FUNCTIONS} functions (a consumer group each), {count} messages × {FUNCTIONS} deliveries drained flat out; ceiling at {FUNCTIONS} × maxInFlight"
+    );
+    let target = Target::Kafka { brokers: env.brokers.clone(), topic };
+    let mut s = env.backlog(name, &description, target, count, manifests, FUNCTIONS, "≥ 0.8 × ceiling").await?;
+    let stats = env.stats().await?;
+    let (least, most) = (stats.per_path.values().min().copied(), stats.per_path.values().max().copied());
+    s.note = format!("{} functions served; deliveries per function {least:?}..{most:?}", stats.per_path.len());
+    Ok(s)
+}
+
+pub fn root_dir() -> anyhow::Result<PathBuf> {
+    let here = std::env::current_dir()?;
+    for dir in here.ancestors() {
+        if dir.join("scripts/tansu").exists() && dir.join("loadtests").is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!("run from inside the kubeless-broker checkout (no scripts/tansu above {})", here.display())
+}

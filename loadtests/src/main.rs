@@ -36,6 +36,12 @@ enum Cmd {
         /// Only scenarios whose name contains this.
         #[arg(long)]
         only: Option<String>,
+        /// Rate (msgs/s) of kafka-key-half-rate instead of 50% of kafka-key-flat-out's.
+        #[arg(long)]
+        half_rate: Option<f64>,
+        /// Extra daemon flag (repeatable), e.g. --daemon-arg=--kafka-property=fetch.wait.max.ms=10.
+        #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+        daemon_args: Vec<String>,
     },
     /// The stand-in function: answers any path, records counts and latency (GET /_stats).
     Sink {
@@ -136,17 +142,23 @@ async fn main() -> anyhow::Result<()> {
             println!("{count} messages at {sent:.0}/s");
             Ok(())
         }
-        Cmd::Run { out, quick, only } => run(out, quick, only).await,
+        Cmd::Run { out, quick, only, half_rate, daemon_args } => run(out, quick, only, half_rate, daemon_args).await,
     }
 }
 
-async fn run(out: PathBuf, quick: bool, only: Option<String>) -> anyhow::Result<()> {
+async fn run(
+    out: PathBuf,
+    quick: bool,
+    only: Option<String>,
+    half_rate: Option<f64>,
+    daemon_args: Vec<String>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let root = run::root_dir()?;
     let sizes = if quick { run::Sizes::quick() } else { run::Sizes::full() };
-    let mut env = run::Env::start(&root).await?;
+    let mut env = run::Env::start(&root, daemon_args).await?;
     eprintln!("servers up; logs in {}", env.logs().display());
-    let results = run::run_all(&mut env, sizes, only.as_deref()).await;
+    let results = run::run_all(&mut env, sizes, only.as_deref(), half_rate).await;
     let (mut scenarios, mut failed) = (Vec::new(), Vec::new());
     for r in results {
         match r {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use kubeless_connector::Message;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
@@ -54,7 +54,7 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventS
         o.timestamp_ms.and_then(DateTime::<Utc>::from_timestamp_millis).unwrap_or_else(|| DateTime::<Utc>::from(now));
     h.insert(EVENT_NAMESPACE.clone(), HeaderValue::from_static(event_namespace));
     if style == EventStyle::Cron {
-        h.insert(EVENT_TIME.clone(), ascii(time.format("%Y-%m-%d %H:%M:%S+00:00").to_string()));
+        h.insert(EVENT_TIME.clone(), ascii(format!("{}+00:00", date_time(time))));
         return h;
     }
     h.insert(EVENT_TIME.clone(), ascii(go_time(time)));
@@ -96,10 +96,16 @@ pub fn event_id(source: &str, partition: i32, offset: i64) -> String {
     URL_SAFE_NO_PAD.encode(&hash[..11])
 }
 
+/// `2009-11-10 23:00:00`. Written out rather than with `format("%Y-…")`, which parses its pattern
+/// on every call: this runs for every delivered message.
+fn date_time(t: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second())
+}
+
 /// Go's `time.Time.String()` for a UTC time, as Kubeless sent it:
 /// `2009-11-10 23:00:00.123 +0000 UTC` (fraction without trailing zeros, none when zero).
 pub fn go_time(t: DateTime<Utc>) -> String {
-    let base = t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let base = date_time(t);
     let nanos = t.timestamp_subsec_nanos();
     if nanos == 0 {
         format!("{base} +0000 UTC")

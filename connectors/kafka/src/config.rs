@@ -42,6 +42,11 @@ const AUTO_COMMIT_INTERVAL_MS: &str = "1000";
 /// Kubeless's Sarama consumer used a 10 s session; librdkafka's 45 s default makes joins slow.
 const SESSION_TIMEOUT_MS: &str = "10000";
 const STATISTICS_INTERVAL_MS: &str = "5000";
+/// When a partition's prefetch queue is at the limits above, librdkafka waits this long before
+/// fetching it again (its default, 1 s, idled a fast function between refills: the load tests
+/// measured 6k msg/s with it and 26k with 10 ms). It only applies while the queue is full, so an idle
+/// consumer does not fetch more often.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// One fetch response lands in memory whole, whatever the queue limit says; cap it too.
 const FETCH_MAX_BYTES: &str = "4194304";
 
@@ -66,6 +71,7 @@ impl KafkaSourceConfig {
             .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
             .set("queued.min.messages", QUEUED_MIN_MESSAGES)
             .set("fetch.max.bytes", FETCH_MAX_BYTES)
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         for (k, v) in &self.properties {
             cfg.set(k, v);

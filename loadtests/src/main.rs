@@ -100,23 +100,6 @@ struct TargetArgs {
     stream: Option<String>,
 }
 
-/// A Kinesis client for an emulator (region us-east-1, keys `testing`).
-pub async fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    let cfg = kubeless_kinesis::KinesisSourceConfig {
-        stream: String::new(),
-        region: "us-east-1".into(),
-        endpoint: Some(endpoint.to_string()),
-        credentials: Some(("testing".into(), "testing".into())),
-        shard: None,
-        starting_position: kubeless_kinesis::StartingPosition::Latest,
-        checkpoint_dir: PathBuf::new(),
-        checkpoint_key: String::new(),
-        poll_interval: Duration::from_millis(250),
-        drain_timeout: Duration::from_secs(1),
-    };
-    kubeless_kinesis::client(&cfg).await
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The AWS SDK and async-nats enable different rustls providers; pick one for the process.

@@ -114,7 +114,7 @@ async fn nats(url: &str, subject: &str, load: Load) -> anyhow::Result<()> {
 }
 
 async fn kinesis(endpoint: &str, stream: &str, load: Load) -> anyhow::Result<()> {
-    let client = crate::kinesis_client(endpoint).await;
+    let client = kubeless_kinesis::emulator_client(endpoint).await;
     let start = Instant::now();
     let mut i = 0;
     while i < load.count {

@@ -483,8 +483,6 @@ async fn kafka_rate(
         "Kafka → HTTP as kafka-key-flat-out, produced live at {rate:.0} msg/s ({why}) for {seconds} s; producer linger 1 ms"
     );
     let mut s = scenario(name, &description, "rate", count, &stats, ceiling, MAX_IN_FLIGHT, &daemon, cpu, target_text)?;
-    s.msgs_per_sec = count as f64 / (stats.last_us.saturating_sub(stats.first_us) as f64 / 1e6).max(1e-9);
-    s.ratio_to_ceiling = Some(s.msgs_per_sec / ceiling);
     s.note = format!(
         "tansu used {tansu_cpu:.0}% CPU meanwhile (the producer, tansu, the daemon and the sink share the cores)"
     );
@@ -515,7 +513,7 @@ async fn nats_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scen
 }
 
 async fn kinesis_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scenario> {
-    let client = crate::kinesis_client(&env.moto).await;
+    let client = kubeless_kinesis::emulator_client(&env.moto).await;
     kubeless_kinesis::create_stream(&client, "bench", KINESIS_SHARDS).await.map_err(anyhow::Error::msg)?;
     let manifests = vec![
         env.function_yaml("f", name),

@@ -613,19 +613,7 @@ impl Kinesis {
     }
 
     pub async fn client(&self) -> aws_sdk_kinesis::Client {
-        let cfg = kubeless_kinesis::KinesisSourceConfig {
-            stream: String::new(),
-            region: "us-east-1".into(),
-            endpoint: Some(self.endpoint.clone()),
-            credentials: Some(("testing".into(), "testing".into())),
-            shard: None,
-            starting_position: kubeless_kinesis::StartingPosition::Latest,
-            checkpoint_dir: PathBuf::new(),
-            checkpoint_key: String::new(),
-            poll_interval: Duration::from_millis(250),
-            drain_timeout: Duration::from_secs(1),
-        };
-        kubeless_kinesis::client(&cfg).await
+        kubeless_kinesis::emulator_client(&self.endpoint).await
     }
 }
 

@@ -6,6 +6,11 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::StreamStatus;
 use aws_sdk_kinesis::Client;
 
+/// A client for an emulator (moto_server, kinesalite) at `endpoint`: region us-east-1, keys `testing`.
+pub async fn emulator_client(endpoint: &str) -> Client {
+    crate::client("us-east-1", Some(endpoint), Some(("testing", "testing"))).await
+}
+
 /// Creates a stream with `shards` shards and waits until it is ACTIVE.
 pub async fn create_stream(client: &Client, stream: &str, shards: i32) -> Result<(), String> {
     client.create_stream().stream_name(stream).shard_count(shards).send().await.map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ mod checkpoint;
 mod config;
 mod source;
 
-pub use admin::{create_stream, put_record, split_open_shards, wait_active};
+pub use admin::{create_stream, emulator_client, put_record, split_open_shards, wait_active};
 pub use checkpoint::{CheckpointError, CheckpointStore, FileCheckpointStore, ShardCheckpoint};
 pub use config::{KinesisSourceConfig, StartingPosition};
 pub use source::{client, run_source, KinesisSourceError};

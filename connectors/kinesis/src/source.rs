@@ -37,16 +37,16 @@ const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A Kinesis client for the config's region, endpoint and credentials.
-pub async fn client(config: &KinesisSourceConfig) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(config.region.clone()));
-    if let Some(endpoint) = &config.endpoint {
+pub async fn client(region: &str, endpoint: Option<&str>, credentials: Option<(&str, &str)>) -> Client {
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(region.to_string()));
+    if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    if let Some((key, secret)) = &config.credentials {
+    if let Some((key, secret)) = credentials {
         loader = loader.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            key.clone(),
-            secret.clone(),
+            key,
+            secret,
             None,
             None,
             "kubeless-trigger-secret",
@@ -57,7 +57,8 @@ pub async fn client(config: &KinesisSourceConfig) -> Client {
 
 /// Runs until `ctx.shutdown`; then every reader drains (bounded) and checkpoints.
 pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Result<(), KinesisSourceError> {
-    let client = client(&config).await;
+    let credentials = config.credentials.as_ref().map(|(key, secret)| (key.as_str(), secret.as_str()));
+    let client = client(&config.region, config.endpoint.as_deref(), credentials).await;
     if !wait_active(&client, &config, &ctx).await {
         return Ok(());
     }

@@ -11,7 +11,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Settings;
 use crate::control::supervisor::Supervisor;
 use crate::control::watch::{self, SharedReport};
-use crate::delivery::http_client;
+use crate::delivery::HttpClient;
 use crate::telemetry;
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
@@ -30,7 +30,7 @@ pub async fn run(
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let supervisor = Supervisor::new(http_client()?);
+    let supervisor = Supervisor::new(HttpClient::new());
     let report = SharedReport::default();
     let stop = CancellationToken::new();
 

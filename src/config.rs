@@ -100,7 +100,7 @@ impl Args {
         };
         let sample =
             function_url_template.replace("{name}", "f").replace("{namespace}", "ns").replace("{port}", "8080");
-        reqwest::Url::parse(&sample).map_err(|e| {
+        url::Url::parse(&sample).map_err(|e| {
             anyhow::anyhow!("--function-url-template {function_url_template:?} does not give a URL: {e}")
         })?;
         let state_dir = match state_dir {

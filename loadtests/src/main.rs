@@ -63,6 +63,8 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        #[arg(long, value_enum, default_value_t = ceiling::ClientKind::Hyper)]
+        client: ceiling::ClientKind,
     },
     /// Produce stamped messages to Kafka, NATS JetStream or Kinesis.
     Produce {
@@ -108,9 +110,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Sink { addr, latency_ms, error_rate } => {
             sink::serve(addr, sink::Behaviour { latency_ms, error_rate }).await
         }
-        Cmd::Ceiling { url, concurrency, size, seconds } => {
-            let rate = ceiling::measure(&url, concurrency, size, Duration::from_secs(seconds)).await?;
-            println!("{rate:.0} requests/s at {concurrency} in flight");
+        Cmd::Ceiling { url, concurrency, size, seconds, client } => {
+            let m = ceiling::measure(&url, concurrency, size, Duration::from_secs(seconds), client).await?;
+            println!(
+                "{:.0} requests/s at {concurrency} in flight, {:.1} µs of client CPU per request",
+                m.rate, m.client_cpu_us
+            );
             Ok(())
         }
         Cmd::Produce { target, count, rate, size, keys } => {

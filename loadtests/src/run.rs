@@ -196,9 +196,15 @@ impl Env {
     /// is compared with (the rate of this shared machine drifts by ±20% over minutes).
     pub async fn ceiling(&mut self, scenario: &str, concurrency: usize, latency_ms: u64) -> anyhow::Result<f64> {
         self.reset_sink(latency_ms).await?;
-        let rate =
-            crate::ceiling::measure(&format!("{}/ceiling", self.sink_url), concurrency, SIZE, Duration::from_secs(5))
-                .await?;
+        let rate = crate::ceiling::measure(
+            &format!("{}/ceiling", self.sink_url),
+            concurrency,
+            SIZE,
+            Duration::from_secs(5),
+            crate::ceiling::ClientKind::Hyper,
+        )
+        .await?
+        .rate;
         eprintln!("{scenario}: ceiling {rate:.0} req/s at {concurrency} in flight, {latency_ms} ms function");
         self.ceilings.push(Ceiling { scenario: scenario.to_string(), concurrency, latency_ms, msgs_per_sec: rate });
         Ok(rate)

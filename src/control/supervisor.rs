@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::index::{ConsumerSpec, SourceSpec};
 use crate::delivery::event::EventStyle;
-use crate::delivery::{Deliverer, Target};
+use crate::delivery::{Deliverer, HttpClient, Target};
 use crate::resources::DeadLetterTarget;
 use crate::telemetry::{ConsumerMetrics, CronMetrics};
 use crate::{cron, dispatch};
@@ -52,12 +52,12 @@ pub struct ConsumerStatus {
 
 /// Owns every running consumer.
 pub struct Supervisor {
-    client: reqwest::Client,
+    client: HttpClient,
     running: Mutex<BTreeMap<String, Running>>,
 }
 
 impl Supervisor {
-    pub fn new(client: reqwest::Client) -> Arc<Self> {
+    pub fn new(client: HttpClient) -> Arc<Self> {
         Arc::new(Self { client, running: Mutex::new(BTreeMap::new()) })
     }
 
@@ -132,7 +132,7 @@ async fn stop(r: Running) {
     }
 }
 
-fn start(spec: ConsumerSpec, client: reqwest::Client) -> Running {
+fn start(spec: ConsumerSpec, client: HttpClient) -> Running {
     let health = Health::new();
     let stop = CancellationToken::new();
     let task = tokio::spawn(supervise(spec.clone(), client, health.clone(), stop.clone()));
@@ -140,7 +140,7 @@ fn start(spec: ConsumerSpec, client: reqwest::Client) -> Running {
 }
 
 /// Runs one consumer, restarting it with backoff if its source fails, until `stop`.
-async fn supervise(spec: ConsumerSpec, client: reqwest::Client, health: Health, stop: CancellationToken) {
+async fn supervise(spec: ConsumerSpec, client: HttpClient, health: Health, stop: CancellationToken) {
     let metrics = ConsumerMetrics::new(&spec.trigger, &spec.function);
     let lag_task = tokio::spawn({
         let (health, gauge, stop) = (health.clone(), metrics.lag.clone(), stop.clone());
@@ -187,18 +187,21 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// One life of a consumer: source and dispatcher joined by a bounded channel.
 async fn run_once(
     spec: &ConsumerSpec,
-    client: &reqwest::Client,
+    client: &HttpClient,
     health: &Health,
     stop: &CancellationToken,
     metrics: &ConsumerMetrics,
 ) -> Result<(), String> {
-    let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("function URL {:?} is not valid: {e}", spec.url))?;
+    let url = url::Url::parse(&spec.url)
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.as_str().parse::<http::Uri>().map_err(|e| e.to_string()))
+        .map_err(|e| format!("function URL {:?} is not valid: {e}", spec.url))?;
     let dead_letter = dead_letter_sink(spec).await?;
     let (style, method) = match &spec.source {
-        SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, reqwest::Method::POST),
-        SourceSpec::Kinesis(_) => (EventStyle::Stream, reqwest::Method::POST),
-        SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, reqwest::Method::GET),
-        SourceSpec::Cron(_) => (EventStyle::Cron, reqwest::Method::POST),
+        SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, http::Method::POST),
+        SourceSpec::Kinesis(_) => (EventStyle::Stream, http::Method::POST),
+        SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, http::Method::GET),
+        SourceSpec::Cron(_) => (EventStyle::Cron, http::Method::POST),
     };
     // JetStream redelivers on a NAK with delay; other sources retry here.
     let redeliver_via_source = matches!(&spec.source, SourceSpec::Nats(n) if n.jetstream_stream.is_some());

@@ -6,17 +6,21 @@
 //! that fails is retried and the message is never acknowledged before it succeeds.
 
 pub mod event;
+pub mod http;
 pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ::http::header::{HeaderValue, USER_AGENT};
+use ::http::{Method, Request, Uri};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::Full;
 use kubeless_connector::{error_chain, DeadLetter, DeadLetterReason, DeadLetterSink, Message, Outcome};
-use reqwest::header::RETRY_AFTER;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+pub use self::http::HttpClient;
 use crate::resources::RetryPolicy;
 use crate::telemetry::ConsumerMetrics;
 use retry::{backoff, classify, Verdict};
@@ -26,12 +30,12 @@ pub struct Target {
     /// `namespace/trigger`, for logs and dead letters.
     pub trigger: String,
     pub function: String,
-    pub url: reqwest::Url,
+    pub url: Uri,
     pub timeout: Duration,
     pub event_namespace: &'static str,
     pub style: event::EventStyle,
     /// POST, or GET for cron ticks without a payload (as Kubeless).
-    pub method: reqwest::Method,
+    pub method: Method,
     pub retry: RetryPolicy,
     /// Retries go back to the source as `Outcome::Redeliver` (JetStream NAK with delay) instead of
     /// waiting here: the broker keeps the message, not our memory.
@@ -40,23 +44,15 @@ pub struct Target {
 
 /// Delivers messages for one (trigger, function). Shared by all its in-flight deliveries.
 pub struct Deliverer {
-    client: reqwest::Client,
+    client: HttpClient,
     target: Target,
     dead_letter: Option<Arc<dyn DeadLetterSink>>,
     limiter: Option<DefaultDirectRateLimiter>,
     metrics: ConsumerMetrics,
 }
 
-/// The HTTP client every consumer shares: pooled keep-alive connections, no redirects (a POST
-/// turned into a GET would lose the body), and a User-Agent naming us.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(concat!("kubeless-broker/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .build()
-}
+/// The User-Agent every delivery carries.
+static AGENT: HeaderValue = HeaderValue::from_static(concat!("kubeless-broker/", env!("CARGO_PKG_VERSION")));
 
 /// What one attempt ended in.
 struct Attempt {
@@ -67,7 +63,7 @@ struct Attempt {
 
 impl Deliverer {
     pub fn new(
-        client: reqwest::Client,
+        client: HttpClient,
         target: Target,
         dead_letter: Option<Arc<dyn DeadLetterSink>>,
         rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
@@ -85,7 +81,9 @@ impl Deliverer {
     /// and will be delivered again).
     pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
         let received = Instant::now();
-        let headers = event::event_headers(&msg, self.target.event_namespace, self.target.style, SystemTime::now());
+        // Every attempt carries the same headers: built again from the same inputs rather than
+        // cloned for a retry that almost never comes.
+        let now = SystemTime::now();
         // Attempts made before this delivery (JetStream redeliveries) count towards maxAttempts.
         let mut attempts = msg.attempt.saturating_sub(1);
         loop {
@@ -97,7 +95,7 @@ impl Deliverer {
                 }
             }
             let attempt = tokio::select! {
-                a = self.attempt(&msg, headers.clone()) => a,
+                a = self.attempt(&msg, now) => a,
                 () = abort.cancelled() => return,
             };
             let retry_after = match attempt.verdict {
@@ -151,30 +149,25 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, msg: &Message, headers: reqwest::header::HeaderMap) -> Attempt {
+    async fn attempt(&self, msg: &Message, now: SystemTime) -> Attempt {
+        let t = &self.target;
+        let mut request = Request::new(Full::new(msg.payload.clone()));
+        *request.method_mut() = t.method.clone();
+        *request.uri_mut() = t.url.clone();
+        let headers = request.headers_mut();
+        *headers = event::event_headers(msg, t.event_namespace, t.style, now);
+        headers.insert(USER_AGENT, AGENT.clone());
         let started = Instant::now();
         self.metrics.in_flight.increment(1.0);
-        let result = self
-            .client
-            .request(self.target.method.clone(), self.target.url.clone())
-            .headers(headers)
-            .body(msg.payload.clone())
-            .timeout(self.target.timeout)
-            .send()
-            .await;
+        let result = self.client.send(request, t.timeout).await;
         let attempt = match result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
-                let verdict = classify(status, retry_after.as_deref(), SystemTime::now());
-                // Read the body so the connection goes back to the pool; keep a little of it to
-                // explain a failure.
-                let body = resp.bytes().await.unwrap_or_default();
+            Ok(reply) => {
+                let status = reply.status;
+                let verdict = classify(status, reply.retry_after.as_deref(), SystemTime::now());
                 let error = if verdict == Verdict::Success {
                     String::new()
                 } else {
-                    let snippet = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-                    format!("HTTP {status}: {snippet}")
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&reply.snippet))
                 };
                 Attempt { verdict, status: Some(status), error }
             }

@@ -16,7 +16,7 @@ use kubeless_connector::{
 };
 
 use super::*;
-use crate::delivery::{http_client, Target};
+use crate::delivery::{HttpClient, Target};
 use crate::resources::RetryPolicy;
 use crate::telemetry::ConsumerMetrics;
 
@@ -110,21 +110,15 @@ fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLett
     let target = Target {
         trigger: "ns/t".into(),
         function: "f".into(),
-        url: reqwest::Url::parse(url).expect("url"),
+        url: url.parse().expect("url"),
         timeout: Duration::from_secs(10),
         event_namespace: "kafkatriggers.kubeless.io",
         style: crate::delivery::event::EventStyle::Broker,
-        method: reqwest::Method::POST,
+        method: http::Method::POST,
         retry,
         redeliver_via_source: false,
     };
-    Arc::new(Deliverer::new(
-        http_client().expect("client"),
-        target,
-        dead_letter,
-        None,
-        ConsumerMetrics::new("ns/t", "f"),
-    ))
+    Arc::new(Deliverer::new(HttpClient::new(), target, dead_letter, None, ConsumerMetrics::new("ns/t", "f")))
 }
 
 /// Runs a dispatcher over `messages` until every one is acknowledged (or `expect_acks` are).

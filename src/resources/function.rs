@@ -80,7 +80,7 @@ impl Function {
             errors.0.push(e);
         }
         if let Some(url) = self.metadata.annotations.as_ref().and_then(|a| a.get(URL_ANNOTATION)) {
-            match reqwest::Url::parse(url) {
+            match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 Ok(u) => errors.push(
                     format!("metadata.annotations.{URL_ANNOTATION}"),

@@ -75,7 +75,7 @@ impl KinesisTrigger {
             errors.push("spec.aws-region", format!("{region:?} is not an AWS region (e.g. us-west-2)"));
         }
         if let Some(e) = &self.spec.endpoint {
-            if !e.parse::<reqwest::Url>().is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            if !e.parse::<url::Url>().is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
                 errors.push("spec.endpoint", format!("{e:?} is not an http(s) URL"));
             }
         }

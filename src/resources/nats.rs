@@ -81,7 +81,7 @@ impl NATSTrigger {
             check_subject(&mut errors, "spec.topic", &self.spec.topic);
         }
         if let Some(url) = &self.spec.url {
-            if !url.split(',').all(|u| u.trim().parse::<reqwest::Url>().is_ok_and(|u| u.host_str().is_some())) {
+            if !url.split(',').all(|u| u.trim().parse::<url::Url>().is_ok_and(|u| u.host_str().is_some())) {
                 errors.push("spec.url", format!("{url:?} is not a NATS URL (e.g. nats://nats:4222)"));
             }
         }

@@ -1,0 +1,182 @@
+//! The HTTP client every delivery shares: hyper's pooled keep-alive HTTP/1.1 client, no redirects
+//! (a POST turned into a GET would lose the body), a per-request deadline covering the response
+//! body, and responses read without buffering more than an error snippet.
+//!
+//! hyper directly rather than reqwest: on the load tests' 2 cores reqwest spent 27 µs of CPU per
+//! request against hyper's 14 µs (URL re-parsing, header merging and a second request type), and
+//! the dispatcher makes one request per message.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::RETRY_AFTER;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// How much of a response body is kept, to explain a failure in logs and dead letters.
+const SNIPPET: usize = 200;
+
+/// A pooled HTTP/1.1 client; cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// What a function answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// The first bytes of a failure's body (the rest, and a success's whole body, is read and
+    /// dropped, so the connection goes back to the pool).
+    pub snippet: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no complete response within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed")]
+    Request(#[source] hyper_util::client::legacy::Error),
+    #[error("reading the response body failed")]
+    Body(#[source] hyper::Error),
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { inner }
+    }
+
+    /// Sends `request` and reads the whole response within `timeout`.
+    pub async fn send(&self, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply, SendError> {
+        let exchange = async {
+            let response = self.inner.request(request).await.map_err(SendError::Request)?;
+            let (parts, mut body) = response.into_parts();
+            let retry_after = parts.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+            // A success needs no explanation: its body is only drained.
+            let keep = if parts.status.is_success() { 0 } else { SNIPPET };
+            let mut snippet = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(SendError::Body)?.into_data() {
+                    let room = keep.saturating_sub(snippet.len());
+                    snippet.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Ok(Reply { status: parts.status.as_u16(), retry_after, snippet: snippet.freeze() })
+        };
+        tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(SendError::Timeout(timeout)))
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::ConnectInfo;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use axum::Router;
+    use http::Method;
+
+    use super::*;
+
+    /// A function with one route per behaviour; records each request's (client address, User-Agent).
+    async fn serve(seen: Arc<Mutex<Vec<(SocketAddr, String)>>>) -> String {
+        let record = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap| {
+            let agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            seen.lock().expect("lock").push((peer, agent));
+        };
+        let (r1, r2, r3) = (record.clone(), record.clone(), record);
+        let app = Router::new()
+            .route(
+                "/big",
+                get(move |c, h| async move {
+                    r1(c, h);
+                    vec![b'o'; 4 << 20]
+                }),
+            )
+            .route(
+                "/fail",
+                get(move |c, h| async move {
+                    r2(c, h);
+                    (StatusCode::SERVICE_UNAVAILABLE, "e".repeat(1000))
+                }),
+            )
+            .route(
+                "/moved",
+                get(move |c, h| async move {
+                    r3(c, h);
+                    (StatusCode::TEMPORARY_REDIRECT, [("location", "/big")]).into_response()
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
+        );
+        format!("http://{addr}")
+    }
+
+    fn get_request(url: String) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = url.parse().expect("uri");
+        request.headers_mut().insert(http::header::USER_AGENT, http::HeaderValue::from_static("test-agent"));
+        request
+    }
+
+    #[tokio::test]
+    async fn bodies_are_drained_so_one_connection_serves_every_request_and_failures_keep_a_snippet() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let base = serve(seen.clone()).await;
+        let client = HttpClient::new();
+        let big = client.send(get_request(format!("{base}/big")), Duration::from_secs(30)).await.expect("big");
+        assert_eq!((big.status, big.snippet.len()), (200, 0), "a success keeps nothing of its 4 MiB body");
+        let fail = client.send(get_request(format!("{base}/fail")), Duration::from_secs(30)).await.expect("fail");
+        assert_eq!(fail.status, 503);
+        assert_eq!(fail.snippet, Bytes::from("e".repeat(SNIPPET)), "a failure keeps the first {SNIPPET} bytes");
+        let moved = client.send(get_request(format!("{base}/moved")), Duration::from_secs(30)).await.expect("moved");
+        assert_eq!(moved.status, 307, "a redirect is the function's answer, not followed");
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 3, "/big was requested once (the redirect was not followed): {seen:?}");
+        assert!(seen.iter().all(|(peer, _)| *peer == seen[0].0), "all on one kept-alive connection: {seen:?}");
+        assert!(seen.iter().all(|(_, agent)| agent == "test-agent"), "headers are sent as given: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_function_that_does_not_answer_in_time_is_a_timeout_and_a_closed_port_a_request_error() {
+        let base = serve(Arc::default()).await;
+        let client = HttpClient::new();
+        let slow = client.send(get_request(format!("{base}/slow")), Duration::from_millis(200)).await;
+        assert!(matches!(slow, Err(SendError::Timeout(d)) if d == Duration::from_millis(200)), "{slow:?}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let refused = client.send(get_request(format!("http://127.0.0.1:{port}/")), Duration::from_secs(5)).await;
+        let Err(SendError::Request(e)) = refused else { panic!("expected a request error, got {refused:?}") };
+        assert!(e.is_connect(), "a refused connection is a connect error: {e:?}");
+    }
+}

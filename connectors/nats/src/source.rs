@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
 use kubeless_connector::{AckHandle, Acker, Message, Origin, Outcome, Position, SourceContext, SourceState};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use crate::admin::connect;
@@ -113,33 +114,47 @@ impl Outstanding {
 /// The ack of one JetStream message: `+ACK` when finished, `-NAK` with a delay to have the server
 /// redeliver it later (retries), nothing when dropped (the server redelivers after `ack_wait`).
 struct JsAck {
-    acker: Mutex<Option<jetstream::message::Acker>>,
+    reply: Mutex<Option<Subject>>,
+    acks: mpsc::UnboundedSender<(Subject, AckKind)>,
     outstanding: Arc<Outstanding>,
 }
 
 impl Acker for JsAck {
     fn ack(&self, _position: Position, outcome: Outcome) {
-        let Some(acker) = self.acker.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(reply) = self.reply.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let kind = match outcome {
             Outcome::Delivered | Outcome::DeadLettered => AckKind::Ack,
             Outcome::Redeliver { after } => AckKind::Nak(Some(after)),
         };
-        let outstanding = self.outstanding.clone();
-        tokio::spawn(async move {
-            if let Err(e) = acker.ack_with(kind).await {
-                warn!(error = %e, "JetStream ack failed; the server will redeliver the message.");
-            }
-            outstanding.done();
-        });
+        if self.acks.send((reply, kind)).is_err() {
+            // The consumer is gone; the server redelivers after ack_wait.
+            self.outstanding.done();
+        }
     }
 }
 
 impl Drop for JsAck {
     fn drop(&mut self) {
         // Never acknowledged (aborted): count it as settled, the server redelivers it.
-        if self.acker.get_mut().map(|a| a.is_some()).unwrap_or(false) {
+        if self.reply.get_mut().map(|r| r.is_some()).unwrap_or(false) {
             self.outstanding.done();
         }
+    }
+}
+
+/// Publishes acks in the order deliveries finish. One task for the consumer rather than one per
+/// ack: an ack is a single publish to the message's reply subject, cheaper than spawning a task.
+/// The queue holds at most `max_ack_pending` acks, as the server hands out no more than that.
+async fn publish_acks(
+    client: async_nats::Client,
+    mut acks: mpsc::UnboundedReceiver<(Subject, AckKind)>,
+    outstanding: Arc<Outstanding>,
+) {
+    while let Some((reply, kind)) = acks.recv().await {
+        if let Err(e) = client.publish(reply, kind.into()).await {
+            warn!(error = %e, "JetStream ack failed; the server will redeliver the message.");
+        }
+        outstanding.done();
     }
 }
 
@@ -181,6 +196,10 @@ async fn jetstream_consumer(
     ctx.health.set(SourceState::Ready);
     info!(stream = stream_name, durable = %durable, subject = %config.subject, "JetStream durable consumer bound.");
     let outstanding = Arc::new(Outstanding::default());
+    let (acks, ack_queue) = mpsc::unbounded_channel();
+    let publisher = tokio::spawn(publish_acks(client.clone(), ack_queue, outstanding.clone()));
+    // Messages of one subject share its name rather than allocating it per message.
+    let mut source: Arc<str> = Arc::from(config.subject.as_str());
     let result = loop {
         let next = tokio::select! {
             () = ctx.shutdown.cancelled() => break Ok(()),
@@ -200,15 +219,18 @@ async fn jetstream_consumer(
             Ok(i) => (i.stream_sequence as i64, i.delivered, (i.published.unix_timestamp_nanos() / 1_000_000) as i64),
             Err(_) => (0, 1, 0),
         };
-        let (m, acker) = m.split();
+        let m = m.message;
+        if *source != *m.subject.as_str() {
+            source = Arc::from(m.subject.as_str());
+        }
         outstanding.count.fetch_add(1, Ordering::AcqRel);
-        let ack = Arc::new(JsAck { acker: Mutex::new(Some(acker)), outstanding: outstanding.clone() });
+        let ack = Arc::new(JsAck { reply: Mutex::new(m.reply), acks: acks.clone(), outstanding: outstanding.clone() });
         let msg = Message {
             headers: headers_of(m.headers.as_ref()),
             payload: m.payload,
             key: None,
             origin: Origin {
-                source: Arc::from(m.subject.as_str()),
+                source: source.clone(),
                 partition: 0,
                 offset: seq,
                 timestamp_ms: (published_ms > 0).then_some(published_ms),
@@ -235,5 +257,9 @@ async fn jetstream_consumer(
         }
         let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
     }
+    // Acks still queued go out before the connection is flushed and closed; a delivery still
+    // running past the drain timeout is aborted by the caller, which drops its ack.
+    drop(acks);
+    let _ = tokio::time::timeout(Duration::from_secs(1), publisher).await;
     result
 }

@@ -79,12 +79,12 @@ pub fn markdown(report: &Report) -> String {
         report.date, report.commit, m.cores, m.model, m.memory_gib, m.kernel, report.seconds
     );
     out.push_str(
-        "| scenario | msgs/s | ceiling | ratio | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU % | target |\n",
+        "| scenario | msgs/s | ceiling | ratio | p50 ms | p99 ms | p99.9 ms | peak RSS MiB | CPU % | broker CPU % | sink CPU % | daemon µs/msg | bare client µs/req | target |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for s in &report.scenarios {
         out.push_str(&format!(
-            "| `{}` | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} |\n",
+            "| `{}` | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |\n",
             s.name,
             s.msgs_per_sec,
             opt(s.ceiling_msgs_per_sec, 0),
@@ -94,11 +94,15 @@ pub fn markdown(report: &Report) -> String {
             opt(s.p999_ms, 2),
             s.peak_rss_mib,
             s.cpu_percent,
+            opt(s.broker_cpu_percent, 0),
+            opt(s.sink_cpu_percent, 0),
+            opt(s.daemon_cpu_us_per_msg, 1),
+            opt(s.ceiling_client_cpu_us_per_req, 1),
             s.target
         ));
     }
     for f in &report.failed {
-        out.push_str(&format!("| `{}` | failed: {} | | | | | | | | |\n", f.name, f.error.replace('|', "/")));
+        out.push_str(&format!("| `{}` | failed: {} | | | | | | | | | | | | |\n", f.name, f.error.replace('|', "/")));
     }
     out.push('\n');
     for s in &report.scenarios {

@@ -89,7 +89,16 @@ pub struct Scenario {
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
     pub peak_rss_mib: f64,
+    /// The daemon's CPU over the measured window, in percent of one core.
     pub cpu_percent: f64,
+    /// The broker's (tansu, nats-server or moto_server) and the sink's CPU over the same window:
+    /// on a shared machine what they use is not available to the daemon.
+    pub broker_cpu_percent: Option<f64>,
+    pub sink_cpu_percent: Option<f64>,
+    /// The daemon's CPU per delivered message, and the ceiling's load generator's per request: the
+    /// machine-independent measure of what the dispatcher costs over a bare HTTP client.
+    pub daemon_cpu_us_per_msg: Option<f64>,
+    pub ceiling_client_cpu_us_per_req: Option<f64>,
     pub target: String,
     pub note: String,
 }
@@ -100,6 +109,35 @@ pub struct Ceiling {
     pub concurrency: usize,
     pub latency_ms: u64,
     pub msgs_per_sec: f64,
+    pub client_cpu_us_per_req: f64,
+}
+
+/// What a scenario is, for its row in the report.
+struct Spec<'a> {
+    name: &'a str,
+    description: String,
+    mode: &'static str,
+    target: &'a str,
+}
+
+/// CPU of the daemon, the broker and the sink over one window.
+struct CpuWindows {
+    daemon: CpuWindow,
+    broker: CpuWindow,
+    sink: CpuWindow,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cpus {
+    daemon: f64,
+    broker: f64,
+    sink: f64,
+}
+
+impl CpuWindows {
+    fn close(&self) -> anyhow::Result<Cpus> {
+        Ok(Cpus { daemon: self.daemon.close()?.0, broker: self.broker.close()?.0, sink: self.sink.close()?.0 })
+    }
 }
 
 pub struct Env {
@@ -113,6 +151,9 @@ pub struct Env {
     ceilings: Vec<Ceiling>,
     daemon_args: Vec<String>,
     tansu_pid: i32,
+    nats_pid: i32,
+    moto_pid: i32,
+    sink_pid: i32,
 }
 
 impl Env {
@@ -138,6 +179,7 @@ impl Env {
         )?;
         let nats_addr = format!("127.0.0.1:{port}");
         procs::wait_listening(&mut nats, &nats_addr, Duration::from_secs(30)).await?;
+        let nats_pid = nats.pid();
         servers.push(nats);
 
         let port = procs::free_port()?;
@@ -148,6 +190,7 @@ impl Env {
         )?;
         let moto_addr = format!("127.0.0.1:{port}");
         procs::wait_listening(&mut moto, &moto_addr, Duration::from_secs(60)).await?;
+        let moto_pid = moto.pid();
         servers.push(moto);
 
         let port = procs::free_port()?;
@@ -155,6 +198,7 @@ impl Env {
         let exe = std::env::current_exe()?;
         let mut sink = Proc::spawn("sink", Command::new(exe).args(["sink", "--addr", &sink_addr]), &logs)?;
         procs::wait_listening(&mut sink, &sink_addr, Duration::from_secs(30)).await?;
+        let sink_pid = sink.pid();
         servers.push(sink);
 
         Ok(Self {
@@ -168,6 +212,9 @@ impl Env {
             ceilings: Vec::new(),
             daemon_args,
             tansu_pid,
+            nats_pid,
+            moto_pid,
+            sink_pid,
         })
     }
 
@@ -177,6 +224,21 @@ impl Env {
 
     pub fn ceilings(&self) -> &[Ceiling] {
         &self.ceilings
+    }
+
+    /// Opens CPU windows on the daemon, the broker the scenario reads from (by its name's prefix)
+    /// and the sink.
+    fn cpu_windows(&self, scenario: &str, daemon: &Daemon) -> anyhow::Result<CpuWindows> {
+        let broker = match scenario.split('-').next() {
+            Some("nats") => self.nats_pid,
+            Some("kinesis") => self.moto_pid,
+            _ => self.tansu_pid,
+        };
+        Ok(CpuWindows {
+            daemon: CpuWindow::open(daemon.proc.pid())?,
+            broker: CpuWindow::open(broker)?,
+            sink: CpuWindow::open(self.sink_pid)?,
+        })
     }
 
     async fn reset_sink(&self, latency_ms: u64) -> anyhow::Result<()> {
@@ -194,20 +256,29 @@ impl Env {
 
     /// The ceiling at this concurrency and function latency, measured just before the scenario it
     /// is compared with (the rate of this shared machine drifts by ±20% over minutes).
-    pub async fn ceiling(&mut self, scenario: &str, concurrency: usize, latency_ms: u64) -> anyhow::Result<f64> {
+    pub async fn ceiling(&mut self, scenario: &str, concurrency: usize, latency_ms: u64) -> anyhow::Result<Ceiling> {
         self.reset_sink(latency_ms).await?;
-        let rate = crate::ceiling::measure(
+        let measured = crate::ceiling::measure(
             &format!("{}/ceiling", self.sink_url),
             concurrency,
             SIZE,
             Duration::from_secs(5),
             crate::ceiling::ClientKind::Hyper,
         )
-        .await?
-        .rate;
-        eprintln!("{scenario}: ceiling {rate:.0} req/s at {concurrency} in flight, {latency_ms} ms function");
-        self.ceilings.push(Ceiling { scenario: scenario.to_string(), concurrency, latency_ms, msgs_per_sec: rate });
-        Ok(rate)
+        .await?;
+        eprintln!(
+            "{scenario}: ceiling {:.0} req/s at {concurrency} in flight, {latency_ms} ms function, {:.1} µs client CPU per request",
+            measured.rate, measured.client_cpu_us
+        );
+        let ceiling = Ceiling {
+            scenario: scenario.to_string(),
+            concurrency,
+            latency_ms,
+            msgs_per_sec: measured.rate,
+            client_cpu_us_per_req: measured.client_cpu_us,
+        };
+        self.ceilings.push(ceiling.clone());
+        Ok(ceiling)
     }
 
     fn function_yaml(&self, name: &str, label: &str) -> String {
@@ -263,23 +334,26 @@ impl Env {
         Ok(Daemon { proc })
     }
 
-    /// Waits until the sink has `expected` deliveries; measures the daemon's CPU from the first
-    /// delivery to the last.
-    async fn drain(&self, daemon: &mut Daemon, expected: u64, limit: Duration) -> anyhow::Result<(Stats, f64)> {
+    /// Waits until the sink has `expected` deliveries; measures CPU from the first delivery to the
+    /// last (None if nothing was delivered).
+    async fn drain(
+        &self,
+        scenario: &str,
+        daemon: &mut Daemon,
+        expected: u64,
+        limit: Duration,
+    ) -> anyhow::Result<(Stats, Option<Cpus>)> {
         let start = Instant::now();
         let mut window = None;
         loop {
             daemon.proc.check_alive()?;
             let stats = self.stats().await?;
             if window.is_none() && stats.received > 0 {
-                window = Some(CpuWindow::open(daemon.proc.pid())?);
+                window = Some(self.cpu_windows(scenario, daemon)?);
             }
             if stats.received >= expected {
-                let cpu = match &window {
-                    Some(w) => w.close()?.0,
-                    None => 0.0,
-                };
-                return Ok((stats, cpu));
+                let cpus = window.as_ref().map(CpuWindows::close).transpose()?;
+                return Ok((stats, cpus));
             }
             if start.elapsed() > limit {
                 bail!("only {} of {expected} delivered within {limit:?}", stats.received);
@@ -299,37 +373,25 @@ impl Env {
         )
     }
 
-    /// A backlog scenario: `count` messages produced flat out before the daemon starts, then drained.
-    #[allow(clippy::too_many_arguments)]
+    /// A backlog scenario: `count` messages produced flat out before the daemon starts, then drained
+    /// by `functions` functions.
     async fn backlog(
         &mut self,
-        name: &str,
-        description: &str,
+        spec: &Spec<'_>,
         target: Target,
         count: u64,
         manifests: Vec<String>,
         functions: u64,
-        target_text: &str,
     ) -> anyhow::Result<Scenario> {
+        let name = spec.name;
         let sent = produce::produce(&target, Load { count, rate: None, size: SIZE, keys: KEYS }).await?;
         eprintln!("{name}: {count} messages in the backlog ({sent:.0}/s produced)");
         let concurrency = MAX_IN_FLIGHT * functions as usize;
         let ceiling = self.ceiling(name, concurrency, 0).await?;
         self.reset_sink(0).await?;
         let mut daemon = self.daemon(name, &manifests).await?;
-        let (stats, cpu) = self.drain(&mut daemon, count * functions, Duration::from_secs(600)).await?;
-        scenario(
-            name,
-            description,
-            "backlog",
-            count * functions,
-            &stats,
-            ceiling,
-            concurrency,
-            &daemon,
-            cpu,
-            target_text,
-        )
+        let (stats, cpus) = self.drain(name, &mut daemon, count * functions, Duration::from_secs(600)).await?;
+        scenario(spec, count * functions, &stats, &ceiling, concurrency, &daemon, cpus)
     }
 }
 
@@ -337,46 +399,53 @@ struct Daemon {
     proc: Proc,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn scenario(
-    name: &str,
-    description: &str,
-    mode: &'static str,
+    spec: &Spec<'_>,
     messages: u64,
     stats: &Stats,
-    ceiling: f64,
+    ceiling: &Ceiling,
     concurrency: usize,
     daemon: &Daemon,
-    cpu_percent: f64,
-    target: &str,
+    cpus: Option<Cpus>,
 ) -> anyhow::Result<Scenario> {
     let rate = stats.rate();
+    let daemon_cpu = cpus.map_or(0.0, |c| c.daemon);
     let s = Scenario {
-        name: name.to_string(),
-        description: description.to_string(),
-        mode,
+        name: spec.name.to_string(),
+        description: spec.description.clone(),
+        mode: spec.mode,
         messages,
         msgs_per_sec: rate,
-        ceiling_msgs_per_sec: Some(ceiling),
-        ratio_to_ceiling: (ceiling > 0.0).then(|| rate / ceiling),
+        ceiling_msgs_per_sec: Some(ceiling.msgs_per_sec),
+        ratio_to_ceiling: (ceiling.msgs_per_sec > 0.0).then(|| rate / ceiling.msgs_per_sec),
         concurrency,
         p50_ms: Some(stats.p50_us as f64 / 1000.0),
         p99_ms: Some(stats.p99_us as f64 / 1000.0),
         p999_ms: Some(stats.p999_us as f64 / 1000.0),
         peak_rss_mib: procs::peak_rss_mib(daemon.proc.pid())?,
-        cpu_percent,
-        target: target.to_string(),
+        cpu_percent: daemon_cpu,
+        broker_cpu_percent: cpus.map(|c| c.broker),
+        sink_cpu_percent: cpus.map(|c| c.sink),
+        daemon_cpu_us_per_msg: (rate > 0.0).then(|| daemon_cpu / 100.0 * 1e6 / rate),
+        ceiling_client_cpu_us_per_req: Some(ceiling.client_cpu_us_per_req),
+        target: spec.target.to_string(),
         note: String::new(),
     };
     eprintln!(
-        "{name}: {:.0} msg/s ({:.2} of ceiling {ceiling:.0}), p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, peak RSS {:.1} MiB, CPU {:.0}%",
+        "{}: {:.0} msg/s ({:.2} of ceiling {:.0}), p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms, peak RSS {:.1} MiB, CPU daemon {:.0}% broker {:.0}% sink {:.0}%, {:.1} µs/msg (client {:.1} µs/req)",
+        s.name,
         s.msgs_per_sec,
         s.ratio_to_ceiling.unwrap_or(0.0),
+        ceiling.msgs_per_sec,
         s.p50_ms.unwrap_or(0.0),
         s.p99_ms.unwrap_or(0.0),
         s.p999_ms.unwrap_or(0.0),
         s.peak_rss_mib,
-        s.cpu_percent
+        s.cpu_percent,
+        s.broker_cpu_percent.unwrap_or(0.0),
+        s.sink_cpu_percent.unwrap_or(0.0),
+        s.daemon_cpu_us_per_msg.unwrap_or(0.0),
+        ceiling.client_cpu_us_per_req,
     );
     Ok(s)
 }
@@ -456,8 +525,8 @@ async fn kafka_flat(env: &mut Env, name: &str, ordering: &str, count: u64) -> an
     );
     let target =
         if ordering == "key" { "≥ 0.8 × ceiling" } else { "comparison (Kubeless: one in flight per partition)" };
-    env.backlog(name, &description, Target::Kafka { brokers: env.brokers.clone(), topic }, count, manifests, 1, target)
-        .await
+    let spec = Spec { name, description, mode: "backlog", target };
+    env.backlog(&spec, Target::Kafka { brokers: env.brokers.clone(), topic }, count, manifests, 1).await
 }
 
 /// Kafka → HTTP produced live at `rate` msgs/s for `seconds`: latency under load.
@@ -478,20 +547,17 @@ async fn kafka_rate(
     env.reset_sink(0).await?;
     let target = Target::Kafka { brokers: env.brokers.clone(), topic };
     let load = Load { count, rate: Some(rate), size: SIZE, keys: KEYS };
-    let window = CpuWindow::open(daemon.proc.pid())?;
-    let tansu = CpuWindow::open(env.tansu_pid)?;
+    let windows = env.cpu_windows(name, &daemon)?;
     let sent = produce::produce(&target, load).await?;
-    let (stats, _) = env.drain(&mut daemon, count, Duration::from_secs(120)).await?;
-    let (cpu, _) = window.close()?;
-    let (tansu_cpu, _) = tansu.close()?;
+    let (stats, _) = env.drain(name, &mut daemon, count, Duration::from_secs(120)).await?;
+    let cpus = windows.close()?;
     eprintln!("{name}: produced at {sent:.0}/s");
     let description = format!(
         "Kafka → HTTP as kafka-key-flat-out, produced live at {rate:.0} msg/s ({why}) for {seconds} s; producer linger 1 ms"
     );
-    let mut s = scenario(name, &description, "rate", count, &stats, ceiling, MAX_IN_FLIGHT, &daemon, cpu, target_text)?;
-    s.note = format!(
-        "tansu used {tansu_cpu:.0}% CPU meanwhile (the producer, tansu, the daemon and the sink share the cores)"
-    );
+    let spec = Spec { name, description, mode: "rate", target: target_text };
+    let mut s = scenario(&spec, count, &stats, &ceiling, MAX_IN_FLIGHT, &daemon, Some(cpus))?;
+    s.note = "CPU from the start of production to the last delivery; the producer also shares the cores".into();
     Ok(s)
 }
 
@@ -515,7 +581,8 @@ async fn nats_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scen
     let description =
         format!("NATS JetStream → HTTP, {SIZE} B messages, durable pull consumer, maxInFlight {MAX_IN_FLIGHT}, {count} messages drained flat out");
     let target = Target::Nats { url: env.nats_url.clone(), subject: subject.into() };
-    env.backlog(name, &description, target, count, manifests, 1, "≥ 0.7 × ceiling").await
+    let spec = Spec { name, description, mode: "backlog", target: "≥ 0.7 × ceiling" };
+    env.backlog(&spec, target, count, manifests, 1).await
 }
 
 async fn kinesis_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scenario> {
@@ -532,7 +599,8 @@ async fn kinesis_flat(env: &mut Env, name: &str, count: u64) -> anyhow::Result<S
         "Kinesis (moto_server) → HTTP, {SIZE} B records, {KINESIS_SHARDS} shards, {KEYS} partition keys, maxInFlight {MAX_IN_FLIGHT}, {count} records drained flat out"
     );
     let target = Target::Kinesis { endpoint: env.moto.clone(), stream: "bench".into() };
-    env.backlog(name, &description, target, count, manifests, 1, "≥ 0.7 × ceiling").await
+    let spec = Spec { name, description, mode: "backlog", target: "≥ 0.7 × ceiling" };
+    env.backlog(&spec, target, count, manifests, 1).await
 }
 
 async fn slow_backlog(env: &mut Env, name: &str, sizes: Sizes) -> anyhow::Result<Scenario> {
@@ -548,8 +616,8 @@ async fn slow_backlog(env: &mut Env, name: &str, sizes: Sizes) -> anyhow::Result
     let manifests = vec![env.function_yaml("f", name), env.kafka_trigger(name, &topic, name, "key")];
     let mut daemon = env.daemon(name, &manifests).await?;
     // Measure a fixed window once delivery has started; sample RSS to see that it stays flat.
-    env.drain(&mut daemon, 1, Duration::from_secs(60)).await?;
-    let window = CpuWindow::open(daemon.proc.pid())?;
+    env.drain(name, &mut daemon, 1, Duration::from_secs(60)).await?;
+    let windows = env.cpu_windows(name, &daemon)?;
     let mut rss = Vec::new();
     let end = Instant::now() + Duration::from_secs(sizes.slow_seconds);
     while Instant::now() < end {
@@ -557,25 +625,15 @@ async fn slow_backlog(env: &mut Env, name: &str, sizes: Sizes) -> anyhow::Result
         rss.push(procs::rss_mib(daemon.proc.pid())?);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (cpu, _) = window.close()?;
+    let cpus = windows.close()?;
     let stats = env.stats().await?;
     let description = format!(
         "Kafka → HTTP with a {LATENCY_MS} ms function, {count}-message backlog, maxInFlight {MAX_IN_FLIGHT}, measured for {} s (expected ≈ {} msg/s)",
         sizes.slow_seconds,
         MAX_IN_FLIGHT as u64 * 1000 / LATENCY_MS
     );
-    let mut s = scenario(
-        name,
-        &description,
-        "backlog",
-        stats.received,
-        &stats,
-        ceiling,
-        MAX_IN_FLIGHT,
-        &daemon,
-        cpu,
-        "RSS < 256 MiB, flat",
-    )?;
+    let spec = Spec { name, description, mode: "backlog", target: "RSS < 256 MiB, flat" };
+    let mut s = scenario(&spec, stats.received, &stats, &ceiling, MAX_IN_FLIGHT, &daemon, Some(cpus))?;
     let (first_half, second_half) = rss.split_at(rss.len() / 2);
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     s.note = format!(
@@ -617,6 +675,10 @@ async fn idle(env: &mut Env, name: &str, triggers: usize) -> anyhow::Result<Scen
         p999_ms: None,
         peak_rss_mib: peak,
         cpu_percent: cpu,
+        broker_cpu_percent: None,
+        sink_cpu_percent: None,
+        daemon_cpu_us_per_msg: None,
+        ceiling_client_cpu_us_per_req: None,
         target: "RSS < 64 MiB".into(),
         note: format!("RSS at rest {rss:.1} MiB"),
     })
@@ -632,7 +694,8 @@ async fn fan_out(env: &mut Env, name: &str, count: u64) -> anyhow::Result<Scenar
         "one Kafka trigger selecting {FUNCTIONS} functions (a consumer group each), {count} messages × {FUNCTIONS} deliveries drained flat out; ceiling at {FUNCTIONS} × maxInFlight"
     );
     let target = Target::Kafka { brokers: env.brokers.clone(), topic };
-    let mut s = env.backlog(name, &description, target, count, manifests, FUNCTIONS, "≥ 0.8 × ceiling").await?;
+    let spec = Spec { name, description, mode: "backlog", target: "≥ 0.8 × ceiling" };
+    let mut s = env.backlog(&spec, target, count, manifests, FUNCTIONS).await?;
     let stats = env.stats().await?;
     let (least, most) = (stats.per_path.values().min().copied(), stats.per_path.values().max().copied());
     s.note = format!("{} functions served; deliveries per function {least:?}..{most:?}", stats.per_path.len());

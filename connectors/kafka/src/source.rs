@@ -127,12 +127,37 @@ fn consume(
         }
         if shared.lock().has_stash() {
             if !shared.lock().paused {
+                // Wait for half the channel rather than one slot: waking this thread for every
+                // message the dispatcher takes cost more CPU than the message itself.
+                let want = (ctx.out.max_capacity() / 2).max(1);
                 // The timer must be created inside block_on, where the runtime context exists.
-                let room = runtime.block_on(async { tokio::time::timeout(PAUSE_AFTER, ctx.out.reserve()).await });
+                let room =
+                    runtime.block_on(async { tokio::time::timeout(PAUSE_AFTER, ctx.out.reserve_many(want)).await });
                 match room {
-                    Ok(Ok(permit)) => {
-                        if let Some(msg) = shared.lock().stash.pop_front() {
-                            permit.send(msg);
+                    Ok(Ok(mut permits)) => {
+                        {
+                            let mut inner = shared.lock();
+                            while !inner.stash.is_empty() {
+                                let Some(permit) = permits.next() else { break };
+                                if let Some(msg) = inner.stash.pop_front() {
+                                    permit.send(msg);
+                                }
+                            }
+                        }
+                        // Fill the rest of the room with what librdkafka has already fetched.
+                        for permit in permits {
+                            match consumer.poll(Duration::ZERO) {
+                                None => break,
+                                Some(Err(err)) => {
+                                    shared.report_error(&err);
+                                    break;
+                                }
+                                Some(Ok(record)) => {
+                                    if let Some(msg) = shared.lock().track(&record, &acker) {
+                                        permit.send(msg);
+                                    }
+                                }
+                            }
                         }
                         continue;
                     }

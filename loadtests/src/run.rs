@@ -290,6 +290,11 @@ impl Env {
 
     /// Starts the daemon on `manifests` and waits for /readyz.
     async fn daemon(&self, scenario: &str, manifests: &[String]) -> anyhow::Result<Daemon> {
+        self.daemon_with(scenario, manifests, &[]).await
+    }
+
+    /// As `daemon`, with `extra` arguments after the run's own.
+    async fn daemon_with(&self, scenario: &str, manifests: &[String], extra: &[&str]) -> anyhow::Result<Daemon> {
         let fetch_wait = if scenario.starts_with("kafka-") && !scenario.contains("idle") {
             vec!["--kafka-property", TANSU_FETCH_WAIT]
         } else {
@@ -316,6 +321,7 @@ impl Env {
                 .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])
                 .args(&fetch_wait)
                 .args(&self.daemon_args)
+                .args(extra)
                 .env("RUST_LOG", "warn"),
             self.work.path(),
         )?;
@@ -467,6 +473,7 @@ pub async fn run_all(
         "kinesis-flat-out",
         "kafka-slow-function-1m-backlog",
         "kafka-100-idle-triggers",
+        "kafka-100-idle-triggers-no-lag",
         "kafka-fan-out-10-functions",
     ];
     let mut flat_rate = half_rate.map(|r| r * 2.0);
@@ -497,7 +504,8 @@ pub async fn run_all(
             "nats-jetstream-flat-out" => nats_flat(env, name, sizes.nats).await,
             "kinesis-flat-out" => kinesis_flat(env, name, sizes.kinesis).await,
             "kafka-slow-function-1m-backlog" => slow_backlog(env, name, sizes).await,
-            "kafka-100-idle-triggers" => idle(env, name, sizes.idle_triggers).await,
+            "kafka-100-idle-triggers" => idle(env, name, sizes.idle_triggers, &[]).await,
+            "kafka-100-idle-triggers-no-lag" => idle(env, name, sizes.idle_triggers, NO_LAG).await,
             _ => fan_out(env, name, sizes.fan_out).await,
         };
         match result {
@@ -644,14 +652,18 @@ async fn slow_backlog(env: &mut Env, name: &str, sizes: Sizes) -> anyhow::Result
     Ok(s)
 }
 
-async fn idle(env: &mut Env, name: &str, triggers: usize) -> anyhow::Result<Scenario> {
+/// Turns off librdkafka's statistics, which the daemon reads consumer lag from: with them on,
+/// librdkafka keeps latency histograms for every broker connection of every consumer.
+const NO_LAG: &[&str] = &["--kafka-property", "statistics.interval.ms=0"];
+
+async fn idle(env: &mut Env, name: &str, triggers: usize, extra: &[&str]) -> anyhow::Result<Scenario> {
     let mut manifests = vec![env.function_yaml("f", name)];
     for i in 0..triggers {
-        let topic = format!("idle-{i}");
+        let topic = format!("{name}-{i}");
         env.create_topic(&topic, 1).await?;
-        manifests.push(env.kafka_trigger(&format!("idle-{i}"), &topic, name, "key"));
+        manifests.push(env.kafka_trigger(&format!("{name}-{i}"), &topic, name, "key"));
     }
-    let daemon = env.daemon(name, &manifests).await?;
+    let daemon = env.daemon_with(name, &manifests, extra).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = CpuWindow::open(daemon.proc.pid())?;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -662,7 +674,8 @@ async fn idle(env: &mut Env, name: &str, triggers: usize) -> anyhow::Result<Scen
     Ok(Scenario {
         name: name.to_string(),
         description: format!(
-            "{triggers} Kafka triggers on {triggers} idle topics, one consumer group each; measured for 10 s at rest"
+            "{triggers} Kafka triggers on {triggers} idle topics, one consumer group each; measured for 10 s at rest{}",
+            if extra.is_empty() { String::new() } else { format!("; daemon run with `{}` (no consumer-lag metric)", extra.join(" ")) }
         ),
         mode: "idle",
         messages: 0,

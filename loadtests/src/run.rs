@@ -675,7 +675,11 @@ async fn idle(env: &mut Env, name: &str, triggers: usize, extra: &[&str]) -> any
         name: name.to_string(),
         description: format!(
             "{triggers} Kafka triggers on {triggers} idle topics, one consumer group each; measured for 10 s at rest{}",
-            if extra.is_empty() { String::new() } else { format!("; daemon run with `{}` (no consumer-lag metric)", extra.join(" ")) }
+            if extra.is_empty() {
+                String::new()
+            } else {
+                format!("; daemon run with `{}` (no consumer-lag metric)", extra.join(" "))
+            }
         ),
         mode: "idle",
         messages: 0,

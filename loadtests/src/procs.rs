@@ -64,6 +64,19 @@ pub async fn wait_listening(proc: &mut Proc, addr: &str, limit: Duration) -> any
     Ok(())
 }
 
+/// Spawns `command` as `spawn` does and waits until it accepts connections on `addr`.
+pub async fn spawn_listening(
+    name: &str,
+    command: &mut Command,
+    logs: &Path,
+    addr: &str,
+    limit: Duration,
+) -> anyhow::Result<Proc> {
+    let mut proc = Proc::spawn(name, command, logs)?;
+    wait_listening(&mut proc, addr, limit).await?;
+    Ok(proc)
+}
+
 /// The path of a sibling binary of this one (same target directory).
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

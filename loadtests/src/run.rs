@@ -160,47 +160,57 @@ impl Env {
     pub async fn start(root: &Path, daemon_args: Vec<String>) -> anyhow::Result<Self> {
         let work = tempfile::Builder::new().prefix("kubeless-loadtest-").tempdir()?;
         let logs = work.path().to_path_buf();
-        let mut servers = Vec::new();
 
+        let secs = Duration::from_secs;
         let port = procs::free_port()?;
-        let mut tansu = Proc::spawn("tansu", Command::new(root.join("scripts/tansu")).arg(port.to_string()), &logs)?;
         let brokers = format!("127.0.0.1:{port}");
-        procs::wait_listening(&mut tansu, &brokers, Duration::from_secs(30)).await?;
-        let tansu_pid = tansu.pid();
-        servers.push(tansu);
+        let tansu = procs::spawn_listening(
+            "tansu",
+            Command::new(root.join("scripts/tansu")).arg(port.to_string()),
+            &logs,
+            &brokers,
+            secs(30),
+        )
+        .await?;
 
         let port = procs::free_port()?;
         let bin = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
         let store = logs.join("jetstream");
-        let mut nats = Proc::spawn(
+        let nats_addr = format!("127.0.0.1:{port}");
+        let nats = procs::spawn_listening(
             "nats-server",
             Command::new(bin).args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(&store),
             &logs,
-        )?;
-        let nats_addr = format!("127.0.0.1:{port}");
-        procs::wait_listening(&mut nats, &nats_addr, Duration::from_secs(30)).await?;
-        let nats_pid = nats.pid();
-        servers.push(nats);
+            &nats_addr,
+            secs(30),
+        )
+        .await?;
 
         let port = procs::free_port()?;
-        let mut moto = Proc::spawn(
+        let moto_addr = format!("127.0.0.1:{port}");
+        let moto = procs::spawn_listening(
             "moto_server",
             Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]),
             &logs,
-        )?;
-        let moto_addr = format!("127.0.0.1:{port}");
-        procs::wait_listening(&mut moto, &moto_addr, Duration::from_secs(60)).await?;
-        let moto_pid = moto.pid();
-        servers.push(moto);
+            &moto_addr,
+            secs(60),
+        )
+        .await?;
 
         let port = procs::free_port()?;
         let sink_addr = format!("127.0.0.1:{port}");
         let exe = std::env::current_exe()?;
-        let mut sink = Proc::spawn("sink", Command::new(exe).args(["sink", "--addr", &sink_addr]), &logs)?;
-        procs::wait_listening(&mut sink, &sink_addr, Duration::from_secs(30)).await?;
-        let sink_pid = sink.pid();
-        servers.push(sink);
+        let sink = procs::spawn_listening(
+            "sink",
+            Command::new(exe).args(["sink", "--addr", &sink_addr]),
+            &logs,
+            &sink_addr,
+            secs(30),
+        )
+        .await?;
 
+        let (tansu_pid, nats_pid, moto_pid, sink_pid) = (tansu.pid(), nats.pid(), moto.pid(), sink.pid());
+        let servers = vec![tansu, nats, moto, sink];
         Ok(Self {
             work,
             _servers: servers,

@@ -96,6 +96,8 @@ fn init_logging(format: &str) {
         let debug = std::env::var("KUBELESS_LOG_LEVEL").is_ok_and(|v| v.eq_ignore_ascii_case("debug"));
         EnvFilter::new(if debug { "debug" } else { "info,librdkafka=warn,rdkafka=warn" })
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal; a file or a log collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

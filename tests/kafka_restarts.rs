@@ -3,6 +3,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -80,21 +82,41 @@ async fn sigterm_then_restart_delivers_every_message_with_zero_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_joining_mid_stream_takes_partitions_without_loss_or_duplicates() {
     let kafka = Kafka::start().await;
+    kafka.create_topic("stream", 4).await;
     let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
-    // Few requests in flight (~400 msg/s) so the stream outlasts the second daemon's group join.
-    let (dir, first) = setup(&kafka, &f, "  delivery:\n    maxInFlight: 4\n").await;
-    wait_for("a quarter of the stream", Duration::from_secs(120), || f.delivered() >= MESSAGES / 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        // Few requests in flight (~800 msg/s) so the first daemon falls behind the producer below.
+        trigger_yaml("t", "stream", "{function: f}", "  delivery:\n    maxInFlight: 4\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let first = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "10s"]).await;
+    first.wait_ready().await;
+
+    // The producer keeps publishing until told to stop, then publishes a tail, so the stream is
+    // flowing when the group rebalances and the second daemon's partitions get new messages
+    // after it owns them, however long the join takes on a loaded machine.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = tokio::spawn(produce_until(kafka.publisher(), stop.clone()));
+    wait_for("the first daemon to deliver", Duration::from_secs(120), || f.delivered() >= 500).await;
 
     // Same manifests, same consumer groups: the group rebalances, the first daemon's partitions are
     // revoked, drained and committed before the second daemon takes half of them.
     let second = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "10s"]).await;
     second.wait_ready().await;
-    let before_join = f.delivered();
-    assert!(before_join < MESSAGES, "the second daemon must join mid-stream");
-    wait_for("every message", Duration::from_secs(180), || counts(&f).len() == MESSAGES).await;
+    wait_for("the second daemon to own partitions", Duration::from_secs(120), || {
+        second.log_text().lines().any(|l| l.contains("Partitions assigned.") && !l.contains("partitions=0"))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let published = producer.await.expect("producer task");
+    wait_for("every message", Duration::from_secs(180), || counts(&f).len() == published).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let dups: Vec<(String, usize)> = counts(&f).into_iter().filter(|(_, n)| *n > 1).collect();
+    let after = counts(&f);
+    assert_eq!(after.len(), published, "no message lost");
+    let dups: Vec<(&String, &usize)> = after.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "{} duplicates across the rebalance, e.g. {:?}", dups.len(), dups.first());
     let (a, b) = (
         first.metric("kubeless_messages_delivered_total").await,
@@ -102,4 +124,29 @@ async fn a_second_daemon_joining_mid_stream_takes_partitions_without_loss_or_dup
     );
     assert!(a > 0.0 && b > 0.0, "both daemons delivered (first {a}, second {b})");
     assert!(first.log_text().contains("Partitions revoked"), "the first daemon went through a revocation");
+}
+
+/// Publishes batches of 100 records over 50 keys, 10 batches a second, until `stop` is set, then
+/// 1,000 more; returns how many it published.
+async fn produce_until(publisher: kubeless_kafka::Publisher, stop: Arc<AtomicBool>) -> usize {
+    const BATCH: usize = 100;
+    let mut sent = 0;
+    let mut tail = None;
+    while tail.is_none_or(|end| sent < end) {
+        if tail.is_none() && stop.load(Ordering::Relaxed) {
+            tail = Some(sent + 1_000);
+        }
+        let batch =
+            (sent..sent + BATCH).map(|i| {
+                let (key, body) = (format!("k{}", i % 50), format!("m{i}"));
+                let publisher = &publisher;
+                async move {
+                    publisher.publish("stream", Some(key.as_bytes()), body.as_bytes(), &[]).await.expect("publish")
+                }
+            });
+        futures::future::join_all(batch).await;
+        sent += BATCH;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sent
 }

@@ -143,5 +143,7 @@ async fn bad_manifests_are_reported_by_file_and_other_triggers_keep_flowing() {
     assert!(daemon.is_running());
     assert_eq!(daemon.metric("kubeless_consumer_restarts_total").await, 0.0, "the good consumer was not disturbed");
     assert_eq!(daemon.metric("kubeless_manifest_errors").await, bad as f64);
-    assert!(daemon.log_text().contains("Manifest rejected"), "errors are logged");
+    let log = daemon.log_text();
+    assert!(log.contains("Manifest rejected"), "errors are logged");
+    assert!(!log.contains('\x1b'), "a log written to a file has no colour codes");
 }

@@ -147,3 +147,49 @@ async fn with_the_dead_letter_topic_unreachable_nothing_is_committed() {
     daemon.terminate();
     assert_eq!(kafka.committed("default_t_picky_in", "in", 1), [None], "nothing committed on shutdown either");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_functions_are_verified_against_the_trusted_cas_and_a_certificate_they_do_not_sign_is_dead_lettered() {
+    let kafka = Kafka::start().await;
+    for topic in ["secure", "stranger", "stranger-dlq"] {
+        kafka.create_topic(topic, 1).await;
+    }
+    // Two CAs: the daemon trusts the first (SSL_CERT_FILE), not the second.
+    let (trusted, _) = make_test_certificates();
+    let (unknown, _) = make_test_certificates();
+    let (secure, stranger) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
+    let secure_url =
+        tls_front(&secure.url, &trusted.path().join("server.crt"), &trusted.path().join("server.key")).await;
+    let stranger_url =
+        tls_front(&stranger.url, &unknown.path().join("server.crt"), &unknown.path().join("server.key")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let give_up =
+        "  delivery:\n    retry: {maxAttempts: 2, initialBackoff: 50ms}\n    deadLetter: {topic: stranger-dlq}\n";
+    let manifests = [
+        function_yaml("secure", "{function: secure}", &secure_url),
+        function_yaml("stranger", "{function: stranger}", &stranger_url),
+        trigger_yaml("secure", "secure", "{function: secure}", ""),
+        trigger_yaml("stranger", "stranger", "{function: stranger}", give_up),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let ca = trusted.path().join("ca.crt");
+    let env = [("SSL_CERT_FILE", ca.to_str().expect("utf-8"))];
+    let daemon = Daemon::start_with_env(dir.path(), &kafka.brokers, &[], &env).await;
+    daemon.wait_ready().await;
+
+    let publisher = kafka.publisher();
+    publisher.publish("secure", None, b"over tls", &[]).await.expect("publish");
+    publisher.publish("stranger", None, b"to an impostor", &[]).await.expect("publish");
+
+    wait_for("delivery over https", Duration::from_secs(60), || secure.delivered() == 1).await;
+    assert_eq!(secure.received()[0].body, "over tls");
+    let letters = kafka.read_all("stranger-dlq", 0, 1);
+    assert_eq!(letters.len(), 1, "the message for the untrusted function is dead-lettered");
+    let (payload, h) = &letters[0];
+    assert_eq!(payload, b"to an impostor");
+    assert_eq!(h["kubeless-dead-letter-attempts"], "2");
+    let error = &h["kubeless-dead-letter-error"];
+    // Both test CAs share a name, so rustls finds "its" issuer and rejects the signature.
+    assert!(error.contains("invalid peer certificate"), "the error names the cause: {error}");
+    assert!(stranger.received().is_empty(), "nothing reaches a function whose certificate is not trusted");
+}

@@ -253,12 +253,18 @@ pub struct Daemon {
     dir: PathBuf,
     brokers: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     /// Kept across restarts, like a real state volume.
     state: tempfile::TempDir,
 }
 
 impl Daemon {
     pub async fn start(dir: &Path, brokers: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, brokers, extra, &[]).await
+    }
+
+    /// Like `start`, with these environment variables set for the daemon.
+    pub async fn start_with_env(dir: &Path, brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut d = Self {
             child: None,
             admin: String::new(),
@@ -266,6 +272,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             brokers: brokers.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             state: tempfile::tempdir().expect("state dir"),
         };
         d.spawn();
@@ -288,6 +295,7 @@ impl Daemon {
             .arg(self.state.path())
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone"))
             .stderr(log)
@@ -564,6 +572,38 @@ pub fn make_test_certificates() -> (tempfile::TempDir, String) {
     ]);
     let ca = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca.crt");
     (dir, ca)
+}
+
+/// Terminates TLS on a new loopback port with `cert`/`key` (PEM files) and passes each connection
+/// through to `plain` (`http://host:port`); returns the `https://` URL.
+pub async fn tls_front(plain: &str, cert: &Path, key: &Path) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).expect("read cert").collect::<Result<_, _>>().expect("parse cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("read key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let backend = plain.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                // A client that rejects our certificate ends the handshake; nothing to pass on then.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    url
 }
 
 /// A NATSTrigger manifest; `extra` is added to its spec.

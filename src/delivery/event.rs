@@ -1,6 +1,7 @@
 //! The request a function receives: Kubeless's `event-*` headers and Content-Type rule, plus the
 //! key, partition, offset and broker headers Kubeless never forwarded.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -49,7 +50,7 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventS
     let content_type = HeaderValue::from_static(if json { JSON } else { FORM });
     h.insert(CONTENT_TYPE, content_type.clone());
     h.insert(EVENT_TYPE.clone(), content_type);
-    h.insert(EVENT_ID.clone(), ascii(event_id(&o.source, o.partition, o.offset)));
+    h.insert(EVENT_ID.clone(), event_id_value(&o.source, o.partition, o.offset));
     let time =
         o.timestamp_ms.and_then(DateTime::<Utc>::from_timestamp_millis).unwrap_or_else(|| DateTime::<Utc>::from(now));
     h.insert(EVENT_NAMESPACE.clone(), HeaderValue::from_static(event_namespace));
@@ -57,26 +58,67 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventS
         h.insert(EVENT_TIME.clone(), ascii(date_time(time, format_args!("+00:00"))));
         return h;
     }
-    h.insert(EVENT_TIME.clone(), ascii(go_time(time)));
-    if let Ok(topic) = HeaderValue::from_str(&o.source) {
-        h.insert(EVENT_TOPIC.clone(), topic);
-    }
+    RECENT.with_borrow_mut(|recent| {
+        h.insert(EVENT_TIME.clone(), recent.go_time(time));
+        if let Some(topic) = recent.topic(&o.source) {
+            h.insert(EVENT_TOPIC.clone(), topic);
+        }
+    });
     if style == EventStyle::Broker {
         h.insert(EVENT_PARTITION.clone(), HeaderValue::from(o.partition));
         h.insert(EVENT_OFFSET.clone(), HeaderValue::from(o.offset));
     }
     if let Some(key) = &msg.key {
-        match std::str::from_utf8(key).ok().and_then(|k| HeaderValue::from_str(k).ok()) {
-            Some(v) => {
+        // The same rule as `HeaderValue::from_str`, but sharing the key's bytes instead of copying.
+        let visible = key.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t');
+        match HeaderValue::from_maybe_shared(key.clone()) {
+            Ok(v) if visible => {
                 h.insert(EVENT_KEY.clone(), v);
             }
-            None => {
+            _ => {
                 h.insert(EVENT_KEY.clone(), ascii(URL_SAFE_NO_PAD.encode(key)));
                 h.insert(EVENT_KEY_ENCODING.clone(), HeaderValue::from_static("base64url"));
             }
         }
     }
     h
+}
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new(Recent { time: None, topic: None }) };
+}
+
+/// The last `event-time` and `event-topic` values this thread built. Messages of one batch share
+/// their topic and, mostly, their broker timestamp's millisecond, so each is formatted once per
+/// change rather than once per message (a `HeaderValue` clone is a reference count).
+struct Recent {
+    time: Option<(DateTime<Utc>, HeaderValue)>,
+    topic: Option<(Arc<str>, HeaderValue)>,
+}
+
+impl Recent {
+    fn go_time(&mut self, t: DateTime<Utc>) -> HeaderValue {
+        match &self.time {
+            Some((last, value)) if *last == t => value.clone(),
+            _ => {
+                let value = ascii(go_time(t));
+                self.time = Some((t, value.clone()));
+                value
+            }
+        }
+    }
+
+    /// None for a name that is not a valid header value.
+    fn topic(&mut self, source: &Arc<str>) -> Option<HeaderValue> {
+        match &self.topic {
+            Some((last, value)) if **last == **source => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::from_str(source).ok()?;
+                self.topic = Some((source.clone(), value.clone()));
+                Some(value)
+            }
+        }
+    }
 }
 
 fn ascii(s: String) -> HeaderValue {
@@ -87,13 +129,37 @@ fn ascii(s: String) -> HeaderValue {
 /// Kubeless's event-id shape (11 bytes, base64url without padding: 15 characters), but derived from
 /// where the message lives, so a redelivery carries the same id and a function can de-duplicate.
 pub fn event_id(source: &str, partition: i32, offset: i64) -> String {
-    let mut buf = Vec::with_capacity(source.len() + 13);
-    buf.extend_from_slice(source.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(&partition.to_be_bytes());
-    buf.extend_from_slice(&offset.to_be_bytes());
-    let hash = xxhash_rust::xxh3::xxh3_128(&buf).to_be_bytes();
-    URL_SAFE_NO_PAD.encode(&hash[..11])
+    String::from_utf8_lossy(&event_id_bytes(source, partition, offset)).into_owned()
+}
+
+fn event_id_value(source: &str, partition: i32, offset: i64) -> HeaderValue {
+    // base64url is always a valid header value.
+    HeaderValue::from_bytes(&event_id_bytes(source, partition, offset)).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The id's 15 characters, hashed and encoded on the stack (this runs for every message).
+fn event_id_bytes(source: &str, partition: i32, offset: i64) -> [u8; 15] {
+    let hash = {
+        let mut stack = [0u8; 128];
+        let len = source.len() + 13;
+        let mut heap = Vec::new();
+        let buf = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap[..]
+        };
+        let (name, position) = buf.split_at_mut(source.len());
+        name.copy_from_slice(source.as_bytes());
+        position[0] = 0;
+        position[1..5].copy_from_slice(&partition.to_be_bytes());
+        position[5..].copy_from_slice(&offset.to_be_bytes());
+        xxhash_rust::xxh3::xxh3_128(buf).to_be_bytes()
+    };
+    let mut id = [0u8; 15];
+    // 11 bytes are exactly 15 base64 characters without padding, so the slice always fits.
+    let _ = URL_SAFE_NO_PAD.encode_slice(&hash[..11], &mut id);
+    id
 }
 
 /// `2009-11-10 23:00:00` then `suffix`, in one allocation. Written out rather than with
@@ -191,6 +257,27 @@ mod tests {
     }
 
     #[test]
+    fn event_ids_keep_their_values_across_releases() {
+        // Functions de-duplicate on event-id: a redelivery after an upgrade must carry the same id.
+        assert_eq!(event_id("orders", 3, 42), "xuzNKAj1x-hf7rk");
+        // A name too long for the stack buffer takes the heap path, with the same hash.
+        assert_eq!(event_id(&"t".repeat(200), 0, 7), "_PEpxC0Th2SVbS4");
+    }
+
+    #[test]
+    fn cached_times_and_topics_follow_each_message() {
+        let mut m = msg(b"x", None);
+        let first = event_headers(&m, "x", EventStyle::Broker, SystemTime::now());
+        m.origin.timestamp_ms = Some(1_257_894_000_124);
+        m.origin.source = Arc::from("payments");
+        let second = event_headers(&m, "x", EventStyle::Broker, SystemTime::now());
+        assert_eq!(first["event-time"], "2009-11-10 23:00:00.123 +0000 UTC");
+        assert_eq!(second["event-time"], "2009-11-10 23:00:00.124 +0000 UTC");
+        assert_eq!(first["event-topic"], "orders");
+        assert_eq!(second["event-topic"], "payments");
+    }
+
+    #[test]
     fn event_id_is_deterministic_per_message_and_differs_between_messages() {
         assert_eq!(event_id("t", 0, 1), event_id("t", 0, 1));
         assert_ne!(event_id("t", 0, 1), event_id("t", 0, 2));
@@ -204,6 +291,13 @@ mod tests {
         let h = event_headers(&msg(b"x", Some(b"\xff\x00")), "x", EventStyle::Broker, SystemTime::now());
         assert_eq!(h["event-key"], "_wA");
         assert_eq!(h["event-key-encoding"], "base64url");
+        // Valid UTF-8 outside visible ASCII is not a header value either.
+        let h = event_headers(&msg(b"x", Some("k\u{e9}".as_bytes())), "x", EventStyle::Broker, SystemTime::now());
+        assert_eq!(h["event-key"], "a8Op");
+        assert_eq!(h["event-key-encoding"], "base64url");
+        let h = event_headers(&msg(b"x", Some(b"a b\tc~")), "x", EventStyle::Broker, SystemTime::now());
+        assert_eq!(h["event-key"], "a b\tc~");
+        assert!(h.get("event-key-encoding").is_none());
     }
 
     #[test]

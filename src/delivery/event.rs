@@ -71,8 +71,8 @@ pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventS
     if let Some(key) = &msg.key {
         // The same rule as `HeaderValue::from_str`, but sharing the key's bytes instead of copying.
         let visible = key.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t');
-        match HeaderValue::from_maybe_shared(key.clone()) {
-            Ok(v) if visible => {
+        match visible.then(|| HeaderValue::from_maybe_shared(key.clone())) {
+            Some(Ok(v)) => {
                 h.insert(EVENT_KEY.clone(), v);
             }
             _ => {

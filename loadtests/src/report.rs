@@ -115,6 +115,10 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
+/// One series of a chart: legend label, the value per scenario, colour, and where in its row the
+/// bar starts (each row holds two bars of 0.35).
+type Bar<T> = (&'static str, fn(&Scenario) -> T, RGBAColor, f64);
+
 /// Two horizontal bar panels: msgs/s (ours and the ceiling) and p50/p99 latency (log scale).
 pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
     let rows: Vec<&Scenario> = report.scenarios.iter().filter(|s| s.mode != "idle").collect();
@@ -140,25 +144,19 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         .y_label_formatter(&|y| if (y.fract() - 0.5).abs() < 0.01 { name(y) } else { String::new() })
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()?;
-    let ours = BLUE.mix(0.8);
-    let ceiling = BLACK.mix(0.25);
-    chart
-        .draw_series(
-            rows.iter().enumerate().map(|(i, s)| {
-                Rectangle::new([(0.0, i as f64 + 0.5), (s.msgs_per_sec, i as f64 + 0.85)], ours.filled())
-            }),
-        )?
-        .label("kubeless-broker")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], ours.filled()));
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, s)| {
-            Rectangle::new(
-                [(0.0, i as f64 + 0.15), (s.ceiling_msgs_per_sec.unwrap_or(0.0), i as f64 + 0.5)],
-                ceiling.filled(),
-            )
-        }))?
-        .label("HTTP ceiling, same concurrency")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], ceiling.filled()));
+    // Two bars per scenario: ours in the upper half of its row, the ceiling in the lower.
+    let bars: [Bar<f64>; 2] = [
+        ("kubeless-broker", |s| s.msgs_per_sec, BLUE.mix(0.8), 0.5),
+        ("HTTP ceiling, same concurrency", |s| s.ceiling_msgs_per_sec.unwrap_or(0.0), BLACK.mix(0.25), 0.15),
+    ];
+    for (label, value, colour, low) in bars {
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, s)| {
+                Rectangle::new([(0.0, i as f64 + low), (value(s), i as f64 + low + 0.35)], colour.filled())
+            }))?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+    }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
 
     let max_ms = rows.iter().filter_map(|s| s.p99_ms).fold(1.0, f64::max);
@@ -169,26 +167,17 @@ pub fn chart(report: &Report, path: &Path) -> anyhow::Result<()> {
         .y_label_area_size(10)
         .build_cartesian_2d((0.01..max_ms * 2.0).log_scale(), 0.0..n as f64)?;
     chart.configure_mesh().disable_y_mesh().y_labels(0).x_label_formatter(&|x| format!("{x}")).draw()?;
-    let p50 = GREEN.mix(0.7);
-    let p99 = RED.mix(0.7);
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, s)| {
-            Rectangle::new(
-                [(0.01, i as f64 + 0.5), (s.p50_ms.unwrap_or(0.01).max(0.01), i as f64 + 0.85)],
-                p50.filled(),
-            )
-        }))?
-        .label("p50")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], p50.filled()));
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, s)| {
-            Rectangle::new(
-                [(0.01, i as f64 + 0.15), (s.p99_ms.unwrap_or(0.01).max(0.01), i as f64 + 0.5)],
-                p99.filled(),
-            )
-        }))?
-        .label("p99")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], p99.filled()));
+    let bars: [Bar<Option<f64>>; 2] =
+        [("p50", |s| s.p50_ms, GREEN.mix(0.7), 0.5), ("p99", |s| s.p99_ms, RED.mix(0.7), 0.15)];
+    for (label, value, colour, low) in bars {
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, s)| {
+                let ms = value(s).unwrap_or(0.01).max(0.01);
+                Rectangle::new([(0.01, i as f64 + low), (ms, i as f64 + low + 0.35)], colour.filled())
+            }))?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+    }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(())

@@ -176,11 +176,24 @@ struct FnState {
     received: Mutex<Vec<Received>>,
     /// Requests answered 2xx.
     delivered: AtomicUsize,
+    /// Requests being handled (a handler dropped mid-way counts down too).
+    in_flight: AtomicUsize,
     /// Requests seen per body, for FailFirst.
     attempts: Mutex<HashMap<String, usize>>,
 }
 
+/// Counts a request as in flight until its handler ends or is dropped.
+struct InFlight(Arc<FnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(State(s): State<Arc<FnState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    s.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight(s.clone());
     let body = String::from_utf8_lossy(&body).into_owned();
     let status = match &s.behaviour {
         Behaviour::Ok => 200,
@@ -212,6 +225,7 @@ impl Function {
             behaviour,
             received: Mutex::new(Vec::new()),
             delivered: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             attempts: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -224,6 +238,11 @@ impl Function {
     /// Everything received, in arrival order (failed attempts included).
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("lock").clone()
+    }
+
+    /// Requests that arrived and are not yet answered (or abandoned).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
     }
 
     pub fn delivered(&self) -> usize {

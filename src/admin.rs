@@ -9,14 +9,17 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use tokio::sync::watch;
+
 use crate::control::supervisor::{ConsumerStatus, Supervisor};
-use crate::control::watch::{Report, SharedReport};
+use crate::control::{lock_report, SharedReport, Snapshot, SourceReport};
 
 #[derive(Clone)]
 pub struct AdminState {
     pub prometheus: PrometheusHandle,
     pub supervisor: Arc<Supervisor>,
     pub report: SharedReport,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -32,12 +35,15 @@ async fn metrics(State(s): State<AdminState>) -> String {
     s.prometheus.render()
 }
 
-/// Why the daemon is not ready, if it is not: manifests not read yet, or consumers without their
-/// partitions (or failing).
-pub fn not_ready(report: &Report, consumers: &[ConsumerStatus]) -> Vec<String> {
+/// Why the daemon is not ready, if it is not: resources not read yet, watches of the API server
+/// failing, or consumers without their partitions (or failing).
+pub fn not_ready(report: &SourceReport, loaded: bool, consumers: &[ConsumerStatus]) -> Vec<String> {
     let mut why = Vec::new();
-    if !report.loaded {
-        why.push("manifests not loaded yet".to_string());
+    if !loaded {
+        why.push("resources not loaded yet".to_string());
+    }
+    for (what, error) in &report.api_errors {
+        why.push(format!("{what}: {error}"));
     }
     for c in consumers.iter().filter(|c| !c.ready) {
         why.push(format!("{} -> {} (group {}): {}", c.trigger, c.function, c.group, c.state));
@@ -46,8 +52,9 @@ pub fn not_ready(report: &Report, consumers: &[ConsumerStatus]) -> Vec<String> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let report = s.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let why = not_ready(&report, &s.supervisor.status());
+    let report = lock_report(&s.report).clone();
+    let loaded = s.snapshot.borrow().loaded;
+    let why = not_ready(&report, loaded, &s.supervisor.status());
     if why.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -58,13 +65,46 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 #[derive(serde::Serialize)]
 struct StatusBody {
     #[serde(flatten)]
-    report: Report,
+    report: SourceReport,
+    resources: usize,
+    /// Objects that are not valid, with why (Kubernetes mode; in standalone mode they are
+    /// `manifest_errors`).
+    invalid: Vec<ObjectProblem>,
+    /// Valid triggers that run no consumer, with why.
+    trigger_problems: Vec<ObjectProblem>,
+    unserved: Vec<String>,
     consumers: Vec<ConsumerStatus>,
 }
 
+#[derive(serde::Serialize)]
+struct ObjectProblem {
+    object: String,
+    reason: &'static str,
+    problem: String,
+}
+
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
-    let report = s.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let body = StatusBody { report, consumers: s.supervisor.status() };
+    let report = lock_report(&s.report).clone();
+    let snapshot = s.snapshot.borrow().clone();
+    let invalid = snapshot
+        .store
+        .invalid()
+        .map(|(r, e)| ObjectProblem { object: r.to_string(), reason: "InvalidSpec", problem: e.to_string() })
+        .collect();
+    let trigger_problems = snapshot
+        .desired
+        .problems
+        .iter()
+        .map(|p| ObjectProblem { object: p.trigger.to_string(), reason: p.reason.as_str(), problem: p.problem.clone() })
+        .collect();
+    let body = StatusBody {
+        report,
+        resources: snapshot.store.len(),
+        invalid,
+        trigger_problems,
+        unserved: snapshot.desired.unserved.iter().map(ToString::to_string).collect(),
+        consumers: s.supervisor.status(),
+    };
     Json(serde_json::to_value(body).unwrap_or_default())
 }
 
@@ -74,6 +114,7 @@ mod tests {
 
     fn consumer(ready: bool) -> ConsumerStatus {
         ConsumerStatus {
+            kind: crate::control::store::Kind::KafkaTrigger,
             trigger: "ns/t".into(),
             function: "f".into(),
             group: "g".into(),
@@ -86,11 +127,14 @@ mod tests {
     }
 
     #[test]
-    fn ready_only_once_manifests_loaded_and_every_consumer_has_partitions() {
-        let loaded = Report { loaded: true, ..Report::default() };
-        assert_eq!(not_ready(&Report::default(), &[]), ["manifests not loaded yet"]);
-        assert!(not_ready(&loaded, &[consumer(true), consumer(true)]).is_empty());
-        let why = not_ready(&loaded, &[consumer(true), consumer(false)]);
+    fn ready_only_once_resources_loaded_watches_healthy_and_every_consumer_has_partitions() {
+        let report = SourceReport::default();
+        assert_eq!(not_ready(&report, false, &[]), ["resources not loaded yet"]);
+        assert!(not_ready(&report, true, &[consumer(true), consumer(true)]).is_empty());
+        let why = not_ready(&report, true, &[consumer(true), consumer(false)]);
         assert_eq!(why, ["ns/t -> f (group g): Starting"]);
+        let mut failing = SourceReport::default();
+        failing.api_errors.insert("watch KafkaTrigger".into(), "connection refused".into());
+        assert_eq!(not_ready(&failing, true, &[]), ["watch KafkaTrigger: connection refused"]);
     }
 }

@@ -1,6 +1,8 @@
-//! Wiring: metrics, admin server, manifest watch and supervisor, and an orderly shutdown.
+//! Wiring: metrics, admin server, the resource source (manifest directory or API server), the
+//! index, the supervisor, the status writer, and an orderly shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -8,11 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::{self, AdminState};
-use crate::config::Settings;
+use crate::config::{Mode, Settings};
 use crate::control::supervisor::Supervisor;
-use crate::control::watch::{self, SharedReport};
+use crate::control::{self, SharedReport, Snapshot};
 use crate::delivery::HttpClient;
-use crate::telemetry;
+use crate::{kubernetes, telemetry};
+
+/// Changes a source may queue before it waits for the index.
+const SOURCE_QUEUE: usize = 1024;
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -33,6 +38,8 @@ pub async fn run(
     let supervisor = Supervisor::new(HttpClient::new());
     let report = SharedReport::default();
     let stop = CancellationToken::new();
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
 
     let upkeep = tokio::spawn({
         let (handle, stop) = (prometheus.clone(), stop.clone());
@@ -45,23 +52,39 @@ pub async fn run(
         }
     });
     let admin = tokio::spawn({
-        let app = admin::router(AdminState { prometheus, supervisor: supervisor.clone(), report: report.clone() });
+        let app = admin::router(AdminState {
+            prometheus,
+            supervisor: supervisor.clone(),
+            report: report.clone(),
+            snapshot: snapshot_rx.clone(),
+        });
         let stop = stop.clone();
         async move { axum::serve(admin_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
-    let watcher = tokio::spawn(watch::run(
-        settings.manifests.clone(),
-        settings.scan_interval,
-        settings.index.clone(),
-        supervisor.clone(),
-        report,
-        stop.clone(),
-    ));
+    let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
+    let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
+    let mut side_tasks = Vec::new();
+    let source = match &settings.mode {
+        Mode::Standalone { manifests, scan_interval } => {
+            tokio::spawn(control::watch::run(manifests.clone(), *scan_interval, events_tx, report, stop.clone()))
+        }
+        Mode::Kubernetes(kube) => {
+            let client = kubernetes::client(kube).await?;
+            let writer = kubernetes::status::StatusWriter::new(client.clone(), &kube.field_manager, &kube.identity);
+            side_tasks.push(tokio::spawn(writer.run(snapshot_rx.clone(), supervisor.clone(), stop.clone())));
+            tokio::spawn(kubernetes::watch::run(client, kube.namespaces.clone(), events_tx, report, stop.clone()))
+        }
+    };
 
     shutdown.await;
     info!("Shutting down: stopping consumers (each drains in-flight messages and commits).");
     stop.cancel();
-    let _ = watcher.await;
+    let _ = source.await;
+    let _ = index.await;
+    let _ = applier.await;
+    for task in side_tasks {
+        let _ = task.await;
+    }
     supervisor.shutdown().await;
     let _ = admin.await;
     upkeep.abort();
@@ -85,7 +108,14 @@ pub async fn main(args: crate::config::Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.admin_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --admin-addr {}: {e}", args.admin_addr))?;
-    info!(admin = %listener.local_addr()?, manifests = %settings.manifests.display(), "kubeless-broker starting.");
+    match &settings.mode {
+        Mode::Standalone { manifests, .. } => {
+            info!(admin = %listener.local_addr()?, manifests = %manifests.display(), "kubeless-broker starting (standalone mode).");
+        }
+        Mode::Kubernetes(k) => {
+            info!(admin = %listener.local_addr()?, namespaces = ?k.namespaces, identity = %k.identity, "kubeless-broker starting (Kubernetes mode).");
+        }
+    }
     run(settings, listener, prometheus, crate::shutdown::signal()).await
 }
 

@@ -21,9 +21,28 @@ pub const DEFAULT_NATS_URL: &str = "nats://nats.nats-io.svc.cluster.local:4222";
     about = "Kubeless-compatible trigger broker: delivers Kafka messages to functions over HTTP, at least once."
 )]
 pub struct Args {
-    /// Directory of Kubeless manifests (`*.yaml`, `*.yml`; multi-document files too), watched for changes.
+    /// Directory of Kubeless manifests (`*.yaml`, `*.yml`; multi-document files too), watched for
+    /// changes (standalone mode). Without it, resources come from the Kubernetes API server.
     #[arg(long, env = "KUBELESS_MANIFESTS")]
     pub manifests: Option<PathBuf>,
+
+    /// Kubeconfig file (Kubernetes mode). Default: the in-cluster service account, else
+    /// `KUBECONFIG`, else `~/.kube/config`.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use (Kubernetes mode). Default: the current context.
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Namespace to watch (Kubernetes mode); repeatable, or comma-separated in the environment.
+    /// Default: every namespace.
+    #[arg(long = "namespace", env = "KUBELESS_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Field manager of the status this daemon writes, and the reporter of its Events.
+    #[arg(long, env = "KUBELESS_FIELD_MANAGER", default_value = "kubeless-broker")]
+    pub field_manager: String,
 
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/status`).
     #[arg(long, env = "KUBELESS_ADMIN_ADDR", default_value = "0.0.0.0:9095")]
@@ -72,11 +91,30 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Where resources come from.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A manifest directory, checked every `scan_interval`.
+    Standalone { manifests: PathBuf, scan_interval: Duration },
+    /// The API server.
+    Kubernetes(KubeSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    pub field_manager: String,
+    /// This pod's name (env `POD_NAME`), for Events and leases; else the host name.
+    pub identity: String,
+}
+
 /// Settings checked and ready to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub manifests: PathBuf,
-    pub scan_interval: Duration,
+    pub mode: Mode,
     pub index: IndexSettings,
 }
 
@@ -85,6 +123,10 @@ impl Args {
     pub fn settings(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
         let Args {
             manifests,
+            kubeconfig,
+            context,
+            namespaces,
+            field_manager,
             admin_addr: _,
             function_url_template,
             kafka_brokers,
@@ -95,8 +137,28 @@ impl Args {
             scan_interval,
             log_format: _,
         } = self;
-        let Some(manifests) = manifests.clone() else {
-            anyhow::bail!("--manifests DIR is required: this build runs in standalone mode only (Kubernetes mode is not built yet)");
+        let mode = match manifests.clone() {
+            Some(manifests) => Mode::Standalone { manifests, scan_interval: *scan_interval },
+            None => {
+                let namespaces: Vec<String> =
+                    namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+                for ns in &namespaces {
+                    if !crate::resources::validate::is_dns1123_label(ns) {
+                        anyhow::bail!("--namespace {ns:?} is not a namespace name");
+                    }
+                }
+                let identity = env("POD_NAME")
+                    .or_else(|| env("HOSTNAME"))
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "kubeless-broker".to_string());
+                Mode::Kubernetes(KubeSettings {
+                    kubeconfig: kubeconfig.clone(),
+                    context: context.clone(),
+                    namespaces,
+                    field_manager: field_manager.clone(),
+                    identity,
+                })
+            }
         };
         let sample =
             function_url_template.replace("{name}", "f").replace("{namespace}", "ns").replace("{port}", "8080");
@@ -110,8 +172,7 @@ impl Args {
         let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(env)?;
         props.extend(kafka_properties.iter().cloned());
         Ok(Settings {
-            manifests,
-            scan_interval: *scan_interval,
+            mode,
             index: IndexSettings {
                 kafka_brokers: kafka_brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),
                 url_template: function_url_template.clone(),

@@ -10,10 +10,13 @@ use kubeless_kafka::{InitialOffset, KafkaSourceConfig};
 use kubeless_kinesis::{KinesisSourceConfig, StartingPosition};
 use kubeless_nats::{NatsAuth, NatsSourceConfig};
 
-use super::manifests::{Loaded, Resource};
+pub use crate::dispatch::consumer::{ConsumerSpec, CronSource, SourceSpec};
+
+use super::manifests::Resource;
+use super::store::{Kind, ObjectRef, Store};
 use crate::resources::{
-    ConcurrencyPolicy, CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger,
-    KinesisTrigger, NATSTrigger, StartingPositionSpec, URL_ANNOTATION,
+    CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, KinesisTrigger,
+    NATSTrigger, StartingPositionSpec, URL_ANNOTATION,
 };
 
 /// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.
@@ -45,84 +48,43 @@ pub struct IndexSettings {
     pub nats_url: String,
 }
 
-/// Where a consumer's messages come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
-    Kafka(KafkaSourceConfig),
-    Nats(NatsSourceConfig),
-    Kinesis(KinesisSourceConfig),
-    Cron(CronSource),
+/// Why a valid trigger runs no consumer, as the `reason` of its `Ready` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// `spec.functionSelector` is not a valid selector.
+    BadSelector,
+    /// A Secret the trigger names is missing or lacks a key.
+    SecretNotFound,
+    /// One consumer group would be shared by several functions.
+    SharedConsumerGroup,
+    /// The selector matches no Function (not an error: one may be added later).
+    NoFunctionSelected,
+    /// The Function a Kinesis or cron trigger names does not exist (yet).
+    FunctionNotFound,
 }
 
-/// A cron trigger's schedule and policies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronSource {
-    pub schedule: String,
-    pub timezone: Option<String>,
-    /// The JSON body of each tick; none means a GET.
-    pub payload: Option<serde_json::Value>,
-    pub concurrency: ConcurrencyPolicy,
-    pub starting_deadline: Option<Duration>,
-    pub state_dir: PathBuf,
-}
-
-impl SourceSpec {
-    /// The consumer group, or what stands for it: for cron, the schedule.
-    pub fn id(&self) -> &str {
+impl Reason {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::Kafka(k) => &k.group_id,
-            Self::Nats(n) => &n.group,
-            Self::Kinesis(k) => &k.checkpoint_key,
-            Self::Cron(c) => &c.schedule,
+            Reason::BadSelector => "BadSelector",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::SharedConsumerGroup => "SharedConsumerGroup",
+            Reason::NoFunctionSelected => "NoFunctionSelected",
+            Reason::FunctionNotFound => "FunctionNotFound",
         }
     }
 
-    pub fn topics(&self) -> Vec<String> {
-        match self {
-            Self::Kafka(k) => k.topics.clone(),
-            Self::Nats(n) => vec![n.subject.clone()],
-            Self::Kinesis(k) => vec![k.stream.clone()],
-            Self::Cron(_) => Vec::new(),
-        }
-    }
-
-    pub fn drain_timeout(&self) -> Duration {
-        match self {
-            Self::Kafka(k) => k.drain_timeout,
-            Self::Nats(n) => n.drain_timeout,
-            Self::Kinesis(k) => k.drain_timeout,
-            Self::Cron(_) => Duration::ZERO,
-        }
+    /// Waiting for a Function rather than wrong.
+    pub fn is_idle(self) -> bool {
+        matches!(self, Reason::NoFunctionSelected | Reason::FunctionNotFound)
     }
 }
 
-/// One consumer: a (trigger, function, group) and everything needed to run it. Two equal specs
-/// mean "nothing changed"; any difference restarts the consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerSpec {
-    /// `namespace/trigger`.
-    pub trigger: String,
-    pub function: String,
-    pub event_namespace: &'static str,
-    pub source: SourceSpec,
-    pub url: String,
-    /// Per-request timeout: `spec.delivery.timeout`, else the Function's `spec.timeout`.
-    pub timeout: Duration,
-    pub delivery: DeliveryPolicy,
-}
-
-impl ConsumerSpec {
-    /// Unique among all consumers.
-    pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.trigger, self.function, self.source.id())
-    }
-}
-
-/// A trigger that is valid on its own but cannot run as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A trigger that is valid on its own but cannot run as written (or has nothing to deliver to).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TriggerProblem {
-    /// `Kind namespace/name`.
-    pub trigger: String,
+    pub trigger: ObjectRef,
+    pub reason: Reason,
     pub problem: String,
 }
 
@@ -130,19 +92,24 @@ pub struct TriggerProblem {
 pub struct Desired {
     pub consumers: BTreeMap<String, ConsumerSpec>,
     pub problems: Vec<TriggerProblem>,
-    /// Triggers whose selector matches no Function (not an error: one may be added later).
-    pub idle_triggers: Vec<String>,
     /// Valid resources of kinds this build does not run yet.
-    pub unserved: Vec<String>,
+    pub unserved: Vec<ObjectRef>,
+}
+
+impl Desired {
+    /// The problem that keeps `trigger` from running, if any.
+    pub fn problem_of(&self, trigger: &ObjectRef) -> Option<&TriggerProblem> {
+        self.problems.iter().find(|p| p.trigger == *trigger)
+    }
 }
 
 /// Secret contents by (namespace, name): `data` decoded, `stringData` merged over it.
 type Secrets = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
 
-fn secrets_of(resources: &[Loaded]) -> Secrets {
-    resources
-        .iter()
-        .filter_map(|l| match &l.resource {
+fn secrets_of(store: &Store) -> Secrets {
+    store
+        .resources()
+        .filter_map(|(_, r)| match r {
             Resource::Secret(s) => Some(s),
             _ => None,
         })
@@ -181,18 +148,20 @@ fn nats_auth(secrets: &Secrets, ns: &str, name: &str) -> Result<NatsAuth, String
     }
 }
 
-pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
+/// Every consumer the valid resources of `store` call for, and why the triggers that run none
+/// do not.
+pub fn desired(store: &Store, settings: &IndexSettings) -> Desired {
     let mut out = Desired::default();
-    let secrets = secrets_of(resources);
-    let functions: Vec<&Function> = resources
-        .iter()
-        .filter_map(|l| match &l.resource {
+    let secrets = secrets_of(store);
+    let functions: Vec<&Function> = store
+        .resources()
+        .filter_map(|(_, r)| match r {
             Resource::Function(f) => Some(f),
             _ => None,
         })
         .collect();
-    for loaded in resources {
-        match &loaded.resource {
+    for (object, resource) in store.resources() {
+        match resource {
             Resource::Function(_) | Resource::Secret(_) => {}
             Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &functions, settings, &mut out),
             Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &functions, settings, &mut out),
@@ -202,7 +171,7 @@ pub fn desired(resources: &[Loaded], settings: &IndexSettings) -> Desired {
             Resource::Kinesis(trigger, policy) => {
                 kinesis_consumer(trigger, policy, &functions, &secrets, settings, &mut out)
             }
-            other => out.unserved.push(format!("{} {}", other.kind(), loaded.id)),
+            Resource::Http(_) => out.unserved.push(object.clone()),
         }
     }
     out
@@ -217,7 +186,7 @@ fn kafka_consumers(
 ) {
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
-    let label = format!("KafkaTrigger {ns}/{name}");
+    let label = ObjectRef::new(Kind::KafkaTrigger, ns, name);
     let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, functions, out) else {
         return;
     };
@@ -227,7 +196,7 @@ fn kafka_consumers(
             "spec.consumerGroup {template:?} is shared by the {} functions the selector matches, so each would get only part of the messages; add {{function}} to it",
             matched.len()
         );
-        return out.problems.push(TriggerProblem { trigger: label, problem });
+        return out.problems.push(TriggerProblem { trigger: label, reason: Reason::SharedConsumerGroup, problem });
     }
     let brokers = trigger.spec.brokers.clone().unwrap_or_else(|| settings.kafka_brokers.clone());
     let topics = trigger.topics();
@@ -250,6 +219,7 @@ fn kafka_consumers(
         }
         for (group_id, topics) in groups {
             let spec = ConsumerSpec {
+                kind: Kind::KafkaTrigger,
                 trigger: format!("{ns}/{name}"),
                 function: fname.to_string(),
                 event_namespace: KAFKA_EVENT_NAMESPACE,
@@ -276,7 +246,7 @@ fn kafka_consumers(
 /// The functions in the trigger's namespace that its selector matches. A bad selector is reported
 /// as a problem and a selector matching nothing as an idle trigger; both give `None`.
 fn selected<'a>(
-    label: String,
+    label: ObjectRef,
     selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     ns: &str,
     functions: &[&'a Function],
@@ -285,7 +255,8 @@ fn selected<'a>(
     let selector = match selector.cloned().map(Selector::try_from)? {
         Ok(s) => s,
         Err(e) => {
-            out.problems.push(TriggerProblem { trigger: label, problem: format!("spec.functionSelector: {}", e.0) });
+            let problem = format!("spec.functionSelector: {}", e.0);
+            out.problems.push(TriggerProblem { trigger: label, reason: Reason::BadSelector, problem });
             return None;
         }
     };
@@ -296,7 +267,8 @@ fn selected<'a>(
         .filter(|f| selector.matches(f.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
         .collect();
     if matched.is_empty() {
-        out.idle_triggers.push(label);
+        let problem = format!("spec.functionSelector matches no Function in namespace {ns}");
+        out.problems.push(TriggerProblem { trigger: label, reason: Reason::NoFunctionSelected, problem });
         return None;
     }
     Some(matched)
@@ -312,7 +284,7 @@ fn nats_consumers(
 ) {
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
-    let label = format!("NATSTrigger {ns}/{name}");
+    let label = ObjectRef::new(Kind::NATSTrigger, ns, name);
     let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, functions, out) else {
         return;
     };
@@ -320,7 +292,9 @@ fn nats_consumers(
         None => NatsAuth::None,
         Some(a) => match nats_auth(secrets, ns, &a.secret) {
             Ok(auth) => auth,
-            Err(problem) => return out.problems.push(TriggerProblem { trigger: label, problem }),
+            Err(problem) => {
+                return out.problems.push(TriggerProblem { trigger: label, reason: Reason::SecretNotFound, problem })
+            }
         },
     };
     let ca_pem = match trigger.spec.tls.as_ref().and_then(|t| t.ca_secret.as_deref()) {
@@ -329,7 +303,7 @@ fn nats_consumers(
             Some(pem) => Some(pem),
             None => {
                 let problem = format!("spec.tls.caSecret: Secret {ns}/{secret} with key ca.crt not found");
-                return out.problems.push(TriggerProblem { trigger: label, problem });
+                return out.problems.push(TriggerProblem { trigger: label, reason: Reason::SecretNotFound, problem });
             }
         },
     };
@@ -338,6 +312,7 @@ fn nats_consumers(
         let fname = function.metadata.name.as_deref().unwrap_or_default();
         let timeout = policy.timeout.unwrap_or_else(|| function.timeout());
         let spec = ConsumerSpec {
+            kind: Kind::NATSTrigger,
             trigger: format!("{ns}/{name}"),
             function: fname.to_string(),
             event_namespace: NATS_EVENT_NAMESPACE,
@@ -365,19 +340,19 @@ fn nats_consumers(
 /// The Function a 1:1 trigger (Kinesis, cron) names, in the trigger's namespace; `None` (reported
 /// as idle) if it does not exist.
 fn named_function<'a>(
-    kind: &str,
-    ns: &str,
-    name: &str,
+    trigger: ObjectRef,
     fname: &str,
     functions: &[&'a Function],
     out: &mut Desired,
 ) -> Option<&'a Function> {
+    let ns = trigger.namespace.as_str();
     let found = functions
         .iter()
         .copied()
         .find(|f| f.metadata.namespace.as_deref() == Some(ns) && f.metadata.name.as_deref() == Some(fname));
     if found.is_none() {
-        out.idle_triggers.push(format!("{kind} {ns}/{name} (Function {ns}/{fname} does not exist)"));
+        let problem = format!("spec.function-name: Function {ns}/{fname} does not exist");
+        out.problems.push(TriggerProblem { trigger, reason: Reason::FunctionNotFound, problem });
     }
     found
 }
@@ -393,7 +368,8 @@ fn kinesis_consumer(
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let spec = &trigger.spec;
-    let Some(function) = named_function("KinesisTrigger", ns, name, &spec.function_name, functions, out) else {
+    let label = ObjectRef::new(Kind::KinesisTrigger, ns, name);
+    let Some(function) = named_function(label.clone(), &spec.function_name, functions, out) else {
         return;
     };
     let credentials = match &spec.secret {
@@ -406,9 +382,11 @@ fn kinesis_consumer(
                     let problem = format!(
                         "spec.secret: Secret {ns}/{secret} with keys aws_access_key_id and aws_secret_access_key not found"
                     );
-                    return out
-                        .problems
-                        .push(TriggerProblem { trigger: format!("KinesisTrigger {ns}/{name}"), problem });
+                    return out.problems.push(TriggerProblem {
+                        trigger: label,
+                        reason: Reason::SecretNotFound,
+                        problem,
+                    });
                 }
             }
         }
@@ -421,6 +399,7 @@ fn kinesis_consumer(
         }
     };
     let consumer = ConsumerSpec {
+        kind: Kind::KinesisTrigger,
         trigger: format!("{ns}/{name}"),
         function: spec.function_name.clone(),
         event_namespace: KINESIS_EVENT_NAMESPACE,
@@ -453,10 +432,11 @@ fn cron_consumer(
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let fname = &trigger.spec.function_name;
-    let Some(function) = named_function("CronJobTrigger", ns, name, fname, functions, out) else {
+    let Some(function) = named_function(ObjectRef::new(Kind::CronJobTrigger, ns, name), fname, functions, out) else {
         return;
     };
     let spec = ConsumerSpec {
+        kind: Kind::CronJobTrigger,
         trigger: format!("{ns}/{name}"),
         function: fname.clone(),
         event_namespace: CRON_EVENT_NAMESPACE,

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::control::manifests::parse_file;
+use crate::resources::ConcurrencyPolicy;
 
 fn settings() -> IndexSettings {
     IndexSettings {
@@ -14,11 +15,18 @@ fn settings() -> IndexSettings {
     }
 }
 
-fn mk(yaml: &str) -> Vec<Loaded> {
-    parse_file(&PathBuf::from("test.yaml"), yaml)
+fn mk(yaml: &str) -> Store {
+    let objects = parse_file(&PathBuf::from("test.yaml"), yaml)
         .into_iter()
         .map(|r| r.unwrap_or_else(|e| panic!("fixture must be valid: {e}")))
-        .collect()
+        .map(|l| {
+            let origin = crate::control::store::Origin::File { file: l.file, doc: l.doc };
+            (l.object, crate::control::store::Stored { origin, resource: Ok(l.resource) })
+        })
+        .collect();
+    let mut store = Store::default();
+    store.change(crate::control::store::Change::Reset(crate::control::store::Scope::ALL, objects));
+    store
 }
 
 const FUNCTIONS: &str = r#"
@@ -109,11 +117,25 @@ spec: {function-name: f}
 "#;
     let d = desired(&mk(yaml), &settings());
     assert!(d.consumers.is_empty());
+    let idle: Vec<(String, Reason, &str)> =
+        d.problems.iter().map(|p| (p.trigger.to_string(), p.reason, p.problem.as_str())).collect();
     assert_eq!(
-        d.idle_triggers,
-        ["KafkaTrigger default/t", "CronJobTrigger default/c (Function default/missing does not exist)"]
+        idle,
+        [
+            (
+                "KafkaTrigger default/t".to_string(),
+                Reason::NoFunctionSelected,
+                "spec.functionSelector matches no Function in namespace default"
+            ),
+            (
+                "CronJobTrigger default/c".to_string(),
+                Reason::FunctionNotFound,
+                "spec.function-name: Function default/missing does not exist"
+            ),
+        ]
     );
-    assert_eq!(d.unserved, ["HTTPTrigger default/h"]);
+    assert!(d.problems.iter().all(|p| p.reason.is_idle()));
+    assert_eq!(d.unserved, [ObjectRef::new(Kind::HTTPTrigger, "default", "h")]);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use super::store::{Kind, ObjectRef};
 use crate::resources::{
     CronJobTrigger, DeliveryPolicy, FieldError, Function, HTTPTrigger, KafkaTrigger, KinesisTrigger, NATSTrigger,
     API_VERSION,
@@ -32,15 +33,15 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Self::Secret(_) => "Secret",
-            Self::Function(_) => "Function",
-            Self::Kafka(..) => "KafkaTrigger",
-            Self::Nats(..) => "NATSTrigger",
-            Self::Kinesis(..) => "KinesisTrigger",
-            Self::CronJob(..) => "CronJobTrigger",
-            Self::Http(_) => "HTTPTrigger",
+            Self::Secret(_) => Kind::Secret,
+            Self::Function(_) => Kind::Function,
+            Self::Kafka(..) => Kind::KafkaTrigger,
+            Self::Nats(..) => Kind::NATSTrigger,
+            Self::Kinesis(..) => Kind::KinesisTrigger,
+            Self::CronJob(..) => Kind::CronJobTrigger,
+            Self::Http(_) => Kind::HTTPTrigger,
         }
     }
 }
@@ -51,8 +52,7 @@ pub struct Loaded {
     pub file: PathBuf,
     /// 1-based index of the document in its file.
     pub doc: usize,
-    /// `namespace/name`.
-    pub id: String,
+    pub object: ObjectRef,
     pub resource: Resource,
 }
 
@@ -99,17 +99,17 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// definition (by file name, then document) wins and later ones are errors.
 pub fn parse_files(files: &[(PathBuf, String)]) -> ManifestSet {
     let mut set = ManifestSet::default();
-    let mut seen: HashMap<(&'static str, String), (PathBuf, usize)> = HashMap::new();
+    let mut seen: HashMap<ObjectRef, (PathBuf, usize)> = HashMap::new();
     for (path, text) in files {
         for item in parse_file(path, text) {
             match item {
                 Ok(loaded) => {
-                    let key = (loaded.resource.kind(), loaded.id.clone());
+                    let key = loaded.object.clone();
                     if let Some((file, doc)) = seen.get(&key) {
                         set.errors.push(ManifestError {
                             file: loaded.file.clone(),
                             doc: loaded.doc,
-                            resource: Some(format!("{} {}", key.0, key.1)),
+                            resource: Some(key.to_string()),
                             problem: format!(
                                 "duplicate: already defined in {} (document {doc}); this definition is ignored",
                                 file.display()
@@ -149,19 +149,23 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<Result<Loaded, ManifestError>>
         if value.is_null() {
             continue; // an empty document (e.g. a trailing `---`)
         }
-        out.push(parse_document(value).map_err(|(r, p)| err(r, p)).map(|(id, resource)| Loaded {
+        out.push(parse_document(value).map_err(|(r, p)| err(r, p)).map(|(object, resource)| Loaded {
             file: path.to_path_buf(),
             doc: doc_no,
-            id,
+            object,
             resource,
         }));
     }
     out
 }
 
-type DocError = (Option<String>, String);
+/// Why a document is not a valid resource: `Kind namespace/name` when it got far enough to say,
+/// and the problem (field, what is wrong).
+pub type DocError = (Option<String>, String);
 
-fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
+/// Parses and validates one object, whether it came from a file or from the API server: the same
+/// checks and the same messages in both modes.
+pub fn parse_document(mut value: Value) -> Result<(ObjectRef, Resource), DocError> {
     let Value::Mapping(map) = &mut value else {
         return Err((None, "a manifest must be a mapping with apiVersion, kind and metadata".to_string()));
     };
@@ -175,16 +179,15 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
         .filter(|ns| !ns.is_empty())
         .unwrap_or(DEFAULT_NAMESPACE)
         .to_string();
-    let id = format!("{namespace}/{name}");
-    let label = Some(format!("{kind} {id}"));
+    let label = Some(format!("{kind} {namespace}/{name}"));
     if name.is_empty() {
         return Err((Some(kind), "metadata.name: is required".to_string()));
     }
-    let known =
-        ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger", "Secret"];
-    if !known.contains(&kind.as_str()) {
+    let Some(parsed_kind) = Kind::parse(&kind) else {
+        let known: Vec<&str> = Kind::ALL.iter().skip(1).chain(&Kind::ALL[..1]).map(|k| k.as_str()).collect();
         return Err((label, format!("kind: {kind:?} is not a Kubeless kind (expected one of {})", known.join(", "))));
-    }
+    };
+    let object = ObjectRef::new(parsed_kind, namespace.as_str(), name.as_str());
     let api_version = if kind == "Secret" { "v1" } else { API_VERSION };
     match text("apiVersion") {
         Some(v) if v == api_version => {}
@@ -199,40 +202,40 @@ fn parse_document(mut value: Value) -> Result<(String, Resource), DocError> {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         (label.clone(), list.join("; "))
     };
-    let resource = match kind.as_str() {
-        "Secret" => Resource::Secret(typed(value, &label)?),
-        "Function" => {
+    let resource = match parsed_kind {
+        Kind::Secret => Resource::Secret(typed(value, &label)?),
+        Kind::Function => {
             let f: Function = typed(value, &label)?;
             f.validate().map_err(fields)?;
             Resource::Function(f)
         }
-        "KafkaTrigger" => {
+        Kind::KafkaTrigger => {
             let t: KafkaTrigger = typed(value, &label)?;
             let policy = t.validate().map_err(fields)?;
             Resource::Kafka(t, policy)
         }
-        "NATSTrigger" => {
+        Kind::NATSTrigger => {
             let t: NATSTrigger = typed(value, &label)?;
             let policy = t.validate().map_err(fields)?;
             Resource::Nats(t, policy)
         }
-        "KinesisTrigger" => {
+        Kind::KinesisTrigger => {
             let t: KinesisTrigger = typed(value, &label)?;
             let policy = t.validate().map_err(fields)?;
             Resource::Kinesis(t, policy)
         }
-        "CronJobTrigger" => {
+        Kind::CronJobTrigger => {
             let t: CronJobTrigger = typed(value, &label)?;
             let policy = t.validate().map_err(fields)?;
             Resource::CronJob(t, policy)
         }
-        _ => {
+        Kind::HTTPTrigger => {
             let t: HTTPTrigger = typed(value, &label)?;
             t.validate().map_err(fields)?;
             Resource::Http(t)
         }
     };
-    Ok((id, resource))
+    Ok((object, resource))
 }
 
 /// Deserializes with the path of the offending field in the error.

@@ -95,7 +95,10 @@ fn every_kind_of_bad_manifest_gets_an_error_naming_file_document_and_field() {
         for w in words {
             assert!(msg.contains(w), "{name}: error must mention {w:?}: {msg}");
         }
-        assert!(set.resources.iter().any(|r| r.id == "default/good"), "{name}: the good trigger must still load");
+        assert!(
+            set.resources.iter().any(|r| r.object.id() == "default/good"),
+            "{name}: the good trigger must still load"
+        );
     }
 }
 
@@ -163,6 +166,6 @@ spec: {function-name: get-python, host-name: example.com, path: echo}
 "#;
     let set = parse_files(&[(PathBuf::from("kubeless.yaml"), text.to_string())]);
     assert!(set.errors.is_empty(), "{:?}", set.errors);
-    let kinds: Vec<&str> = set.resources.iter().map(|r| r.resource.kind()).collect();
+    let kinds: Vec<&str> = set.resources.iter().map(|r| r.resource.kind().as_str()).collect();
     assert_eq!(kinds, ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger"]);
 }

@@ -1,34 +1,20 @@
-//! Standalone mode's watch: re-reads the manifest directory when a file is added, changed or
-//! removed, and hands the new desired state to the supervisor.
+//! Standalone mode's source: re-reads the manifest directory when a file is added, changed or
+//! removed, and replaces the store's contents with what it holds.
 //!
 //! It compares file names, sizes and modification times every `interval` and reads the files only
 //! when those change. Polling a small directory is cheap, needs no inotify limits, and sees
 //! Kubernetes ConfigMap volume updates (a symlink swap) like any other edit.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::index::{desired, IndexSettings, TriggerProblem};
 use super::manifests::{manifest_files, parse_files, ManifestSet};
-use super::supervisor::Supervisor;
-
-/// What the last load of the directory found, for `/readyz` and `/status`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Report {
-    /// False until the directory was read once.
-    pub loaded: bool,
-    pub resources: usize,
-    pub manifest_errors: Vec<String>,
-    pub trigger_problems: Vec<String>,
-    pub idle_triggers: Vec<String>,
-    pub unserved: Vec<String>,
-}
-
-pub type SharedReport = Arc<Mutex<Report>>;
+use super::store::{Change, Origin, Scope, Stored};
+use super::{lock_report, SharedReport, SourceEvent};
 
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
@@ -58,12 +44,11 @@ fn read_all(dir: &Path) -> std::io::Result<(Fingerprint, Vec<(PathBuf, String)>)
     Ok((fp, files))
 }
 
-/// Watches `dir` until `shutdown`.
+/// Watches `dir` until `shutdown`, sending what it holds to `out`.
 pub async fn run(
     dir: PathBuf,
     interval: Duration,
-    settings: IndexSettings,
-    supervisor: Arc<Supervisor>,
+    out: mpsc::Sender<SourceEvent>,
     report: SharedReport,
     shutdown: CancellationToken,
 ) {
@@ -80,7 +65,9 @@ pub async fn run(
                 if let Ok(Ok((fp, files))) = tokio::task::spawn_blocking(move || read_all(&read_dir)).await {
                     let set = parse_files(&files);
                     if last_set.as_ref() != Some(&set) {
-                        apply(&set, &settings, &supervisor, &report).await;
+                        if publish(&set, &out, &report).await.is_err() {
+                            return;
+                        }
                         last_set = Some(set);
                     }
                     last = Some(fp);
@@ -92,7 +79,7 @@ pub async fn run(
                     error!(dir = %dir.display(), error = %e, "Cannot read the manifest directory; retrying.");
                     dir_error_logged = true;
                 }
-                let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = lock_report(&report);
                 r.manifest_errors = vec![format!("{}: cannot read the directory: {e}", dir.display())];
             }
             Err(e) => error!(error = %e, "Manifest scan task failed."),
@@ -104,36 +91,28 @@ pub async fn run(
     }
 }
 
-async fn apply(set: &ManifestSet, settings: &IndexSettings, supervisor: &Supervisor, report: &SharedReport) {
+async fn publish(
+    set: &ManifestSet,
+    out: &mpsc::Sender<SourceEvent>,
+    report: &SharedReport,
+) -> Result<(), mpsc::error::SendError<SourceEvent>> {
     for e in &set.errors {
         error!(error = %e, "Manifest rejected.");
     }
-    let d = desired(&set.resources, settings);
-    let problem = |p: &TriggerProblem| format!("{}: {}", p.trigger, p.problem);
-    for p in &d.problems {
-        error!(trigger = %p.trigger, problem = %p.problem, "Trigger cannot run.");
-    }
-    for t in &d.idle_triggers {
-        warn!(trigger = %t, "Trigger selects no function; it will start when one matches.");
-    }
-    for u in &d.unserved {
-        warn!(resource = %u, "Valid, but this build does not run this kind yet.");
-    }
-    info!(
-        resources = set.resources.len(),
-        errors = set.errors.len(),
-        consumers = d.consumers.len(),
-        "Manifests loaded."
-    );
+    info!(resources = set.resources.len(), errors = set.errors.len(), "Manifests loaded.");
     metrics::gauge!(crate::telemetry::MANIFEST_ERRORS).set(set.errors.len() as f64);
-    supervisor.apply(&d.consumers).await;
-    let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
-    *r = Report {
-        loaded: true,
-        resources: set.resources.len(),
-        manifest_errors: set.errors.iter().map(ToString::to_string).collect(),
-        trigger_problems: d.problems.iter().map(problem).collect(),
-        idle_triggers: d.idle_triggers,
-        unserved: d.unserved,
-    };
+    let objects = set
+        .resources
+        .iter()
+        .map(|l| {
+            let origin = Origin::File { file: l.file.clone(), doc: l.doc };
+            (l.object.clone(), Stored { origin, resource: Ok(l.resource.clone()) })
+        })
+        .collect();
+    out.send(SourceEvent::Change(Change::Reset(Scope::ALL, objects))).await?;
+    out.send(SourceEvent::Loaded).await?;
+    let mut r = lock_report(report);
+    r.loaded = true;
+    r.manifest_errors = set.errors.iter().map(ToString::to_string).collect();
+    Ok(())
 }

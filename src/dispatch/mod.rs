@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod consumer;
+
 use crate::delivery::Deliverer;
 use crate::resources::Ordering;
 

@@ -5,13 +5,28 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::status::TriggerStatus;
 use super::validate::{check_object_name, check_required, Errors, FieldError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "kubeless.io", version = "v1beta1", kind = "HTTPTrigger", namespaced, derive = "PartialEq")]
+#[kube(
+    group = "kubeless.io",
+    version = "v1beta1",
+    kind = "HTTPTrigger",
+    namespaced,
+    status = "TriggerStatus",
+    derive = "PartialEq"
+)]
 #[kube(doc = "Exposes a Function through an Ingress.")]
 #[kube(printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host-name"}"#)]
 #[kube(printcolumn = r#"{"name":"Function","type":"string","jsonPath":".spec.function-name"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[kube(
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 pub struct HTTPTriggerSpec {
     #[serde(rename = "function-name", default)]
     pub function_name: String,
@@ -30,6 +45,10 @@ pub struct HTTPTriggerSpec {
     pub gateway: String,
     #[serde(rename = "cors-enable", default, skip_serializing_if = "std::ops::Not::not")]
     pub cors_enable: bool,
+    /// Origins allowed when `cors-enable` is set (Kubeless's `corsDomain`; kept so that installing
+    /// this CRD over Kubeless's does not prune it).
+    #[serde(rename = "cors-domain", default, skip_serializing_if = "String::is_empty")]
+    pub cors_domain: String,
 }
 
 impl HTTPTrigger {

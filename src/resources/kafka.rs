@@ -23,9 +23,11 @@ use super::validate::{check_brokers, check_object_name, check_selector, check_to
 #[kube(
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
+#[kube(
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
 #[kube(printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#)]
-#[kube(printcolumn = r#"{"name":"Delivered","type":"integer","jsonPath":".status.delivered"}"#)]
-#[kube(printcolumn = r#"{"name":"Dead-Lettered","type":"integer","jsonPath":".status.deadLettered"}"#)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaTriggerSpec {
     /// Selects the Functions to deliver to (Kubeless: `matchLabels`).

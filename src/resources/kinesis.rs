@@ -21,6 +21,14 @@ use super::validate::{check_object_name, check_required, Errors, FieldError};
 #[kube(doc = "Delivers every record of a Kinesis stream to one Function.")]
 #[kube(printcolumn = r#"{"name":"Stream","type":"string","jsonPath":".spec.stream"}"#)]
 #[kube(printcolumn = r#"{"name":"Function","type":"string","jsonPath":".spec.function-name"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[kube(
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[kube(printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[serde(deny_unknown_fields)]
 pub struct KinesisTriggerSpec {
     #[serde(rename = "function-name", default)]

@@ -20,7 +20,7 @@ pub use http::{HTTPTrigger, HTTPTriggerSpec};
 pub use kafka::{InitialOffsetSpec, KafkaTrigger, KafkaTriggerSpec};
 pub use kinesis::{KinesisTrigger, KinesisTriggerSpec, StartingPositionSpec};
 pub use nats::{JetStreamSpec, NATSTrigger, NATSTriggerSpec, NatsTlsSpec, SecretRef};
-pub use status::{Condition, TriggerStatus};
+pub use status::{Condition, FunctionConsumer, TriggerStatus};
 pub use validate::FieldError;
 
 /// The API group and version of every Kubeless resource.
@@ -29,14 +29,56 @@ pub const API_VERSION: &str = "kubeless.io/v1beta1";
 /// Every CRD this project defines, for `crdgen` and the drift test.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![
+    let mut crds = vec![
         Function::crd(),
         KafkaTrigger::crd(),
         NATSTrigger::crd(),
         KinesisTrigger::crd(),
         CronJobTrigger::crd(),
         HTTPTrigger::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                structural(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Makes a generated schema one the API server accepts: schemars lists `null` among an optional
+/// enum's values, which Kubernetes rejects (`nullable: true` already says it); a `default` of
+/// null is not a value of the field's type, and an empty-string default is read back as null by
+/// Kubernetes 1.20 (and means nothing more than the field's absence).
+fn structural(schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    if let Some(values) = &mut schema.enum_ {
+        values.retain(|v| !v.0.is_null());
+    }
+    if schema.default.as_ref().is_some_and(|d| d.0.is_null() || d.0.as_str() == Some("")) {
+        schema.default = None;
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten());
+    for child in children {
+        structural(child);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => structural(s),
+        Some(JSONSchemaPropsOrArray::Schemas(list)) => list.iter_mut().for_each(structural),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
+        structural(s);
+    }
 }
 
 /// The `crds/` files: `(file name, YAML)` for every CRD, as `crdgen` writes them.

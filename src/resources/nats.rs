@@ -23,6 +23,10 @@ use super::validate::{check_object_name, check_required, check_selector, check_s
 #[kube(
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
+#[kube(
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NATSTriggerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

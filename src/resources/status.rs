@@ -11,9 +11,12 @@ pub struct TriggerStatus {
     pub conditions: Vec<Condition>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Messages behind the end of the log, over every function and partition.
+    /// Messages behind the end of the log, over every function and partition (Kafka, Kinesis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The consumer of each selected function, as the broker writing the status sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionConsumer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_delivery: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,4 +40,18 @@ pub struct Condition {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+}
+
+/// One selected function's consumer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionConsumer {
+    pub name: String,
+    /// `Starting`, `Ready`, or `Failed: <why>`.
+    pub state: String,
+    /// Consumer group, durable, checkpoint key or schedule.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
 }

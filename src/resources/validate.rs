@@ -62,7 +62,7 @@ pub fn check_object_name(errors: &mut Errors, field: &str, name: &str) {
     }
 }
 
-fn is_dns1123_label(s: &str) -> bool {
+pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

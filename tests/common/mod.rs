@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod kubeapi;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -269,7 +271,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub admin: String,
     pub log: PathBuf,
-    dir: PathBuf,
+    /// `--manifests DIR`, or `--kubeconfig FILE` (Kubernetes mode).
+    source: Vec<String>,
     brokers: String,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -284,11 +287,22 @@ impl Daemon {
 
     /// Like `start`, with these environment variables set for the daemon.
     pub async fn start_with_env(dir: &Path, brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let source = vec!["--manifests".to_string(), dir.display().to_string()];
+        Self::start_from(source, brokers, extra, env)
+    }
+
+    /// The daemon in Kubernetes mode, reading resources from the API server `kubeconfig` points at.
+    pub fn start_kube(kubeconfig: &Path, brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let source = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
+        Self::start_from(source, brokers, extra, env)
+    }
+
+    fn start_from(source: Vec<String>, brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut d = Self {
             child: None,
             admin: String::new(),
             log: PathBuf::new(),
-            dir: dir.to_path_buf(),
+            source,
             brokers: brokers.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -304,8 +318,7 @@ impl Daemon {
         self.log = std::env::temp_dir().join(format!("kubeless-broker-{port}.log"));
         let log = std::fs::File::create(&self.log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_kubeless-broker"))
-            .arg("--manifests")
-            .arg(&self.dir)
+            .args(&self.source)
             .args(["--admin-addr", &format!("127.0.0.1:{port}")])
             .args(["--kafka-brokers", &self.brokers])
             .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])

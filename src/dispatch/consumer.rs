@@ -1,0 +1,232 @@
+//! One consumer, end to end: what it is ([`ConsumerSpec`], built by the control plane's index) and
+//! how it runs — the source, the bounded channel, the dispatcher, the deliverer with its function
+//! URL and dead-letter sink — restarted with backoff when its source fails. The control plane only
+//! decides which consumers run; everything connector-specific about running one is here.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kubeless_connector::{DeadLetterSink, Health, SourceContext, SourceState};
+use kubeless_kafka::{run_source, KafkaDeadLetter, KafkaSourceConfig};
+use kubeless_kinesis::KinesisSourceConfig;
+use kubeless_nats::{NatsDeadLetter, NatsSourceConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::control::store::{Kind, ObjectRef};
+use crate::delivery::event::EventStyle;
+use crate::delivery::{Deliverer, HttpClient, Target};
+use crate::resources::{ConcurrencyPolicy, DeadLetterTarget, DeliveryPolicy};
+use crate::telemetry::{ConsumerMetrics, CronMetrics};
+use crate::{cron, dispatch};
+
+/// Backoff between restarts of a consumer whose source failed.
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Where a consumer's messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    Kafka(KafkaSourceConfig),
+    Nats(NatsSourceConfig),
+    Kinesis(KinesisSourceConfig),
+    Cron(CronSource),
+}
+
+/// A cron trigger's schedule and policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSource {
+    pub schedule: String,
+    pub timezone: Option<String>,
+    /// The JSON body of each tick; none means a GET.
+    pub payload: Option<serde_json::Value>,
+    pub concurrency: ConcurrencyPolicy,
+    pub starting_deadline: Option<Duration>,
+    pub state_dir: PathBuf,
+}
+
+impl SourceSpec {
+    /// The consumer group, or what stands for it: for cron, the schedule.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Kafka(k) => &k.group_id,
+            Self::Nats(n) => &n.group,
+            Self::Kinesis(k) => &k.checkpoint_key,
+            Self::Cron(c) => &c.schedule,
+        }
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        match self {
+            Self::Kafka(k) => k.topics.clone(),
+            Self::Nats(n) => vec![n.subject.clone()],
+            Self::Kinesis(k) => vec![k.stream.clone()],
+            Self::Cron(_) => Vec::new(),
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        match self {
+            Self::Kafka(k) => k.drain_timeout,
+            Self::Nats(n) => n.drain_timeout,
+            Self::Kinesis(k) => k.drain_timeout,
+            Self::Cron(_) => Duration::ZERO,
+        }
+    }
+}
+
+/// One consumer: a (trigger, function, group) and everything needed to run it. Two equal specs
+/// mean "nothing changed"; any difference restarts the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The trigger's kind.
+    pub kind: Kind,
+    /// `namespace/trigger`.
+    pub trigger: String,
+    pub function: String,
+    pub event_namespace: &'static str,
+    pub source: SourceSpec,
+    pub url: String,
+    /// Per-request timeout: `spec.delivery.timeout`, else the Function's `spec.timeout`.
+    pub timeout: Duration,
+    pub delivery: DeliveryPolicy,
+}
+
+impl ConsumerSpec {
+    /// Unique among all consumers.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}/{}", self.kind, self.trigger, self.function, self.source.id())
+    }
+
+    /// The trigger this consumer serves.
+    pub fn trigger_ref(&self) -> ObjectRef {
+        let (ns, name) = self.trigger.split_once('/').unwrap_or(("", &self.trigger));
+        ObjectRef::new(self.kind, ns, name)
+    }
+}
+
+/// Runs one consumer, restarting it with backoff if its source fails, until `stop`.
+pub async fn supervise(spec: ConsumerSpec, client: HttpClient, health: Health, stop: CancellationToken) {
+    let metrics = ConsumerMetrics::new(&spec.trigger, &spec.function);
+    let lag_task = tokio::spawn({
+        let (health, gauge, stop) = (health.clone(), metrics.lag.clone(), stop.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                gauge.set(health.lag() as f64);
+            }
+        }
+    });
+    let mut backoff = RESTART_BACKOFF;
+    while !stop.is_cancelled() {
+        // A panic in a source is a bug, but it must not leave the consumer dead and "Starting"
+        // forever: report it and restart like any other failure.
+        let result = AssertUnwindSafe(run_once(&spec, &client, &health, &stop, &metrics))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(format!("the consumer panicked: {}", panic_text(&panic))));
+        if stop.is_cancelled() {
+            break;
+        }
+        let why = result.err().unwrap_or_else(|| "the source stopped on its own".to_string());
+        error!(trigger = %spec.trigger, function = %spec.function, error = %why, retry_in_s = backoff.as_secs(), "Consumer failed; restarting.");
+        health.set(SourceState::Failed(why));
+        metrics.restarts.increment(1);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+    }
+    lag_task.abort();
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// One life of a consumer: source and dispatcher joined by a bounded channel.
+async fn run_once(
+    spec: &ConsumerSpec,
+    client: &HttpClient,
+    health: &Health,
+    stop: &CancellationToken,
+    metrics: &ConsumerMetrics,
+) -> Result<(), String> {
+    let url = url::Url::parse(&spec.url)
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.as_str().parse::<http::Uri>().map_err(|e| e.to_string()))
+        .map_err(|e| format!("function URL {:?} is not valid: {e}", spec.url))?;
+    let dead_letter = dead_letter_sink(spec).await?;
+    let (style, method) = match &spec.source {
+        SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, http::Method::POST),
+        SourceSpec::Kinesis(_) => (EventStyle::Stream, http::Method::POST),
+        SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, http::Method::GET),
+        SourceSpec::Cron(_) => (EventStyle::Cron, http::Method::POST),
+    };
+    // JetStream redelivers on a NAK with delay; other sources retry here.
+    let redeliver_via_source = matches!(&spec.source, SourceSpec::Nats(n) if n.jetstream_stream.is_some());
+    let target = Target {
+        trigger: spec.trigger.clone(),
+        function: spec.function.clone(),
+        url,
+        timeout: spec.timeout,
+        event_namespace: spec.event_namespace,
+        style,
+        method,
+        retry: spec.delivery.retry.clone(),
+        redeliver_via_source,
+    };
+    let deliverer =
+        Arc::new(Deliverer::new(client.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
+    if let SourceSpec::Cron(c) = &spec.source {
+        let metrics = CronMetrics::new(&spec.trigger, &spec.function);
+        return cron::runner::run(&spec.trigger, c, deliverer, metrics, health, stop).await;
+    }
+    let max_in_flight = spec.delivery.max_in_flight as usize;
+    // The channel holds one batch of in-flight work: enough to refill every slot without waiting
+    // on the source, no more.
+    let (tx, rx) = mpsc::channel(max_in_flight.max(16));
+    let abort = CancellationToken::new();
+    let dispatcher = tokio::spawn(dispatch::run(rx, deliverer, spec.delivery.ordering, max_in_flight, abort.clone()));
+    let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone() };
+    let result = match &spec.source {
+        SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Kinesis(k) => kubeless_kinesis::run_source(k.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Cron(_) => Ok(()),
+    };
+    // The source has drained, committed and left its group (or failed): whatever still runs
+    // cannot be committed by this consumer any more, so stop retrying it.
+    abort.cancel();
+    let _ = dispatcher.await;
+    result
+}
+
+/// The dead-letter destination of a consumer, if it has one.
+async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLetterSink>>, String> {
+    Ok(match (&spec.delivery.dead_letter, &spec.source) {
+        (Some(DeadLetterTarget::Kafka { topic, brokers }), SourceSpec::Kafka(kafka)) => {
+            let brokers = brokers.as_deref().unwrap_or(&kafka.brokers);
+            let sink = KafkaDeadLetter::new(brokers, topic, &kafka.properties)
+                .map_err(|e| format!("cannot create the dead-letter producer for topic {topic}: {e}"))?;
+            Some(Arc::new(sink))
+        }
+        (Some(DeadLetterTarget::Nats { subject }), SourceSpec::Nats(nats)) => {
+            let client = kubeless_nats::connect(&nats.url, &nats.auth, nats.tls, nats.ca_pem.as_deref())
+                .await
+                .map_err(|e| format!("dead-letter subject {subject}: {e}"))?;
+            Some(Arc::new(NatsDeadLetter::new(client, subject, nats.jetstream_stream.is_some())))
+        }
+        _ => None,
+    })
+}

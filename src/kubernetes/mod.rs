@@ -1,0 +1,43 @@
+//! Kubernetes mode: resources come from the API server (kube-rs watchers feeding the same store as
+//! the manifest directory), and each trigger's state goes back onto it as status and Events.
+
+pub mod status;
+pub mod watch;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::config::KubeSettings;
+
+/// Errors of Kubernetes mode's setup.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig { path: String, source: kube::config::KubeconfigError },
+    #[error("no Kubernetes configuration found (in-cluster service account, KUBECONFIG or ~/.kube/config): {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("kubeconfig context {context:?}: {source}")]
+    Context { context: String, source: kube::config::KubeconfigError },
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `--kubeconfig`/`--context`, else kube-rs's inferred configuration (in-cluster
+/// service account or the local kubeconfig).
+pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
+    let options = KubeConfigOptions { context: settings.context.clone(), ..KubeConfigOptions::default() };
+    let config = match (&settings.kubeconfig, &settings.context) {
+        (Some(path), _) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|source| KubeError::Kubeconfig { path: path.display().to_string(), source })?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|source| KubeError::Kubeconfig { path: path.display().to_string(), source })?
+        }
+        (None, Some(context)) => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|source| KubeError::Context { context: context.clone(), source })?,
+        (None, None) => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}

@@ -1,0 +1,294 @@
+//! Status on every trigger, and Warning Events for specs that do not validate.
+//!
+//! [`trigger_status`] is pure: from what the store, the index and the supervisor know of one
+//! trigger it computes the status `kubectl get` shows. The [`StatusWriter`] writes it with
+//! server-side apply (one field manager) only when it changed, lag-only changes at most every
+//! [`LAG_INTERVAL`] per object and all writes under a global rate, so a moving lag cannot flood
+//! the API server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::watch::api_resource;
+use crate::control::index::TriggerProblem;
+use crate::control::store::{Kind, ObjectRef, Origin};
+use crate::control::supervisor::{ConsumerStatus, Supervisor};
+use crate::control::Snapshot;
+use crate::resources::{Condition, FunctionConsumer, TriggerStatus, API_VERSION};
+
+/// A change of lag alone is written at most this often per object.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(15);
+/// Status writes per second, over every object.
+const WRITES_PER_SECOND: u32 = 20;
+/// How often consumer states are looked at for changes.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What is known of one trigger, from which its status follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub generation: Option<i64>,
+    /// Why the spec does not validate.
+    pub invalid: Option<&'a str>,
+    /// Why a valid trigger runs no consumer.
+    pub problem: Option<&'a TriggerProblem>,
+    /// A valid kind this build does not run.
+    pub unserved: bool,
+    pub consumers: &'a [&'a ConsumerStatus],
+}
+
+/// The status of one trigger. `previous` keeps `lastTransitionTime` while the condition holds.
+pub fn trigger_status(kind: Kind, facts: Facts<'_>, previous: Option<&TriggerStatus>, now: &str) -> TriggerStatus {
+    // One order whatever order the supervisor reported in, so equal states write equal statuses.
+    let mut consumers = facts.consumers.to_vec();
+    consumers.sort_by(|a, b| (&a.function, &a.group).cmp(&(&b.function, &b.group)));
+    let facts = Facts { consumers: &consumers, ..facts };
+    let (status, reason, message) = ready_condition(facts);
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    let functions: Vec<FunctionConsumer> = facts
+        .consumers
+        .iter()
+        .map(|c| FunctionConsumer {
+            name: c.function.clone(),
+            state: c.state.clone(),
+            group: c.group.clone(),
+            lag: has_lag(kind).then_some(c.lag),
+        })
+        .collect();
+    let lag = (has_lag(kind) && !facts.consumers.is_empty()).then(|| facts.consumers.iter().map(|c| c.lag).sum());
+    TriggerStatus {
+        conditions: vec![Condition {
+            type_: "Ready".to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time: Some(since),
+        }],
+        observed_generation: facts.generation,
+        lag,
+        functions,
+        ..TriggerStatus::default()
+    }
+}
+
+fn has_lag(kind: Kind) -> bool {
+    matches!(kind, Kind::KafkaTrigger | Kind::KinesisTrigger)
+}
+
+fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
+    if let Some(why) = facts.invalid {
+        return ("False", "InvalidSpec", why.to_string());
+    }
+    if let Some(p) = facts.problem {
+        return ("False", p.reason.as_str(), p.problem.clone());
+    }
+    if facts.unserved {
+        return ("Unknown", "NotServed", "valid; this build does not act on this kind yet".to_string());
+    }
+    if facts.consumers.is_empty() {
+        return ("False", "Starting", "consumers are being started".to_string());
+    }
+    let failed: Vec<String> = facts
+        .consumers
+        .iter()
+        .filter(|c| c.state.starts_with("Failed"))
+        .map(|c| format!("{}: {}", c.function, c.state.trim_start_matches("Failed: ")))
+        .collect();
+    if !failed.is_empty() {
+        return ("False", "ConsumerFailed", failed.join("; "));
+    }
+    let starting: Vec<&str> = facts.consumers.iter().filter(|c| !c.ready).map(|c| c.function.as_str()).collect();
+    if !starting.is_empty() {
+        let what = match facts.consumers[0].kind {
+            Kind::KafkaTrigger => "partitions not assigned yet",
+            _ => "connecting",
+        };
+        let reason = if facts.consumers[0].kind == Kind::KafkaTrigger { "PartitionsNotAssigned" } else { "Starting" };
+        return ("False", reason, format!("{what}: {}", starting.join(", ")));
+    }
+    let mut names: Vec<&str> = facts.consumers.iter().map(|c| c.function.as_str()).collect();
+    names.dedup();
+    ("True", "Delivering", format!("delivering to {}", names.join(", ")))
+}
+
+/// True if `new` differs from `old` in more than lag.
+fn differs_beyond_lag(old: &TriggerStatus, new: &TriggerStatus) -> bool {
+    let strip = |s: &TriggerStatus| {
+        let mut s = s.clone();
+        s.lag = None;
+        s.functions.iter_mut().for_each(|f| f.lag = None);
+        s
+    };
+    strip(old) != strip(new)
+}
+
+struct Written {
+    status: TriggerStatus,
+    at: Instant,
+}
+
+/// Writes trigger status and InvalidSpec Events while `enabled` is true (the leader, or always
+/// when leader election is off).
+pub struct StatusWriter {
+    client: Client,
+    field_manager: String,
+    recorder: Recorder,
+    limiter: DefaultDirectRateLimiter,
+    written: BTreeMap<ObjectRef, Written>,
+    /// (object, generation, message) already reported by an Event.
+    evented: BTreeSet<(ObjectRef, Option<i64>, String)>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, field_manager: &str, instance: &str) -> Self {
+        let reporter = Reporter { controller: field_manager.to_string(), instance: Some(instance.to_string()) };
+        let per_second = NonZeroU32::new(WRITES_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            field_manager: field_manager.to_string(),
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            written: BTreeMap::new(),
+            evented: BTreeSet::new(),
+        }
+    }
+
+    /// Writes until `stop`: on every new snapshot and every [`TICK`] (consumer states move).
+    pub async fn run(
+        mut self,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        supervisor: Arc<Supervisor>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let snapshot = snapshots.borrow_and_update().clone();
+            if snapshot.loaded {
+                self.round(&snapshot, &supervisor.status(), &stop).await;
+            }
+        }
+    }
+
+    async fn round(&mut self, snapshot: &Snapshot, consumers: &[ConsumerStatus], stop: &CancellationToken) {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut by_trigger: BTreeMap<ObjectRef, Vec<&ConsumerStatus>> = BTreeMap::new();
+        for c in consumers {
+            by_trigger.entry(c.trigger_ref()).or_default().push(c);
+        }
+        let present: BTreeSet<&ObjectRef> = snapshot.store.iter().map(|(r, _)| r).collect();
+        self.written.retain(|r, _| present.contains(r));
+        self.evented.retain(|(r, ..)| present.contains(r));
+        for (object, stored) in snapshot.store.iter().filter(|(r, _)| r.kind.is_trigger()) {
+            let Origin::Api { uid, generation } = &stored.origin else { continue };
+            let no_consumers = Vec::new();
+            let facts = Facts {
+                generation: *generation,
+                invalid: stored.resource.as_ref().err().map(String::as_str),
+                problem: snapshot.desired.problem_of(object),
+                unserved: snapshot.desired.unserved.contains(object),
+                consumers: by_trigger.get(object).unwrap_or(&no_consumers),
+            };
+            if let Some(why) = facts.invalid {
+                self.event_invalid(object, uid, *generation, why).await;
+            }
+            let previous = self.written.get(object);
+            let status = trigger_status(object.kind, facts, previous.map(|w| &w.status), &now);
+            let due = match previous {
+                None => true,
+                Some(w) if w.status == status => false,
+                Some(w) => differs_beyond_lag(&w.status, &status) || w.at.elapsed() >= LAG_INTERVAL,
+            };
+            if !due {
+                continue;
+            }
+            tokio::select! {
+                () = self.limiter.until_ready() => {}
+                () = stop.cancelled() => return,
+            }
+            match self.write(object, &status).await {
+                Ok(()) => {
+                    debug!(object = %object, "Status written.");
+                    self.written.insert(object.clone(), Written { status, at: Instant::now() });
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {} // deleted meanwhile
+                Err(e) => {
+                    warn!(object = %object, error = %kubeless_connector::error_chain(&e), "Cannot write status; will retry.")
+                }
+            }
+        }
+    }
+
+    async fn write(&self, object: &ObjectRef, status: &TriggerStatus) -> Result<(), kube::Error> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &object.namespace, &api_resource(object.kind));
+        let body = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": object.kind.as_str(),
+            "metadata": {"name": object.name, "namespace": object.namespace},
+            "status": status,
+        });
+        let params = PatchParams::apply(&self.field_manager).force();
+        api.patch_status(&object.name, &params, &Patch::Apply(&body)).await.map(|_| ())
+    }
+
+    /// One Warning Event per (object, generation, message).
+    async fn event_invalid(&mut self, object: &ObjectRef, uid: &str, generation: Option<i64>, why: &str) {
+        let key = (object.clone(), generation, why.to_string());
+        if self.evented.contains(&key) {
+            return;
+        }
+        let reference = ObjectReference {
+            api_version: Some(API_VERSION.to_string()),
+            kind: Some(object.kind.as_str().to_string()),
+            name: Some(object.name.clone()),
+            namespace: Some(object.namespace.clone()),
+            uid: Some(uid.to_string()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".to_string(),
+            note: Some(truncate(why, 1024)),
+            action: "Validate".to_string(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, &reference).await {
+            Ok(()) => {
+                self.evented.insert(key);
+            }
+            Err(e) => {
+                warn!(object = %object, error = %kubeless_connector::error_chain(&e), "Cannot record the InvalidSpec event; will retry.")
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;

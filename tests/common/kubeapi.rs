@@ -1,0 +1,236 @@
+//! A real Kubernetes API server on loopback: Debian's etcd and a kube-apiserver 1.20.2 built from
+//! Debian's source package by `scripts/install-kube-apiserver`, with static-token identities and
+//! RBAC on. Driven with kubectl, as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, wait_for};
+
+/// The admin identity's token (group `system:masters`).
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+/// The daemon's identity when a test runs it with only deploy/'s RBAC.
+pub const BROKER_TOKEN: &str = "broker-token-for-tests";
+pub const BROKER_USER: &str = "system:serviceaccount:kubeless:kubeless-broker";
+
+/// etcd + kube-apiserver, killed on drop.
+pub struct KubeApi {
+    etcd: Child,
+    apiserver: Option<Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    /// A kubeconfig for the admin identity.
+    pub kubeconfig: PathBuf,
+}
+
+fn apiserver_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("KUBE_APISERVER") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("scripts/install-kube-apiserver"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/install-kube-apiserver");
+    assert!(out.status.success(), "scripts/install-kube-apiserver failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// kubectl closest to the 1.20 server among those the machine ships.
+pub fn kubectl_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("KUBECTL") {
+        return PathBuf::from(p);
+    }
+    let on_path = Command::new("sh").args(["-c", "readlink -f \"$(command -v kubectl)\""]).output();
+    if let Ok(out) = on_path {
+        let real = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if let Some(old) = real.parent().map(|d| d.join("kubectl.1.27")).filter(|p| p.exists()) {
+            return old;
+        }
+    }
+    PathBuf::from("kubectl")
+}
+
+impl KubeApi {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (etcd_port, etcd_peer) = (free_port(), free_port());
+        let etcd_log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let etcd = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{etcd_port}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{etcd_port}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{etcd_peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{etcd_peer}")])
+            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{etcd_peer}")])
+            .stdout(etcd_log.try_clone().expect("clone"))
+            .stderr(etcd_log)
+            .spawn()
+            .expect("start etcd (scripts/install-deps installs etcd-server)");
+        let addr = format!("127.0.0.1:{etcd_port}");
+        wait_for("etcd to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok()).await;
+
+        let key = dir.path().join("sa.key");
+        let public = dir.path().join("sa.pub");
+        run_ok(Command::new("openssl").arg("genrsa").arg("-out").arg(&key).arg("2048"));
+        run_ok(Command::new("openssl").arg("rsa").arg("-in").arg(&key).arg("-pubout").arg("-out").arg(&public));
+        std::fs::write(
+            dir.path().join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n{BROKER_TOKEN},{BROKER_USER},broker-uid\n"),
+        )
+        .expect("tokens");
+        let port = free_port();
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(port, ADMIN_TOKEN, "default")).expect("kubeconfig");
+        let mut api = Self { etcd, apiserver: None, dir, port, kubeconfig };
+        api.spawn_apiserver(etcd_port);
+        api.wait_ready().await;
+        api
+    }
+
+    fn spawn_apiserver(&mut self, etcd_port: u16) {
+        let d = self.dir.path();
+        std::fs::write(d.join("etcd-port"), etcd_port.to_string()).expect("etcd port");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("kube-apiserver.log"))
+            .expect("apiserver log");
+        let child = Command::new(apiserver_binary())
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.port))
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--cert-dir={}", d.join("certs").display()))
+            .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg(format!("--service-account-key-file={}", d.join("sa.pub").display()))
+            .arg(format!("--service-account-signing-key-file={}", d.join("sa.key").display()))
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--enable-priority-and-fairness=false")
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver");
+        self.apiserver = Some(child);
+    }
+
+    async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            let out = self.kubectl(&["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "kube-apiserver not ready after 120 s: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("kube-apiserver.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// A kubeconfig for another identity (by token), e.g. the daemon's under RBAC.
+    pub fn kubeconfig_for(&self, token: &str, namespace: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{token}.kubeconfig"));
+        std::fs::write(&path, kubeconfig_yaml(self.port, token, namespace)).expect("kubeconfig");
+        path
+    }
+
+    /// Runs kubectl as the admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl_binary())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl as the admin and returns its stdout; panics with stderr if it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` with `yaml`; returns the output (stdout and stderr) and whether it succeeded.
+    pub fn apply(&self, yaml: &str) -> (bool, String) {
+        self.kubectl_stdin(&["apply", "-f", "-"], yaml)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> (bool, String) {
+        use std::io::Write;
+        let mut child = Command::new(kubectl_binary())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        let out = child.wait_with_output().expect("kubectl output");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Applies the project's `crds/` and waits until every CRD is established.
+    pub async fn install_crds(&self) {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let out = self.kubectl(&["apply", "-f", &crds.display().to_string()]);
+        assert!(out.status.success(), "kubectl apply -f crds/ failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.kubectl_ok(&["wait", "--for", "condition=established", "--timeout=60s", "crd", "--all"]);
+    }
+
+    /// Kills the API server (etcd keeps its data).
+    pub fn kill_apiserver(&mut self) {
+        if let Some(mut c) = self.apiserver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the API server again on the same port and data, and waits until it is ready.
+    pub async fn restart_apiserver(&mut self) {
+        let etcd_port: u16 = std::fs::read_to_string(self.dir.path().join("etcd-port"))
+            .expect("etcd port")
+            .trim()
+            .parse()
+            .expect("port");
+        self.spawn_apiserver(etcd_port);
+        self.wait_ready().await;
+    }
+}
+
+fn kubeconfig_yaml(port: u16, token: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: user\n    namespace: {namespace}\ncurrent-context: test\n"
+    )
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run command");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.kill_apiserver();
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+    }
+}

@@ -1,0 +1,256 @@
+//! Kubernetes mode against a real kube-apiserver (1.20.2, built from Debian's source package) and
+//! etcd, driven with kubectl as a user would: resources applied through the API move consumers,
+//! status and Events come back, and the API server going away does not stop delivery.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::kubeapi::KubeApi;
+use common::*;
+
+fn bodies(f: &Function) -> Vec<String> {
+    f.received().into_iter().map(|r| r.body).collect()
+}
+
+/// Polls `kubectl get <args> -o jsonpath=<path>` until `done` holds for its output.
+async fn wait_jsonpath(api: &KubeApi, args: &[&str], path: &str, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    let jsonpath = format!("jsonpath={path}");
+    loop {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", &jsonpath]);
+        let out = api.kubectl(&all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "kubectl get {args:?} {path}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn groups(daemon: &Daemon) -> Vec<String> {
+    let status = daemon.status().await;
+    let mut g: Vec<String> = status["consumers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c["group"].as_str().unwrap_or_default().to_string())
+        .collect();
+    g.sort();
+    g
+}
+
+async fn wait_groups(daemon: &Daemon, want: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let got = groups(daemon).await;
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "consumers {got:?}, want {want:?}\n{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_with_crds() -> KubeApi {
+    let api = KubeApi::start().await;
+    api.install_crds().await;
+    api
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_edit_and_delete_move_consumers_and_kubectl_get_shows_ready() {
+    let api = cluster_with_crds().await;
+    let kafka = Kafka::start().await;
+    for t in ["k-orders", "k-other"] {
+        kafka.create_topic(t, 1).await;
+    }
+    let f1 = Function::start(Behaviour::Ok).await;
+    let (ok, out) = api.apply(&function_yaml("f1", "{function: f1}", &f1.url));
+    assert!(ok, "{out}");
+    let (ok, out) = api.apply(&trigger_yaml("t", "k-orders", "{function: f1}", ""));
+    assert!(ok, "{out}");
+
+    let mut daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
+    daemon.wait_ready().await;
+    let pid = daemon.pid();
+    let publisher = kafka.publisher();
+    publisher.publish("k-orders", None, b"first", &[]).await.expect("publish");
+    wait_for("delivery of a trigger applied with kubectl", Duration::from_secs(30), || bodies(&f1) == ["first"]).await;
+
+    // `kubectl get kafkatriggers` shows the status the daemon wrote.
+    let generation = api.kubectl_ok(&["get", "kafkatrigger", "t", "-o", "jsonpath={.metadata.generation}"]);
+    wait_jsonpath(&api, &["get", "kafkatrigger", "t"], "{.status.conditions[0].status}", |s| s == "True").await;
+    let observed = api.kubectl_ok(&["get", "kafkatrigger", "t", "-o", "jsonpath={.status.observedGeneration}"]);
+    assert_eq!(observed, generation);
+    let table = api.kubectl_ok(&["get", "kafkatriggers"]);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "TOPIC", "READY", "REASON", "LAG", "AGE"], "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row[..5], ["t", "k-orders", "True", "Delivering", "0"], "{table}");
+    let functions = api.kubectl_ok(&[
+        "get",
+        "kafkatrigger",
+        "t",
+        "-o",
+        "jsonpath={.status.functions[0].name}={.status.functions[0].state}",
+    ]);
+    assert_eq!(functions, "f1=Ready");
+
+    // Editing the topic with kubectl moves the consumer; the old topic is no longer read.
+    api.kubectl_ok(&["patch", "kafkatrigger", "t", "--type", "merge", "-p", r#"{"spec":{"topic":"k-other"}}"#]);
+    wait_groups(&daemon, &["default_t_f1_k-other"]).await;
+    daemon.wait_ready().await;
+    publisher.publish("k-orders", None, b"old-topic-after-edit", &[]).await.expect("publish");
+    publisher.publish("k-other", None, b"second", &[]).await.expect("publish");
+    wait_for("delivery on the edited topic", Duration::from_secs(30), || bodies(&f1).contains(&"second".into())).await;
+    let new_generation = api.kubectl_ok(&["get", "kafkatrigger", "t", "-o", "jsonpath={.metadata.generation}"]);
+    assert_ne!(new_generation, generation);
+    wait_jsonpath(&api, &["get", "kafkatrigger", "t"], "{.status.observedGeneration}", |g| g == new_generation).await;
+
+    // Deleting the trigger stops its consumer.
+    api.kubectl_ok(&["delete", "kafkatrigger", "t"]);
+    wait_groups(&daemon, &[]).await;
+    publisher.publish("k-other", None, b"after-delete", &[]).await.expect("publish");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bodies(&f1), ["first", "second"], "nothing from the old topic, nothing after the delete");
+    assert!(daemon.is_running());
+    assert_eq!(daemon.pid(), pid, "the daemon was never restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_trigger_gets_ready_false_naming_the_field_and_a_warning_event_while_others_deliver() {
+    let api = cluster_with_crds().await;
+    let kafka = Kafka::start().await;
+    kafka.create_topic("v-good", 1).await;
+    let f = Function::start(Behaviour::Ok).await;
+    let daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
+    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
+    assert!(ok, "{out}");
+    let (ok, out) = api.apply(&trigger_yaml("good", "v-good", "{function: f}", ""));
+    assert!(ok, "{out}");
+    // Passes the CRD's schema (a string), fails our validation.
+    let bad = trigger_yaml("bad", "v-good", "{function: f}", "  delivery:\n    timeout: ten seconds\n");
+    let (ok, out) = api.apply(&bad);
+    assert!(ok, "{out}");
+    let (ok, out) = api.apply(&trigger_yaml("lonely", "v-good", "{function: nobody}", ""));
+    assert!(ok, "{out}");
+
+    let condition = "{.status.conditions[0].status}/{.status.conditions[0].reason}/{.status.conditions[0].message}";
+    let got = wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], condition, |s| !s.is_empty()).await;
+    assert!(got.starts_with(r#"False/InvalidSpec/spec.delivery.timeout: "ten seconds" is not a duration"#), "{got}");
+    let got = wait_jsonpath(&api, &["get", "kafkatrigger", "lonely"], condition, |s| !s.is_empty()).await;
+    assert_eq!(got, "False/NoFunctionSelected/spec.functionSelector matches no Function in namespace default");
+
+    // A Warning Event on the object, reason InvalidSpec, with the same message.
+    let start = Instant::now();
+    loop {
+        let events = api.kubectl_ok(&["get", "events", "-o", "json"]);
+        let events: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
+        let found = events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["involvedObject"]["name"] == "bad" && e["involvedObject"]["kind"] == "KafkaTrigger");
+        if let Some(e) = found {
+            assert_eq!(e["type"], "Warning");
+            assert_eq!(e["reason"], "InvalidSpec");
+            let note = e["message"].as_str().or(e["note"].as_str()).unwrap_or_default();
+            assert!(note.contains("spec.delivery.timeout"), "{e}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no InvalidSpec event: {events}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The valid trigger delivers all the while.
+    daemon.wait_ready().await;
+    kafka.publisher().publish("v-good", None, b"still-flowing", &[]).await.expect("publish");
+    wait_for("the good trigger to deliver", Duration::from_secs(30), || bodies(&f) == ["still-flowing"]).await;
+    let status = daemon.status().await;
+    assert_eq!(status["invalid"][0]["object"], "KafkaTrigger default/bad", "{status}");
+
+    // Fixing the spec through the API makes it run.
+    let fixed = trigger_yaml("bad", "v-good", "{function: f}", "  delivery:\n    timeout: 10s\n");
+    let (ok, out) = api.apply(&fixed);
+    assert!(ok, "{out}");
+    wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], "{.status.conditions[0].status}", |s| s == "True").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_down_for_20s_mid_stream_loses_nothing_and_later_changes_are_picked_up() {
+    let mut api = cluster_with_crds().await;
+    let kafka = Kafka::start().await;
+    for t in ["a-stream", "a-later"] {
+        kafka.create_topic(t, 2).await;
+    }
+    let f = Function::start(Behaviour::Ok).await;
+    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
+    assert!(ok, "{out}");
+    let (ok, out) = api.apply(&trigger_yaml("stream", "a-stream", "{function: f}", ""));
+    assert!(ok, "{out}");
+    let mut daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
+    daemon.wait_ready().await;
+
+    // A producer publishes 40 messages a second for 30 s, across the outage.
+    let total = 1200;
+    let producer = tokio::spawn({
+        let publisher = kafka.publisher();
+        async move {
+            for i in 0..total {
+                let key = format!("k{}", i % 10);
+                publisher
+                    .publish("a-stream", Some(key.as_bytes()), format!("m{i}").as_bytes(), &[])
+                    .await
+                    .expect("publish");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    });
+    wait_for("some deliveries before the outage", Duration::from_secs(30), || f.delivered() >= 100).await;
+    api.kill_apiserver();
+    let at_kill = f.delivered();
+
+    // /readyz says why it is not ready, and delivery goes on.
+    let start = Instant::now();
+    loop {
+        let resp = reqwest::get(format!("{}/readyz", daemon.admin)).await.expect("readyz");
+        let code = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if code == 503 && body.contains("watch") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "readyz during the outage: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = f.delivered() - at_kill;
+    assert!(during >= 200, "only {during} deliveries while the API server was down");
+    assert!(daemon.is_running());
+
+    api.restart_apiserver().await;
+    daemon.wait_ready().await;
+    // A change made after the restart is picked up.
+    let (ok, out) = api.apply(&trigger_yaml("later", "a-later", "{function: f}", ""));
+    assert!(ok, "{out}");
+    wait_groups(&daemon, &["default_later_f_a-later", "default_stream_f_a-stream"]).await;
+    daemon.wait_ready().await;
+    kafka.publisher().publish("a-later", None, b"after-restart", &[]).await.expect("publish");
+    producer.await.expect("producer");
+
+    wait_for("every message of the stream and the later trigger", Duration::from_secs(60), || f.delivered() > total)
+        .await;
+    let got = bodies(&f);
+    for i in 0..total {
+        assert!(got.contains(&format!("m{i}")), "m{i} was lost");
+    }
+    assert!(got.contains(&"after-restart".to_string()));
+    wait_jsonpath(&api, &["get", "kafkatrigger", "later"], "{.status.conditions[0].status}", |s| s == "True").await;
+}

@@ -13,8 +13,16 @@ use crate::admin::{self, AdminState};
 use crate::config::{Mode, Settings};
 use crate::control::supervisor::Supervisor;
 use crate::control::{self, SharedReport, Snapshot};
+use crate::cron::runner::Scheduling;
 use crate::delivery::HttpClient;
+use crate::dispatch::consumer::Services;
+use crate::kubernetes::lease::{LeaseLock, LEASE_DURATION};
+use crate::kubernetes::ticks::ApiTickStore;
 use crate::{kubernetes, telemetry};
+use kube::Api;
+
+/// The Lease whose holder fires cron ticks and writes status (Kubernetes mode).
+pub const LEADER_LEASE: &str = "kubeless-broker-leader";
 
 /// Changes a source may queue before it waits for the index.
 const SOURCE_QUEUE: usize = 1024;
@@ -35,9 +43,33 @@ pub async fn run(
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let supervisor = Supervisor::new(HttpClient::new());
-    let report = SharedReport::default();
     let stop = CancellationToken::new();
+    let mut side_tasks = Vec::new();
+    // Kubernetes mode: one client, and a leader that alone fires cron ticks and writes status.
+    let kube = match &settings.mode {
+        Mode::Standalone { .. } => None,
+        Mode::Kubernetes(k) => {
+            let client = kubernetes::client(k).await?;
+            let namespace = k.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+            let (leading_tx, leading) = tokio::sync::watch::channel(false);
+            let lock =
+                LeaseLock::new(Api::namespaced(client.clone(), &namespace), LEADER_LEASE, &k.identity, LEASE_DURATION);
+            side_tasks.push(tokio::spawn(kubernetes::lease::elect(lock, leading_tx, stop.clone())));
+            Some((client, leading))
+        }
+    };
+    let services = match (&settings.mode, &kube) {
+        (Mode::Kubernetes(k), Some((client, leading))) => Services {
+            http: HttpClient::new(),
+            scheduling: Some(Scheduling {
+                ticks: Arc::new(ApiTickStore::new(client.clone(), &k.field_manager)),
+                leading: leading.clone(),
+            }),
+        },
+        _ => Services::standalone(HttpClient::new()),
+    };
+    let supervisor = Supervisor::new(services);
+    let report = SharedReport::default();
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
 
@@ -63,16 +95,15 @@ pub async fn run(
     });
     let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
-    let mut side_tasks = Vec::new();
-    let source = match &settings.mode {
-        Mode::Standalone { manifests, scan_interval } => {
-            tokio::spawn(control::watch::run(manifests.clone(), *scan_interval, events_tx, report, stop.clone()))
+    let source = match (&settings.mode, kube) {
+        (Mode::Kubernetes(k), Some((client, leading))) => {
+            let writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
+            side_tasks.push(tokio::spawn(writer.run(snapshot_rx.clone(), supervisor.clone(), leading, stop.clone())));
+            tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
-        Mode::Kubernetes(kube) => {
-            let client = kubernetes::client(kube).await?;
-            let writer = kubernetes::status::StatusWriter::new(client.clone(), &kube.field_manager, &kube.identity);
-            side_tasks.push(tokio::spawn(writer.run(snapshot_rx.clone(), supervisor.clone(), stop.clone())));
-            tokio::spawn(kubernetes::watch::run(client, kube.namespaces.clone(), events_tx, report, stop.clone()))
+        (Mode::Kubernetes(_), None) => anyhow::bail!("Kubernetes mode without a client"),
+        (Mode::Standalone { manifests, scan_interval }, _) => {
+            tokio::spawn(control::watch::run(manifests.clone(), *scan_interval, events_tx, report, stop.clone()))
         }
     };
 

@@ -44,6 +44,11 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_FIELD_MANAGER", default_value = "kubeless-broker")]
     pub field_manager: String,
 
+    /// Namespace of the Leases (Kubernetes mode): the cron leader's and each Kinesis shard's.
+    /// Default: the pod's namespace (env `POD_NAMESPACE`), else the kubeconfig's namespace.
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/status`).
     #[arg(long, env = "KUBELESS_ADMIN_ADDR", default_value = "0.0.0.0:9095")]
     pub admin_addr: SocketAddr,
@@ -109,6 +114,8 @@ pub struct KubeSettings {
     pub field_manager: String,
     /// This pod's name (env `POD_NAME`), for Events and leases; else the host name.
     pub identity: String,
+    /// Where Leases live; none: the client's default namespace.
+    pub lease_namespace: Option<String>,
 }
 
 /// Settings checked and ready to run.
@@ -127,6 +134,7 @@ impl Args {
             context,
             namespaces,
             field_manager,
+            leader_election_namespace,
             admin_addr: _,
             function_url_template,
             kafka_brokers,
@@ -151,12 +159,19 @@ impl Args {
                     .or_else(|| env("HOSTNAME"))
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "kubeless-broker".to_string());
+                let lease_namespace = leader_election_namespace.clone().or_else(|| env("POD_NAMESPACE"));
+                if let Some(ns) =
+                    lease_namespace.as_deref().filter(|ns| !crate::resources::validate::is_dns1123_label(ns))
+                {
+                    anyhow::bail!("--leader-election-namespace {ns:?} is not a namespace name");
+                }
                 Mode::Kubernetes(KubeSettings {
                     kubeconfig: kubeconfig.clone(),
                     context: context.clone(),
                     namespaces,
                     field_manager: field_manager.clone(),
                     identity,
+                    lease_namespace,
                 })
             }
         };

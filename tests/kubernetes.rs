@@ -254,3 +254,78 @@ async fn the_api_server_down_for_20s_mid_stream_loses_nothing_and_later_changes_
     assert!(got.contains(&"after-restart".to_string()));
     wait_jsonpath(&api, &["get", "kafkatrigger", "later"], "{.status.conditions[0].status}", |s| s == "True").await;
 }
+
+fn cron_yaml(name: &str, function: &str, schedule: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  schedule: '{schedule}'\n"
+    )
+}
+
+/// The tick a cron call was for, in seconds since the epoch (from its `event-time` header).
+fn tick_of(r: &Received) -> i64 {
+    let t = &r.headers["event-time"];
+    chrono::NaiveDateTime::parse_from_str(t.trim_end_matches("+00:00"), "%Y-%m-%d %H:%M:%S")
+        .map(|n| n.and_utc().timestamp())
+        .unwrap_or_else(|e| panic!("event-time {t:?}: {e}"))
+}
+
+fn lease_holder(api: &KubeApi, lease: &str) -> String {
+    let out = api.kubectl(&["get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_fire_each_cron_tick_once_and_the_survivor_takes_over_a_killed_leader() {
+    let api = cluster_with_crds().await;
+    let f = Function::start(Behaviour::Ok).await;
+    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
+    assert!(ok, "{out}");
+    let (ok, out) = api.apply(&cron_yaml("every2s", "f", "*/2 * * * * *"));
+    assert!(ok, "{out}");
+    let flags = ["--leader-election-namespace", "default"];
+    let mut daemons = [
+        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-a")]),
+        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-b")]),
+    ];
+    for d in &daemons {
+        d.wait_ready().await;
+    }
+    wait_for("a leader", Duration::from_secs(30), || !lease_holder(&api, "kubeless-broker-leader").is_empty()).await;
+    let leader = usize::from(lease_holder(&api, "kubeless-broker-leader") == "broker-b");
+    let survivor = 1 - leader;
+
+    // 30 s with both running: every tick once, fired by the leader only.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let fired = "kubeless_cron_ticks_total{trigger=\"default/every2s\",function=\"f\",outcome=\"fired\"}";
+    let before_kill: Vec<i64> = f.received().iter().map(tick_of).collect();
+    assert!(before_kill.len() >= 13, "ticks in 30 s: {before_kill:?}");
+    assert!(before_kill.windows(2).all(|w| w[1] - w[0] == 2), "each tick once, none missed: {before_kill:?}");
+    assert_eq!(daemons[leader].metric(fired).await, before_kill.len() as f64);
+    assert_eq!(daemons[survivor].metric(fired).await, 0.0, "the standby fired nothing");
+    let recorded = api.kubectl_ok(&["get", "cronjobtrigger", "every2s", "-o", "jsonpath={.status.lastScheduleTime}"]);
+    assert!(!recorded.is_empty(), "the last tick is on the object");
+
+    // kill -9 the leader: the survivor takes the lease and fires from within one lease duration
+    // (15 s, plus its 2 s retry period and the schedule's 2 s step), never a tick already fired.
+    daemons[leader].kill9();
+    let killed_at = chrono::Utc::now().timestamp();
+    let last_before = f.received().last().map(tick_of).unwrap_or_default();
+    let survivor_name = ["broker-a", "broker-b"][survivor];
+    wait_for("the survivor to take the lease", Duration::from_secs(40), || {
+        lease_holder(&api, "kubeless-broker-leader") == survivor_name
+    })
+    .await;
+    wait_for("ticks from the survivor", Duration::from_secs(40), || {
+        f.received().iter().filter(|r| tick_of(r) > last_before).count() >= 3
+    })
+    .await;
+    let ticks: Vec<i64> = f.received().iter().map(tick_of).collect();
+    let mut distinct = ticks.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct, ticks, "no tick fired twice, in order: {ticks:?}");
+    let first_after = ticks.iter().copied().find(|t| *t > last_before).unwrap_or_default();
+    assert!(first_after <= killed_at + 15 + 2 + 2, "took over at {first_after}, killed at {killed_at}: {ticks:?}");
+    assert!(daemons[survivor].metric(fired).await >= 3.0);
+    assert!(daemons[survivor].is_running());
+}

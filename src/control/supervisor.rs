@@ -21,8 +21,7 @@ use tracing::{info, warn};
 use super::index::ConsumerSpec;
 use super::store::ObjectRef;
 use super::Snapshot;
-use crate::delivery::HttpClient;
-use crate::dispatch::consumer::supervise;
+use crate::dispatch::consumer::{supervise, Services};
 
 /// Extra time, beyond the drain timeout, a stopping consumer gets before its task is abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -69,13 +68,13 @@ struct Consumers {
 
 /// Owns every running consumer.
 pub struct Supervisor {
-    client: HttpClient,
+    services: Services,
     consumers: Mutex<Consumers>,
 }
 
 impl Supervisor {
-    pub fn new(client: HttpClient) -> Arc<Self> {
-        Arc::new(Self { client, consumers: Mutex::new(Consumers::default()) })
+    pub fn new(services: Services) -> Arc<Self> {
+        Arc::new(Self { services, consumers: Mutex::new(Consumers::default()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Consumers> {
@@ -114,7 +113,7 @@ impl Supervisor {
             if !running.contains_key(key) {
                 info!(trigger = %spec.trigger, function = %spec.function, source = %spec.source.id(), topics = ?spec.source.topics(), url = %spec.url, "Starting consumer.");
                 let predecessor = stopping.get(key).cloned();
-                running.insert(key.clone(), start(spec.clone(), self.client.clone(), predecessor));
+                running.insert(key.clone(), start(spec.clone(), self.services.clone(), predecessor));
             }
         }
         metrics::gauge!(crate::telemetry::CONSUMERS).set(running.len() as f64);
@@ -168,7 +167,7 @@ async fn stop(r: Running) {
     }
 }
 
-fn start(spec: ConsumerSpec, client: HttpClient, predecessor: Option<Stopped>) -> Running {
+fn start(spec: ConsumerSpec, services: Services, predecessor: Option<Stopped>) -> Running {
     let health = Health::new();
     let stop = CancellationToken::new();
     let task = tokio::spawn({
@@ -178,7 +177,7 @@ fn start(spec: ConsumerSpec, client: HttpClient, predecessor: Option<Stopped>) -
                 done.await;
             }
             if !stop.is_cancelled() {
-                supervise(spec, client, health, stop).await;
+                supervise(spec, services, health, stop).await;
             }
         }
     });

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use kubeless_connector::{AckHandle, Acker, Health, Message, Origin, Outcome, Position, SourceState};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::schedule::{missed_tick, Schedule};
-use super::state::{FileStateStore, StateStore};
+use super::state::TickStore;
 use crate::control::index::CronSource;
 use crate::delivery::Deliverer;
+use crate::kubernetes::lease::{until_leading, until_not_leading};
 use crate::resources::ConcurrencyPolicy;
 use crate::telemetry::CronMetrics;
 
@@ -36,13 +38,21 @@ struct Runner {
     trigger: String,
     source: CronSource,
     deliverer: Arc<Deliverer>,
-    store: FileStateStore,
+    ticks: Arc<dyn TickStore>,
     metrics: CronMetrics,
     outcomes: Arc<dyn Acker>,
     body: Bytes,
     /// Calls in progress, each with its own cancel token (for `Replace`).
     running: JoinSet<()>,
     cancel_running: CancellationToken,
+}
+
+/// Where a scheduler keeps its ticks, and whether this replica schedules at all.
+#[derive(Clone)]
+pub struct Scheduling {
+    pub ticks: Arc<dyn TickStore>,
+    /// True while this replica is the one that fires ticks (always, in standalone mode).
+    pub leading: watch::Receiver<bool>,
 }
 
 /// Runs until `stop`; returns an error only if the schedule or its state cannot be used.
@@ -52,12 +62,10 @@ pub async fn run(
     deliverer: Arc<Deliverer>,
     metrics: CronMetrics,
     health: &Health,
+    scheduling: Scheduling,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let schedule = Schedule::parse(&source.schedule, source.timezone.as_deref()).map_err(|e| e.to_string())?;
-    let store = FileStateStore::new(&source.state_dir);
-    let key = format!("cron/{trigger}");
-    let mut last = store.last_fired(&key).map_err(|e| e.to_string())?;
     let body = match &source.payload {
         Some(p) => Bytes::from(serde_json::to_vec(p).map_err(|e| format!("payload cannot be encoded: {e}"))?),
         None => Bytes::new(),
@@ -66,51 +74,85 @@ pub async fn run(
         trigger: trigger.to_string(),
         source: source.clone(),
         deliverer,
-        store,
+        ticks: scheduling.ticks,
         outcomes: Arc::new(TickOutcomes(metrics.clone())),
         metrics,
         body,
         running: JoinSet::new(),
         cancel_running: CancellationToken::new(),
     };
+    // A replica that does not lead is a ready standby.
     health.set(SourceState::Ready);
-    info!(trigger, schedule = %source.schedule, last_fired = ?last, "Cron schedule loaded.");
-
-    if let Some(tick) = missed_tick(&schedule, last, Utc::now(), source.starting_deadline) {
-        info!(trigger, %tick, "Firing a tick missed while the scheduler was down.");
-        runner.fire(tick, &key);
-        last = Some(tick);
-    }
-    loop {
-        let now = Utc::now();
-        let from = last.map_or(now, |l| l.max(now));
-        let Some(next) = schedule.next_after(from) else {
-            warn!(trigger, "The schedule has no further ticks.");
-            break;
-        };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+    let (mut leading, mut lost) = (scheduling.leading.clone(), scheduling.leading);
+    let result = loop {
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => break,
+            () = until_leading(&mut leading) => {}
+            () = stop.cancelled() => break Ok(()),
         }
-        // Reap finished calls, so Forbid sees only the ones still running.
-        while runner.running.try_join_next().is_some() {}
-        runner.fire(next, &key);
-        last = Some(next);
-    }
+        tokio::select! {
+            result = runner.lead(&schedule, stop) => break result,
+            () = until_not_leading(&mut lost) => {
+                info!(trigger, "No longer the leader: this replica stops firing ticks.");
+            }
+        }
+    };
     // Nothing to commit for a tick: calls still running are cancelled with the trigger.
     runner.cancel_running.cancel();
     runner.running.abort_all();
-    Ok(())
+    result
 }
 
 impl Runner {
-    fn fire(&mut self, tick: DateTime<Utc>, key: &str) {
+    /// Fires ticks until `stop` (or until the caller stops polling: leadership lost).
+    async fn lead(&mut self, schedule: &Schedule, stop: &CancellationToken) -> Result<(), String> {
+        let trigger = self.trigger.clone();
+        let mut last = self.ticks.last_fired(&trigger).await.map_err(|e| e.to_string())?;
+        info!(trigger, schedule = %self.source.schedule, last_fired = ?last, "Cron schedule loaded.");
+        if let Some(tick) = missed_tick(schedule, last, Utc::now(), self.source.starting_deadline) {
+            info!(trigger, %tick, "Firing a tick missed while no scheduler ran.");
+            self.claim_and_fire(tick).await;
+            last = Some(tick);
+        }
+        loop {
+            let now = Utc::now();
+            let from = last.map_or(now, |l| l.max(now));
+            let Some(next) = schedule.next_after(from) else {
+                warn!(trigger, "The schedule has no further ticks.");
+                stop.cancelled().await;
+                return Ok(());
+            };
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return Ok(()),
+            }
+            // Reap finished calls, so Forbid sees only the ones still running.
+            while self.running.try_join_next().is_some() {}
+            self.claim_and_fire(next).await;
+            last = Some(next);
+        }
+    }
+
+    /// Records the tick as fired before the call — after a restart or a change of leader it is
+    /// never fired again — and fires it unless someone already has.
+    async fn claim_and_fire(&mut self, tick: DateTime<Utc>) {
+        match self.ticks.claim(&self.trigger, tick).await {
+            Ok(true) => self.fire(tick),
+            Ok(false) => {
+                info!(trigger = %self.trigger, %tick, "Tick already fired by another replica.");
+            }
+            Err(e) => {
+                error!(trigger = %self.trigger, %tick, error = %e, "Cannot record the tick, so it is not fired (it could fire twice otherwise).");
+                self.metrics.skipped.increment(1);
+            }
+        }
+    }
+
+    fn fire(&mut self, tick: DateTime<Utc>) {
         match self.source.concurrency {
             ConcurrencyPolicy::Forbid if !self.running.is_empty() => {
                 warn!(trigger = %self.trigger, %tick, "Tick skipped: the previous call is still running (Forbid).");
                 self.metrics.skipped.increment(1);
-                self.remember(key, tick);
                 return;
             }
             ConcurrencyPolicy::Replace if !self.running.is_empty() => {
@@ -122,8 +164,6 @@ impl Runner {
             }
             _ => {}
         }
-        // Remembered before the call: after a restart this tick is never fired again.
-        self.remember(key, tick);
         self.metrics.fired.increment(1);
         self.metrics.lateness.record((Utc::now() - tick).to_std().unwrap_or_default().as_secs_f64());
         let msg = Message {
@@ -141,11 +181,5 @@ impl Runner {
         };
         let (deliverer, cancel) = (self.deliverer.clone(), self.cancel_running.clone());
         self.running.spawn(async move { deliverer.deliver(msg, &cancel).await });
-    }
-
-    fn remember(&self, key: &str, tick: DateTime<Utc>) {
-        if let Err(e) = self.store.set_last_fired(key, tick) {
-            error!(trigger = %self.trigger, error = %e, "Cannot remember the fired tick; a restart may fire it again.");
-        }
     }
 }

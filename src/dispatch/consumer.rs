@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::control::store::{Kind, ObjectRef};
+use crate::cron::runner::Scheduling;
 use crate::delivery::event::EventStyle;
 use crate::delivery::{Deliverer, HttpClient, Target};
 use crate::resources::{ConcurrencyPolicy, DeadLetterTarget, DeliveryPolicy};
@@ -109,8 +110,30 @@ impl ConsumerSpec {
     }
 }
 
+/// What consumers share beyond their specs.
+#[derive(Clone)]
+pub struct Services {
+    pub http: HttpClient,
+    /// Kubernetes mode: cron ticks on the API, fired by the leader only. None: each trigger's
+    /// ticks in a file under its state directory, always fired (one process).
+    pub scheduling: Option<Scheduling>,
+}
+
+impl Services {
+    pub fn standalone(http: HttpClient) -> Self {
+        Self { http, scheduling: None }
+    }
+
+    fn scheduling(&self, source: &CronSource) -> Scheduling {
+        self.scheduling.clone().unwrap_or_else(|| Scheduling {
+            ticks: Arc::new(cron::state::FileStateStore::new(&source.state_dir)),
+            leading: tokio::sync::watch::channel(true).1,
+        })
+    }
+}
+
 /// Runs one consumer, restarting it with backoff if its source fails, until `stop`.
-pub async fn supervise(spec: ConsumerSpec, client: HttpClient, health: Health, stop: CancellationToken) {
+pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, stop: CancellationToken) {
     let metrics = ConsumerMetrics::new(&spec.trigger, &spec.function);
     let lag_task = tokio::spawn({
         let (health, gauge, stop) = (health.clone(), metrics.lag.clone(), stop.clone());
@@ -126,7 +149,7 @@ pub async fn supervise(spec: ConsumerSpec, client: HttpClient, health: Health, s
     while !stop.is_cancelled() {
         // A panic in a source is a bug, but it must not leave the consumer dead and "Starting"
         // forever: report it and restart like any other failure.
-        let result = AssertUnwindSafe(run_once(&spec, &client, &health, &stop, &metrics))
+        let result = AssertUnwindSafe(run_once(&spec, &services, &health, &stop, &metrics))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(format!("the consumer panicked: {}", panic_text(&panic))));
@@ -157,7 +180,7 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// One life of a consumer: source and dispatcher joined by a bounded channel.
 async fn run_once(
     spec: &ConsumerSpec,
-    client: &HttpClient,
+    services: &Services,
     health: &Health,
     stop: &CancellationToken,
     metrics: &ConsumerMetrics,
@@ -187,10 +210,11 @@ async fn run_once(
         redeliver_via_source,
     };
     let deliverer =
-        Arc::new(Deliverer::new(client.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
+        Arc::new(Deliverer::new(services.http.clone(), target, dead_letter, spec.delivery.rate_limit, metrics.clone()));
     if let SourceSpec::Cron(c) = &spec.source {
         let metrics = CronMetrics::new(&spec.trigger, &spec.function);
-        return cron::runner::run(&spec.trigger, c, deliverer, metrics, health, stop).await;
+        let scheduling = services.scheduling(c);
+        return cron::runner::run(&spec.trigger, c, deliverer, metrics, health, scheduling, stop).await;
     }
     let max_in_flight = spec.delivery.max_in_flight as usize;
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting

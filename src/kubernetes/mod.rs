@@ -1,7 +1,9 @@
 //! Kubernetes mode: resources come from the API server (kube-rs watchers feeding the same store as
 //! the manifest directory), and each trigger's state goes back onto it as status and Events.
 
+pub mod lease;
 pub mod status;
+pub mod ticks;
 pub mod watch;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};

@@ -172,6 +172,7 @@ impl StatusWriter {
         mut self,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
         supervisor: Arc<Supervisor>,
+        leading: watch::Receiver<bool>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -182,6 +183,12 @@ impl StatusWriter {
                 () = stop.cancelled() => return,
             }
             let snapshot = snapshots.borrow_and_update().clone();
+            if !*leading.borrow() {
+                // Another replica writes; what it wrote is unknown here, so write afresh on
+                // becoming the leader.
+                self.written.clear();
+                continue;
+            }
             if snapshot.loaded {
                 self.round(&snapshot, &supervisor.status(), &stop).await;
             }

@@ -27,6 +27,7 @@ use crate::cron::schedule::{Schedule, ScheduleError};
 #[kube(
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
+#[kube(printcolumn = r#"{"name":"Last Schedule","type":"date","jsonPath":".status.lastScheduleTime"}"#)]
 #[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 #[serde(deny_unknown_fields)]
 pub struct CronJobTriggerSpec {

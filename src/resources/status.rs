@@ -17,6 +17,9 @@ pub struct TriggerStatus {
     /// The consumer of each selected function, as the broker writing the status sees it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionConsumer>,
+    /// CronJobTrigger: the last tick fired (written by the scheduler, claimed once per tick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_delivery: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

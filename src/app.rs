@@ -17,8 +17,10 @@ use crate::cron::runner::Scheduling;
 use crate::delivery::HttpClient;
 use crate::dispatch::consumer::Services;
 use crate::kubernetes::lease::{LeaseLock, LEASE_DURATION};
+use crate::kubernetes::shards::ApiShardLeases;
 use crate::kubernetes::ticks::ApiTickStore;
 use crate::{kubernetes, telemetry};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
 /// The Lease whose holder fires cron ticks and writes status (Kubernetes mode).
@@ -52,18 +54,24 @@ pub async fn run(
             let client = kubernetes::client(k).await?;
             let namespace = k.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
             let (leading_tx, leading) = tokio::sync::watch::channel(false);
-            let lock =
-                LeaseLock::new(Api::namespaced(client.clone(), &namespace), LEADER_LEASE, &k.identity, LEASE_DURATION);
+            let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+            let lock = LeaseLock::new(leases.clone(), LEADER_LEASE, &k.identity, LEASE_DURATION);
             side_tasks.push(tokio::spawn(kubernetes::lease::elect(lock, leading_tx, stop.clone())));
-            Some((client, leading))
+            Some((client, leading, leases))
         }
     };
     let services = match (&settings.mode, &kube) {
-        (Mode::Kubernetes(k), Some((client, leading))) => Services {
+        (Mode::Kubernetes(k), Some((client, leading, leases))) => Services {
             http: HttpClient::new(),
             scheduling: Some(Scheduling {
                 ticks: Arc::new(ApiTickStore::new(client.clone(), &k.field_manager)),
                 leading: leading.clone(),
+            }),
+            shard_leases: Some({
+                let (leases, identity) = (leases.clone(), k.identity.clone());
+                Arc::new(move |reader: &str| -> Arc<dyn kubeless_kinesis::ShardLeases> {
+                    Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity))
+                })
             }),
         },
         _ => Services::standalone(HttpClient::new()),
@@ -96,7 +104,7 @@ pub async fn run(
     let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
     let source = match (&settings.mode, kube) {
-        (Mode::Kubernetes(k), Some((client, leading))) => {
+        (Mode::Kubernetes(k), Some((client, leading, _))) => {
             let writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
             side_tasks.push(tokio::spawn(writer.run(snapshot_rx.clone(), supervisor.clone(), leading, stop.clone())));
             tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))

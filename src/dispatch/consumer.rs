@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use kubeless_connector::{DeadLetterSink, Health, SourceContext, SourceState};
 use kubeless_kafka::{run_source, KafkaDeadLetter, KafkaSourceConfig};
-use kubeless_kinesis::KinesisSourceConfig;
+use kubeless_kinesis::{KinesisSourceConfig, ShardLeases};
 use kubeless_nats::{NatsDeadLetter, NatsSourceConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -117,11 +117,17 @@ pub struct Services {
     /// Kubernetes mode: cron ticks on the API, fired by the leader only. None: each trigger's
     /// ticks in a file under its state directory, always fired (one process).
     pub scheduling: Option<Scheduling>,
+    /// Kubernetes mode: Kinesis shards split between replicas by Leases holding the checkpoints,
+    /// one set per checkpoint key. None: every shard read here, checkpoints in files.
+    pub shard_leases: Option<ShardLeasesFor>,
 }
+
+/// Makes the shard leases of one Kinesis reader from its checkpoint key.
+pub type ShardLeasesFor = Arc<dyn Fn(&str) -> Arc<dyn ShardLeases> + Send + Sync>;
 
 impl Services {
     pub fn standalone(http: HttpClient) -> Self {
-        Self { http, scheduling: None }
+        Self { http, scheduling: None, shard_leases: None }
     }
 
     fn scheduling(&self, source: &CronSource) -> Scheduling {
@@ -226,7 +232,11 @@ async fn run_once(
     let result = match &spec.source {
         SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
-        SourceSpec::Kinesis(k) => kubeless_kinesis::run_source(k.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Kinesis(k) => match &services.shard_leases {
+            Some(leases) => kubeless_kinesis::run_source_with(k.clone(), ctx, leases(&k.checkpoint_key)).await,
+            None => kubeless_kinesis::run_source(k.clone(), ctx).await,
+        }
+        .map_err(|e| e.to_string()),
         SourceSpec::Cron(_) => Ok(()),
     };
     // The source has drained, committed and left its group (or failed): whatever still runs

@@ -2,6 +2,7 @@
 //! the manifest directory), and each trigger's state goes back onto it as status and Events.
 
 pub mod lease;
+pub mod shards;
 pub mod status;
 pub mod ticks;
 pub mod watch;

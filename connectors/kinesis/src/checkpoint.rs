@@ -1,11 +1,13 @@
 //! Per-shard checkpoints: the last sequence number whose record (and every record before it) is
-//! finished, and whether the shard is closed and fully finished. A trait, so Kubernetes `Lease`
-//! objects can hold checkpoints later; standalone mode keeps a JSON file per reader.
+//! finished, and whether the shard is closed and fully finished — and which reader may read which
+//! shard ([`ShardLeases`]). Standalone mode keeps a JSON file per reader and reads every shard;
+//! Kubernetes mode keeps one `Lease` per shard (KCL's model), split between replicas.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +18,11 @@ pub struct ShardCheckpoint {
     /// The shard was closed (resharding) and all its records are finished: its children may start.
     #[serde(default)]
     pub finished: bool,
+    /// When reading first started at `LATEST` (ms since the epoch): a reader taking the shard over
+    /// before any record was checkpointed starts here, not at a later `LATEST`, so nothing
+    /// published in between is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +31,63 @@ pub enum CheckpointError {
     Read { path: PathBuf, reason: String },
     #[error("cannot write checkpoints {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("shard leases of {reader}: {reason}")]
+    Lease { reader: String, reason: String },
+    /// Another reader holds the shard now: stop reading it.
+    #[error("the lease on shard {shard} was lost to {holder}")]
+    Lost { shard: String, holder: String },
 }
 
 pub trait CheckpointStore: Send + Sync {
     fn load(&self) -> Result<BTreeMap<String, ShardCheckpoint>, CheckpointError>;
     fn save(&self, shard: &str, checkpoint: ShardCheckpoint) -> Result<(), CheckpointError>;
+}
+
+/// What a balancing round decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignment {
+    /// Every shard's checkpoint, whoever holds it (parents finished elsewhere unblock children).
+    pub checkpoints: BTreeMap<String, ShardCheckpoint>,
+    /// Shards this reader holds and should be reading.
+    pub held: BTreeSet<String>,
+    /// Shards this reader holds beyond its fair share: stop, save, then [`ShardLeases::release`].
+    pub surrender: BTreeSet<String>,
+}
+
+/// Which shards a reader reads, and where their checkpoints live.
+pub trait ShardLeases: Send + Sync {
+    /// One round over the stream's current shards: renews held leases, takes free or expired ones
+    /// up to a fair share, and names any to give up.
+    fn balance<'a>(&'a self, shards: &'a [String]) -> BoxFuture<'a, Result<Assignment, CheckpointError>>;
+    /// Saves a held shard's checkpoint; [`CheckpointError::Lost`] if another reader holds it now.
+    fn save<'a>(&'a self, shard: &'a str, checkpoint: ShardCheckpoint) -> BoxFuture<'a, Result<(), CheckpointError>>;
+    /// Gives up a shard whose reader has stopped and saved.
+    fn release<'a>(&'a self, shard: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// One process reads every shard, with its checkpoints in a file.
+impl ShardLeases for FileCheckpointStore {
+    fn balance<'a>(&'a self, shards: &'a [String]) -> BoxFuture<'a, Result<Assignment, CheckpointError>> {
+        Box::pin(async move {
+            let checkpoints = {
+                let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache.clone()
+            };
+            let checkpoints = match checkpoints {
+                Some(c) => c,
+                None => self.load()?,
+            };
+            Ok(Assignment { checkpoints, held: shards.iter().cloned().collect(), surrender: BTreeSet::new() })
+        })
+    }
+
+    fn save<'a>(&'a self, shard: &'a str, checkpoint: ShardCheckpoint) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        Box::pin(async move { CheckpointStore::save(self, shard, checkpoint) })
+    }
+
+    fn release<'a>(&'a self, _shard: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// `<dir>/kinesis/<key>.json`, replaced atomically on every save.
@@ -93,12 +152,10 @@ mod tests {
     fn checkpoints_survive_a_new_store_and_keep_other_shards() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FileCheckpointStore::new(dir.path(), "ns_t_f_stream");
-        store
-            .save("shardId-000000000000", ShardCheckpoint { sequence: Some("49".into()), finished: false })
-            .expect("save");
-        store
-            .save("shardId-000000000001", ShardCheckpoint { sequence: Some("77".into()), finished: true })
-            .expect("save");
+        let first = ShardCheckpoint { sequence: Some("49".into()), ..ShardCheckpoint::default() };
+        CheckpointStore::save(&store, "shardId-000000000000", first).expect("save");
+        let second = ShardCheckpoint { sequence: Some("77".into()), finished: true, started_at_ms: None };
+        CheckpointStore::save(&store, "shardId-000000000001", second).expect("save");
         let again = FileCheckpointStore::new(dir.path(), "ns_t_f_stream").load().expect("load");
         assert_eq!(again.len(), 2);
         assert_eq!(again["shardId-000000000000"].sequence.as_deref(), Some("49"));

@@ -11,6 +11,6 @@ mod config;
 mod source;
 
 pub use admin::{create_stream, emulator_client, put_record, split_open_shards, wait_active};
-pub use checkpoint::{CheckpointError, CheckpointStore, FileCheckpointStore, ShardCheckpoint};
+pub use checkpoint::{Assignment, CheckpointError, CheckpointStore, FileCheckpointStore, ShardCheckpoint, ShardLeases};
 pub use config::{KinesisSourceConfig, StartingPosition};
-pub use source::{client, run_source, KinesisSourceError};
+pub use source::{client, run_source, run_source_with, KinesisSourceError};

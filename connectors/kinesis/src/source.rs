@@ -1,7 +1,7 @@
 //! The Kinesis source: waits for the stream to be active, discovers shards, and runs one reader per
 //! shard whose parents are finished.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CheckpointStore, FileCheckpointStore, ShardCheckpoint};
+use crate::checkpoint::{FileCheckpointStore, ShardCheckpoint, ShardLeases};
 use crate::config::{KinesisSourceConfig, StartingPosition};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,36 +55,81 @@ pub async fn client(region: &str, endpoint: Option<&str>, credentials: Option<(&
     Client::new(&loader.load().await)
 }
 
-/// Runs until `ctx.shutdown`; then every reader drains (bounded) and checkpoints.
+/// Runs until `ctx.shutdown`, reading every shard with checkpoints in a file; then every reader
+/// drains (bounded) and checkpoints.
 pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Result<(), KinesisSourceError> {
+    let leases = Arc::new(FileCheckpointStore::new(&config.checkpoint_dir, &config.checkpoint_key));
+    run_source_with(config, ctx, leases).await
+}
+
+/// Runs until `ctx.shutdown`, reading the shards `leases` assigns to this reader.
+pub async fn run_source_with(
+    config: KinesisSourceConfig,
+    ctx: SourceContext,
+    leases: Arc<dyn ShardLeases>,
+) -> Result<(), KinesisSourceError> {
     let credentials = config.credentials.as_ref().map(|(key, secret)| (key.as_str(), secret.as_str()));
     let client = client(&config.region, config.endpoint.as_deref(), credentials).await;
     if !wait_active(&client, &config, &ctx).await {
         return Ok(());
     }
-    let store: Arc<dyn CheckpointStore> =
-        Arc::new(FileCheckpointStore::new(&config.checkpoint_dir, &config.checkpoint_key));
-    let checkpoints = store.load()?;
-    let mut finished: HashSet<String> =
-        checkpoints.iter().filter(|(_, c)| c.finished).map(|(s, _)| s.clone()).collect();
-    // Shards this reader has read (it has a checkpoint): their children start at TRIM_HORIZON.
-    let mut read: HashSet<String> = checkpoints.keys().cloned().collect();
-    let mut running: HashSet<String> = HashSet::new();
+    // Shards known to be finished, and shards read (by any reader: they have a checkpoint) whose
+    // children therefore start at TRIM_HORIZON.
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut read: HashSet<String> = HashSet::new();
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut surrendering: HashSet<String> = HashSet::new();
+    let mut held: BTreeSet<String> = BTreeSet::new();
     let mut readers: JoinSet<(String, Result<bool, String>)> = JoinSet::new();
     let stop = ctx.shutdown.child_token();
     let mut first = true;
     loop {
-        match list_shards(&client, &config.stream).await {
+        let round = match list_shards(&client, &config.stream).await {
             Ok(shards) => {
-                let plan = plan_readers(&shards, &config, &checkpoints, &running, &mut finished, &read);
+                let ids: Vec<String> = shards
+                    .iter()
+                    .filter(|s| config.shard.as_ref().is_none_or(|only| *only == s.id))
+                    .map(|s| s.id.clone())
+                    .collect();
+                leases.balance(&ids).await.map(|a| (shards, a)).map_err(|e| e.to_string())
+            }
+            Err(why) => Err(why),
+        };
+        match round {
+            Ok((shards, assignment)) => {
+                for (id, c) in &assignment.checkpoints {
+                    read.insert(id.clone());
+                    if c.finished {
+                        finished.insert(id.clone());
+                    }
+                }
+                for (id, token) in &running {
+                    let surrender = assignment.surrender.contains(id);
+                    if surrender || !assignment.held.contains(id) {
+                        if surrender && surrendering.insert(id.clone()) {
+                            info!(stream = %config.stream, shard = %id, "Giving the shard up to another replica.");
+                        } else if !surrender {
+                            warn!(stream = %config.stream, shard = %id, "The shard's lease was lost; stopping its reader.");
+                        }
+                        token.cancel();
+                    }
+                }
+                held.clone_from(&assignment.held);
+                let busy: HashSet<String> = running
+                    .keys()
+                    .cloned()
+                    .chain(shards.iter().filter(|s| !assignment.held.contains(&s.id)).map(|s| s.id.clone()))
+                    .chain(assignment.surrender.iter().cloned())
+                    .collect();
+                let plan = plan_readers(&shards, &config, &assignment.checkpoints, &busy, &mut finished, &read);
                 for (id, start) in plan {
                     info!(stream = %config.stream, shard = %id, start = ?start, "Reading shard.");
-                    running.insert(id.clone());
+                    let token = stop.child_token();
+                    running.insert(id.clone(), token.clone());
                     read.insert(id.clone());
-                    let (client, config, store, ctx, stop) =
-                        (client.clone(), config.clone(), store.clone(), ctx.clone(), stop.clone());
+                    let (client, config, leases, ctx) = (client.clone(), config.clone(), leases.clone(), ctx.clone());
                     readers.spawn(async move {
-                        let result = read_shard(&client, &config, &id, start, store.as_ref(), &ctx, &stop).await;
+                        let result = read_shard(&client, &config, &id, start, leases.as_ref(), &ctx, &token).await;
                         (id, result)
                     });
                 }
@@ -94,7 +139,7 @@ pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Resu
                 }
             }
             Err(why) => {
-                warn!(stream = %config.stream, error = %why, "Listing shards failed; retrying.");
+                warn!(stream = %config.stream, error = %why, "Listing or leasing shards failed; retrying.");
                 if first {
                     ctx.health.set(SourceState::Failed(format!("stream {}: {why}", config.stream)));
                 }
@@ -108,10 +153,13 @@ pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Resu
                     match result {
                         Ok(true) => {
                             info!(stream = %config.stream, shard = %id, "Shard finished; its children may start.");
-                            finished.insert(id);
+                            finished.insert(id.clone());
                         }
                         Ok(false) => {}
-                        Err(why) => warn!(stream = %config.stream, shard = %id, error = %why, "Shard reader failed; it restarts from its checkpoint."),
+                        Err(why) => warn!(stream = %config.stream, shard = %id, error = %why, "Shard reader stopped; the shard is read again from its checkpoint."),
+                    }
+                    if surrendering.remove(&id) {
+                        leases.release(&id).await;
                     }
                 }
             }
@@ -120,6 +168,10 @@ pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Resu
     }
     stop.cancel();
     while readers.join_next().await.is_some() {}
+    // Stopped and saved: hand every shard over at once rather than after the leases expire.
+    for id in &held {
+        leases.release(id).await;
+    }
     Ok(())
 }
 
@@ -171,8 +223,12 @@ fn plan_readers(
         if !parents_done {
             continue;
         }
-        let start = match checkpoints.get(&shard.id).and_then(|c| c.sequence.clone()) {
+        let checkpoint = checkpoints.get(&shard.id);
+        let start = match checkpoint.and_then(|c| c.sequence.clone()) {
             Some(seq) => Start::After(seq),
+            None if checkpoint.and_then(|c| c.started_at_ms).is_some() => {
+                Start::Since(checkpoint.and_then(|c| c.started_at_ms).unwrap_or_default())
+            }
             None if shard.parents.iter().any(|p| read.contains(p)) => Start::TrimHorizon,
             None if shard.closed && config.starting_position == StartingPosition::Latest => {
                 finished.insert(shard.id.clone());
@@ -216,6 +272,8 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, St
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Start {
     After(String),
+    /// Where an earlier reader started at `LATEST` before checkpointing any record (ms).
+    Since(i64),
     TrimHorizon,
     Configured,
 }
@@ -242,6 +300,18 @@ impl ShardState {
 
 struct ShardAcker(Mutex<ShardState>);
 
+impl ShardAcker {
+    /// Moves `saved` to the end of the finished prefix; true if it moved.
+    fn advance(&self, saved: &mut Option<String>) -> bool {
+        let next = self.0.lock().unwrap_or_else(|p| p.into_inner()).checkpoint();
+        let moved = next.is_some();
+        if moved {
+            *saved = next;
+        }
+        moved
+    }
+}
+
 impl Acker for ShardAcker {
     fn ack(&self, position: Position, outcome: Outcome) {
         if !matches!(outcome, Outcome::Redeliver { .. }) {
@@ -261,10 +331,22 @@ async fn read_shard(
     config: &KinesisSourceConfig,
     shard: &str,
     start: Start,
-    store: &dyn CheckpointStore,
+    store: &dyn ShardLeases,
     ctx: &SourceContext,
     stop: &CancellationToken,
 ) -> Result<bool, String> {
+    let started_at_ms = match &start {
+        Start::Since(ms) => Some(*ms),
+        Start::Configured if config.starting_position == StartingPosition::Latest => {
+            // Recorded before the iterator is asked for: a reader taking over starts here.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+            let first = ShardCheckpoint { sequence: None, finished: false, started_at_ms: Some(ms) };
+            store.save(shard, first).await.map_err(|e| e.to_string())?;
+            Some(ms)
+        }
+        _ => None,
+    };
     let state = Arc::new(ShardAcker(Mutex::new(ShardState::default())));
     let acker: Arc<dyn Acker> = state.clone();
     let stream_name: Arc<str> = Arc::from(config.stream.as_str());
@@ -276,22 +358,17 @@ async fn read_shard(
         _ => None,
     };
     let mut last_save = Instant::now();
-    let save = |state: &ShardAcker, saved: &mut Option<String>, finished: bool| -> Result<(), String> {
-        let seq = state.0.lock().unwrap_or_else(|p| p.into_inner()).checkpoint();
-        if seq.is_some() || finished {
-            if seq.is_some() {
-                *saved = seq;
-            }
-            store.save(shard, ShardCheckpoint { sequence: saved.clone(), finished }).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+    let save = |saved: Option<String>, finished: bool| {
+        store.save(shard, ShardCheckpoint { sequence: saved, finished, started_at_ms })
     };
     let closed = loop {
         if stop.is_cancelled() {
             break false;
         }
         if last_save.elapsed() >= CHECKPOINT_INTERVAL {
-            save(&state, &mut saved, false)?;
+            if state.advance(&mut saved) {
+                save(saved.clone(), false).await.map_err(|e| e.to_string())?;
+            }
             last_save = Instant::now();
         }
         let called = Instant::now();
@@ -366,7 +443,9 @@ async fn read_shard(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let finished = closed && state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
-    save(&state, &mut saved, finished)?;
+    if state.advance(&mut saved) || finished {
+        save(saved, finished).await.map_err(|e| e.to_string())?;
+    }
     Ok(finished)
 }
 
@@ -391,6 +470,9 @@ async fn shard_iterator(
             req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
         }
         Start::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        Start::Since(ms) => req
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms)),
         Start::Configured => match config.starting_position {
             StartingPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
             StartingPosition::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
@@ -458,7 +540,7 @@ mod tests {
     fn children_wait_for_their_parents_then_start_at_trim_horizon() {
         let cfg = config(StartingPosition::Latest);
         let checkpoints: std::collections::BTreeMap<String, ShardCheckpoint> =
-            [("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), finished: false })].into();
+            [("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), ..ShardCheckpoint::default() })].into();
         let read: HashSet<String> = ["p0".to_string(), "p1".to_string()].into();
         let mut finished = HashSet::new();
         // Parents still being read: no child may start.
@@ -475,8 +557,8 @@ mod tests {
     fn a_restart_resumes_each_shard_after_its_checkpoint() {
         let cfg = config(StartingPosition::Latest);
         let checkpoints: std::collections::BTreeMap<String, ShardCheckpoint> = [
-            ("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), finished: true }),
-            ("p1".to_string(), ShardCheckpoint { sequence: Some("20".into()), finished: false }),
+            ("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), finished: true, started_at_ms: None }),
+            ("p1".to_string(), ShardCheckpoint { sequence: Some("20".into()), ..ShardCheckpoint::default() }),
         ]
         .into();
         let mut finished: HashSet<String> = ["p0".to_string()].into();

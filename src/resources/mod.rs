@@ -95,6 +95,12 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .collect()
 }
 
+/// Every CRD in one multi-document file (`deploy/00-crds.yaml`).
+pub fn crds_bundle(files: &[(String, String)]) -> String {
+    let docs: Vec<&str> = files.iter().map(|(_, yaml)| yaml.as_str()).collect();
+    docs.join("---\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,10 +111,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
         let files = crd_files().expect("CRDs serialize");
         assert_eq!(files.len(), 6);
-        for (name, yaml) in files {
-            let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
-            assert!(on_disk == yaml, "crds/{name} drifted from the Rust types: run `cargo run --bin crdgen`");
+        for (name, yaml) in &files {
+            let on_disk = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            assert!(on_disk == *yaml, "crds/{name} drifted from the Rust types: run `cargo run --bin crdgen`");
         }
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/00-crds.yaml");
+        let on_disk = std::fs::read_to_string(deploy).unwrap_or_default();
+        assert!(on_disk == crds_bundle(&files), "deploy/00-crds.yaml drifted: run `cargo run --bin crdgen`");
     }
 
     #[test]

@@ -22,6 +22,24 @@ pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
 pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
 pub const CRON_LATENESS: &str = "kubeless_cron_tick_lateness_seconds";
+/// Every metric the daemon exports.
+pub const ALL: &[&str] = &[
+    MESSAGES_RECEIVED,
+    MESSAGES_DELIVERED,
+    DELIVERY_RETRIES,
+    MESSAGES_DEAD_LETTERED,
+    MESSAGES_FAILED,
+    DEAD_LETTER_WRITE_FAILURES,
+    DISPATCH_DURATION,
+    REQUEST_DURATION,
+    IN_FLIGHT,
+    CONSUMER_LAG,
+    CONSUMERS,
+    MANIFEST_ERRORS,
+    CONSUMER_RESTARTS,
+    CRON_TICKS,
+    CRON_LATENESS,
+];
 
 /// Buckets for both latency histograms: 1 ms to 60 s.
 pub const LATENCY_BUCKETS: &[f64] =
@@ -119,5 +137,32 @@ impl CronMetrics {
             failed: c("failed"),
             lateness: histogram!(CRON_LATENESS, "trigger" => trigger.to_string(), "function" => function.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The Grafana dashboard in deploy/ queries only metrics that exist, and shows every one.
+    #[test]
+    fn the_dashboard_queries_exactly_the_exported_metrics() {
+        let json = include_str!("../../deploy/grafana/kubeless-broker.json");
+        let dashboard: serde_json::Value = serde_json::from_str(json).expect("dashboard JSON");
+        let mut used = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let mut rest = expr;
+                while let Some(at) = rest.find("kubeless_") {
+                    let name: String =
+                        rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    rest = &rest[at + name.len()..];
+                    let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.trim_end_matches(s));
+                    assert!(super::ALL.contains(&base), "{expr}: {base} is not a metric the daemon exports");
+                    used.insert(base.to_string());
+                }
+            }
+        }
+        let unused: Vec<&&str> = super::ALL.iter().filter(|m| !used.contains(**m)).collect();
+        assert!(unused.is_empty(), "not on the dashboard: {unused:?}");
     }
 }

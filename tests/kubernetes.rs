@@ -419,3 +419,89 @@ async fn two_daemons_split_kinesis_shards_by_lease_and_the_survivor_resumes_a_ki
     }
     assert!(daemons[1].is_running());
 }
+
+fn received_from(f: &Function, event_namespace: &str) -> Vec<Received> {
+    f.received().into_iter().filter(|r| r.headers["event-namespace"] == event_namespace).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refused() {
+    let api = KubeApi::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    for file in ["00-crds.yaml", "01-namespace.yaml", "02-rbac.yaml"] {
+        api.kubectl_ok(&["apply", "-f", &root.join(file).display().to_string()]);
+    }
+    api.kubectl_ok(&["wait", "--for", "condition=established", "--timeout=60s", "crd", "--all"]);
+    let kafka = Kafka::start().await;
+    kafka.create_topic("r-orders", 1).await;
+    let moto = Kinesis::moto().await;
+    let kinesis = moto.client().await;
+    kubeless_kinesis::create_stream(&kinesis, "r-clicks", 2).await.expect("stream");
+    let f = Function::start(Behaviour::Ok).await;
+    // Everything a user applies, as the admin: a Function, a Kafka, a cron and a Kinesis trigger,
+    // and one invalid trigger (its status and Event are writes too).
+    for yaml in [
+        function_yaml("f", "{function: f}", &f.url),
+        trigger_yaml("t", "r-orders", "{function: f}", ""),
+        trigger_yaml("bad", "r-orders", "{function: f}", "  delivery:\n    timeout: soon\n"),
+        cron_yaml("tick", "f", "*/2 * * * * *"),
+        kinesis_yaml("clicks", "f", "r-clicks", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
+    ] {
+        let (ok, out) = api.apply(&yaml);
+        assert!(ok, "{out}");
+    }
+
+    // The daemon as its ServiceAccount, with its namespace from the downward API's env.
+    let broker = api.kubeconfig_for(common::kubeapi::BROKER_TOKEN, "kubeless");
+    let env = [("POD_NAME", "kubeless-broker-0"), ("POD_NAMESPACE", "kubeless")];
+    let daemon = Daemon::start_kube(&broker, &kafka.brokers, &[], &env);
+    daemon.wait_ready().await;
+    kafka.publisher().publish("r-orders", None, b"kafka-under-rbac", &[]).await.expect("publish");
+    kubeless_kinesis::put_record(&kinesis, "r-clicks", "k", b"kinesis-under-rbac").await.expect("put");
+    wait_for("Kafka, Kinesis and cron deliveries", Duration::from_secs(60), || {
+        let got = bodies(&f);
+        got.contains(&"kafka-under-rbac".to_string())
+            && got.contains(&"kinesis-under-rbac".to_string())
+            && received_from(&f, "cronjobtriggers.kubeless.io").len() >= 2
+    })
+    .await;
+
+    // Its writes went through: status, the InvalidSpec Event, cron ticks, the leader and shard Leases.
+    wait_jsonpath(&api, &["get", "kafkatrigger", "t"], "{.status.conditions[0].status}", |s| s == "True").await;
+    wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], "{.status.conditions[0].reason}", |s| s == "InvalidSpec")
+        .await;
+    wait_jsonpath(&api, &["get", "cronjobtrigger", "tick"], "{.status.lastScheduleTime}", |s| !s.is_empty()).await;
+    wait_jsonpath(&api, &["get", "kinesistrigger", "clicks"], "{.status.conditions[0].status}", |s| s == "True").await;
+    let events = api.kubectl_ok(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("InvalidSpec"), "{events}");
+    let holder = api.kubectl_ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kubeless",
+        "kubeless-broker-leader",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, "kubeless-broker-0");
+    let shards =
+        api.kubectl_ok(&["get", "leases", "-n", "kubeless", "-l", "kubeless.io/lease-for=shard", "-o", "name"]);
+    assert_eq!(shards.lines().count(), 2, "{shards}");
+    // Nothing it tried was refused.
+    let log = daemon.log_text();
+    assert!(!log.to_lowercase().contains("forbidden"), "the daemon was refused something:\n{log}");
+
+    // And what it has no right to do, the API server refuses.
+    for args in [
+        vec!["delete", "kafkatrigger", "t", "-n", "default"],
+        vec!["patch", "kafkatrigger", "t", "-n", "default", "--type", "merge", "-p", r#"{"spec":{"topic":"x"}}"#],
+        vec!["create", "configmap", "x", "-n", "default"],
+        vec!["create", "secret", "generic", "x", "-n", "default"],
+        vec!["delete", "lease", "kubeless-broker-leader", "-n", "kubeless"],
+        vec!["get", "leases", "-n", "default"],
+    ] {
+        let out = api.kubectl_as(&broker, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("forbidden"), "{args:?} was not refused: {err}");
+    }
+}

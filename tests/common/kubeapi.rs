@@ -151,12 +151,12 @@ impl KubeApi {
 
     /// Runs kubectl as the admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(kubectl_binary())
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("run kubectl")
+        self.kubectl_as(&self.kubeconfig, args)
+    }
+
+    /// Runs kubectl as the identity of `kubeconfig`.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new(kubectl_binary()).arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("run kubectl")
     }
 
     /// Runs kubectl as the admin and returns its stdout; panics with stderr if it fails.

@@ -74,6 +74,8 @@ struct StatusBody {
     trigger_problems: Vec<ObjectProblem>,
     unserved: Vec<String>,
     consumers: Vec<ConsumerStatus>,
+    /// Consumers stopped but still draining in-flight messages and committing.
+    stopping: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -104,6 +106,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         trigger_problems,
         unserved: snapshot.desired.unserved.iter().map(ToString::to_string).collect(),
         consumers: s.supervisor.status(),
+        stopping: s.supervisor.stopping(),
     };
     Json(serde_json::to_value(body).unwrap_or_default())
 }

@@ -48,11 +48,14 @@ async fn groups(daemon: &Daemon) -> Vec<String> {
     g
 }
 
+/// Waits until the running consumers' groups are `want` and every stopped one has finished
+/// draining (a stopping consumer may still deliver what it had fetched).
 async fn wait_groups(daemon: &Daemon, want: &[&str]) {
     let start = Instant::now();
     loop {
         let got = groups(daemon).await;
-        if got == want {
+        let drained = daemon.status().await["stopping"].as_array().is_some_and(Vec::is_empty);
+        if got == want && drained {
             return;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "consumers {got:?}, want {want:?}\n{}", daemon.log_text());
@@ -66,18 +69,24 @@ async fn cluster_with_crds() -> KubeApi {
     api
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_apply_edit_and_delete_move_consumers_and_kubectl_get_shows_ready() {
+/// The API server with the CRDs, a broker with `topics` (`partitions` each), a Function `function`
+/// and a KafkaTrigger `trigger` on the first topic selecting it, all applied with kubectl.
+async fn kafka_cluster(topics: &[&str], partitions: i32, function: &str, trigger: &str) -> (KubeApi, Kafka, Function) {
     let api = cluster_with_crds().await;
     let kafka = Kafka::start().await;
-    for t in ["k-orders", "k-other"] {
-        kafka.create_topic(t, 1).await;
+    for t in topics {
+        kafka.create_topic(t, partitions).await;
     }
-    let f1 = Function::start(Behaviour::Ok).await;
-    let (ok, out) = api.apply(&function_yaml("f1", "{function: f1}", &f1.url));
-    assert!(ok, "{out}");
-    let (ok, out) = api.apply(&trigger_yaml("t", "k-orders", "{function: f1}", ""));
-    assert!(ok, "{out}");
+    let f = Function::start(Behaviour::Ok).await;
+    let selector = format!("{{function: {function}}}");
+    api.apply_ok(&function_yaml(function, &selector, &f.url));
+    api.apply_ok(&trigger_yaml(trigger, topics[0], &selector, ""));
+    (api, kafka, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_edit_and_delete_move_consumers_and_kubectl_get_shows_ready() {
+    let (api, kafka, f1) = kafka_cluster(&["k-orders", "k-other"], 1, "f1", "t").await;
 
     let mut daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
     daemon.wait_ready().await;
@@ -133,16 +142,12 @@ async fn an_invalid_trigger_gets_ready_false_naming_the_field_and_a_warning_even
     kafka.create_topic("v-good", 1).await;
     let f = Function::start(Behaviour::Ok).await;
     let daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
-    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
-    assert!(ok, "{out}");
-    let (ok, out) = api.apply(&trigger_yaml("good", "v-good", "{function: f}", ""));
-    assert!(ok, "{out}");
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
+    api.apply_ok(&trigger_yaml("good", "v-good", "{function: f}", ""));
     // Passes the CRD's schema (a string), fails our validation.
     let bad = trigger_yaml("bad", "v-good", "{function: f}", "  delivery:\n    timeout: ten seconds\n");
-    let (ok, out) = api.apply(&bad);
-    assert!(ok, "{out}");
-    let (ok, out) = api.apply(&trigger_yaml("lonely", "v-good", "{function: nobody}", ""));
-    assert!(ok, "{out}");
+    api.apply_ok(&bad);
+    api.apply_ok(&trigger_yaml("lonely", "v-good", "{function: nobody}", ""));
 
     let condition = "{.status.conditions[0].status}/{.status.conditions[0].reason}/{.status.conditions[0].message}";
     let got = wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], condition, |s| !s.is_empty()).await;
@@ -180,23 +185,13 @@ async fn an_invalid_trigger_gets_ready_false_naming_the_field_and_a_warning_even
 
     // Fixing the spec through the API makes it run.
     let fixed = trigger_yaml("bad", "v-good", "{function: f}", "  delivery:\n    timeout: 10s\n");
-    let (ok, out) = api.apply(&fixed);
-    assert!(ok, "{out}");
+    api.apply_ok(&fixed);
     wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], "{.status.conditions[0].status}", |s| s == "True").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_down_for_20s_mid_stream_loses_nothing_and_later_changes_are_picked_up() {
-    let mut api = cluster_with_crds().await;
-    let kafka = Kafka::start().await;
-    for t in ["a-stream", "a-later"] {
-        kafka.create_topic(t, 2).await;
-    }
-    let f = Function::start(Behaviour::Ok).await;
-    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
-    assert!(ok, "{out}");
-    let (ok, out) = api.apply(&trigger_yaml("stream", "a-stream", "{function: f}", ""));
-    assert!(ok, "{out}");
+    let (mut api, kafka, f) = kafka_cluster(&["a-stream", "a-later"], 2, "f", "stream").await;
     let mut daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
     daemon.wait_ready().await;
 
@@ -239,8 +234,7 @@ async fn the_api_server_down_for_20s_mid_stream_loses_nothing_and_later_changes_
     api.restart_apiserver().await;
     daemon.wait_ready().await;
     // A change made after the restart is picked up.
-    let (ok, out) = api.apply(&trigger_yaml("later", "a-later", "{function: f}", ""));
-    assert!(ok, "{out}");
+    api.apply_ok(&trigger_yaml("later", "a-later", "{function: f}", ""));
     wait_groups(&daemon, &["default_later_f_a-later", "default_stream_f_a-stream"]).await;
     daemon.wait_ready().await;
     kafka.publisher().publish("a-later", None, b"after-restart", &[]).await.expect("publish");
@@ -270,6 +264,19 @@ fn tick_of(r: &Received) -> i64 {
         .unwrap_or_else(|e| panic!("event-time {t:?}: {e}"))
 }
 
+/// Two daemons, `broker-a` and `broker-b`, as two replicas of one Deployment would run, ready.
+async fn two_replicas(api: &KubeApi) -> [Daemon; 2] {
+    let flags = ["--leader-election-namespace", "default"];
+    let daemons = [
+        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-a")]),
+        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-b")]),
+    ];
+    for d in &daemons {
+        d.wait_ready().await;
+    }
+    daemons
+}
+
 fn lease_holder(api: &KubeApi, lease: &str) -> String {
     let out = api.kubectl(&["get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -279,18 +286,9 @@ fn lease_holder(api: &KubeApi, lease: &str) -> String {
 async fn two_daemons_fire_each_cron_tick_once_and_the_survivor_takes_over_a_killed_leader() {
     let api = cluster_with_crds().await;
     let f = Function::start(Behaviour::Ok).await;
-    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
-    assert!(ok, "{out}");
-    let (ok, out) = api.apply(&cron_yaml("every2s", "f", "*/2 * * * * *"));
-    assert!(ok, "{out}");
-    let flags = ["--leader-election-namespace", "default"];
-    let mut daemons = [
-        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-a")]),
-        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-b")]),
-    ];
-    for d in &daemons {
-        d.wait_ready().await;
-    }
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
+    api.apply_ok(&cron_yaml("every2s", "f", "*/2 * * * * *"));
+    let mut daemons = two_replicas(&api).await;
     wait_for("a leader", Duration::from_secs(30), || !lease_holder(&api, "kubeless-broker-leader").is_empty()).await;
     let leader = usize::from(lease_holder(&api, "kubeless-broker-leader") == "broker-b");
     let survivor = 1 - leader;
@@ -353,19 +351,10 @@ async fn two_daemons_split_kinesis_shards_by_lease_and_the_survivor_resumes_a_ki
     let client = moto.client().await;
     kubeless_kinesis::create_stream(&client, "clicks", 4).await.expect("stream");
     let f = Function::start(Behaviour::Ok).await;
-    let (ok, out) = api.apply(&function_yaml("f", "{function: f}", &f.url));
-    assert!(ok, "{out}");
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
     // The default starting position, LATEST, as Kubeless had it.
-    let (ok, out) = api.apply(&kinesis_yaml("clicks", "f", "clicks", &moto.endpoint, ""));
-    assert!(ok, "{out}");
-    let flags = ["--leader-election-namespace", "default"];
-    let mut daemons = [
-        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-a")]),
-        Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-b")]),
-    ];
-    for d in &daemons {
-        d.wait_ready().await;
-    }
+    api.apply_ok(&kinesis_yaml("clicks", "f", "clicks", &moto.endpoint, ""));
+    let mut daemons = two_replicas(&api).await;
     wait_for("two shards' leases each", Duration::from_secs(60), || {
         let leases = shard_leases(&api);
         leases.len() == 4 && held_by(&leases, "broker-a") == 2 && held_by(&leases, "broker-b") == 2
@@ -447,8 +436,7 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
         cron_yaml("tick", "f", "*/2 * * * * *"),
         kinesis_yaml("clicks", "f", "r-clicks", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
     ] {
-        let (ok, out) = api.apply(&yaml);
-        assert!(ok, "{out}");
+        api.apply_ok(&yaml);
     }
 
     // The daemon as its ServiceAccount, with its namespace from the downward API's env.

@@ -107,6 +107,9 @@ impl Supervisor {
             let Some(r) = running.remove(&key) else { continue };
             info!(trigger = %r.spec.trigger, function = %r.spec.function, source = %r.spec.source.id(), "Stopping consumer.");
             let done = tokio::spawn(stop(r)).map(|_| ()).boxed().shared();
+            // A shared future completes only when polled: drive it, so `stopping` can be pruned
+            // and reported without a successor waiting on it.
+            tokio::spawn(done.clone());
             stopping.insert(key, done);
         }
         for (key, spec) in desired {
@@ -129,6 +132,11 @@ impl Supervisor {
         let stops = all.into_values().map(|r| stop(r).boxed());
         let pending = stopping.into_values().map(FutureExt::boxed);
         futures::future::join_all(stops.chain(pending)).await;
+    }
+
+    /// Keys of consumers stopped but still draining and committing.
+    pub fn stopping(&self) -> Vec<String> {
+        self.lock().stopping.iter().filter(|(_, done)| done.peek().is_none()).map(|(k, _)| k.clone()).collect()
     }
 
     pub fn status(&self) -> Vec<ConsumerStatus> {

@@ -171,6 +171,12 @@ impl KubeApi {
         self.kubectl_stdin(&["apply", "-f", "-"], yaml)
     }
 
+    /// `kubectl apply -f -` with `yaml`; panics with kubectl's output if it fails.
+    pub fn apply_ok(&self, yaml: &str) {
+        let (ok, out) = self.apply(yaml);
+        assert!(ok, "kubectl apply failed: {out}");
+    }
+
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> (bool, String) {
         use std::io::Write;
         let mut child = Command::new(kubectl_binary())

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -120,7 +121,20 @@ fn watcher<K>(api: Api<K>, config: watcher::Config) -> impl futures::Stream<Item
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher::watcher(api, config).default_backoff()
+    watcher::watcher(api, config).backoff(watch_backoff())
+}
+
+/// Retries of a failed watch: from 500 ms, doubling, at most 5 s apart (kube-runtime's default
+/// grows to 30 s, so after a 20 s outage the first retry that could succeed came up to 30 s late,
+/// and a relist after "resource version too old" as late again), reset after a minute of health.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
 }
 
 fn map_event<K, T>(event: Event<K>, f: impl Fn(K) -> T) -> Event<T> {

@@ -184,7 +184,8 @@ impl Args {
             Some(dir) => dir.clone(),
             None => default_state_dir(&env)?,
         };
-        let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(env)?;
+        let default_max_backoff = kubeless_environment(&env)?;
+        let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(&env)?;
         props.extend(kafka_properties.iter().cloned());
         Ok(Settings {
             mode,
@@ -195,9 +196,33 @@ impl Args {
                 drain_timeout: *drain_timeout,
                 state_dir,
                 nats_url: nats_url.clone(),
+                default_max_backoff,
             },
         })
     }
+}
+
+/// Kubeless controller settings in the environment: `BACKOFF_INTERVAL` is honoured (the longest wait
+/// between retries of triggers that set none); the ones about Kubeless's own ConfigMap and API
+/// token are reported as not used, never silently ignored.
+fn kubeless_environment(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Duration>> {
+    for (name, instead) in [
+        ("KUBELESS_CONFIG", "this broker reads no kubeless-config ConfigMap; limit namespaces with --namespace"),
+        ("KUBELESS_NAMESPACE", "this broker reads no kubeless-config ConfigMap; limit namespaces with --namespace"),
+        ("KUBELESS_TOKEN_FILE_PATH", "the broker uses its kubeconfig or service account"),
+    ] {
+        if env(name).is_some_and(|v| !v.is_empty()) {
+            tracing::warn!(variable = name, "Kubeless setting not used: {instead}.");
+        }
+    }
+    let Some(value) = env("BACKOFF_INTERVAL").filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let interval = humantime::parse_duration(value.trim())
+        .map_err(|e| anyhow::anyhow!("BACKOFF_INTERVAL={value:?} is not a duration such as 5s or 1m30s: {e}"))?;
+    if interval.is_zero() {
+        anyhow::bail!("BACKOFF_INTERVAL={value:?} must be longer than 0");
+    }
+    tracing::info!(backoff_interval = ?interval, "BACKOFF_INTERVAL: retries of triggers without delivery.retry.maxBackoff wait at most this long.");
+    Ok(Some(interval))
 }
 
 fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
@@ -207,5 +232,37 @@ fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Pa
     match env("HOME").filter(|d| !d.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".local/state/kubeless-broker")),
         None => anyhow::bail!("no HOME or XDG_STATE_HOME to put state in; pass --state-dir"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let args = Args::try_parse_from(["kubeless-broker", "--manifests", "/m"]).expect("flags");
+        let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        args.settings(|k| vars.get(k).cloned().or_else(|| (k == "HOME").then(|| "/home/u".to_string())))
+    }
+
+    #[test]
+    fn kubeless_backoff_interval_caps_retries_of_triggers_that_set_none() {
+        use crate::resources::{DeliveryPolicy, RetryPolicy};
+        let s = settings(&[("BACKOFF_INTERVAL", "5s")]).expect("settings");
+        assert_eq!(s.index.default_max_backoff, Some(Duration::from_secs(5)));
+        let unset = DeliveryPolicy::default();
+        assert_eq!(s.index.with_defaults(&unset).retry.max_backoff, Duration::from_secs(5));
+        let own = DeliveryPolicy {
+            retry: RetryPolicy {
+                max_backoff: Duration::from_secs(60),
+                max_backoff_set: true,
+                ..RetryPolicy::default()
+            },
+            ..DeliveryPolicy::default()
+        };
+        assert_eq!(s.index.with_defaults(&own).retry.max_backoff, Duration::from_secs(60), "the trigger's own wins");
+        assert_eq!(settings(&[]).expect("settings").index.default_max_backoff, None);
+        let err = settings(&[("BACKOFF_INTERVAL", "soon")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("BACKOFF_INTERVAL") && err.contains("soon"), "{err}");
     }
 }

@@ -48,7 +48,7 @@ async fn a_cron_trigger_every_2s_fires_on_its_ticks_with_its_payload_and_retries
     assert!(ticks.windows(2).all(|w| w[1] - w[0] == 2), "one tick every 2 s, none skipped: {ticks:?}");
     for r in &got {
         assert_eq!(r.body, r#"{"job":"report"}"#);
-        assert_eq!(r.headers["event-namespace"], "cronjobtriggers.kubeless.io");
+        assert_eq!(r.headers["event-namespace"], "cronjobtrigger.kubeless.io");
         assert_eq!(r.headers["content-type"], "application/json");
     }
     assert!(
@@ -77,4 +77,34 @@ async fn forbid_skips_a_tick_while_the_previous_call_runs() {
     // Every call that started ran alone: a GET (no payload), never two at once.
     let starts: Vec<i64> = f.received().iter().map(tick_time).collect();
     assert!(starts.windows(2).all(|w| w[1] - w[0] >= 2), "calls overlapped: {starts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_function_gets_one_calls_retries_per_tick_not_a_growing_storm() {
+    // Always 500, fast retries, no limits of the trigger's own: each tick's retries end when the
+    // next tick is due (Kubeless made one call per tick), under Allow and under Forbid alike.
+    let f = Function::start(Behaviour::Status(500)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let retry = "  delivery:\n    retry: {initialBackoff: 50ms, maxBackoff: 100ms}\n";
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        cron_yaml("allow", "f", "* * * * * *", retry),
+        cron_yaml("forbid", "f", "* * * * * *", &format!("  concurrencyPolicy: Forbid\n{retry}")),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    let outcome = |trigger: &str, outcome: &str| {
+        format!("kubeless_cron_ticks_total{{trigger=\"default/{trigger}\",function=\"f\",outcome=\"{outcome}\"}}")
+    };
+    for trigger in ["allow", "forbid"] {
+        let failed = outcome(trigger, "failed");
+        let start = std::time::Instant::now();
+        while daemon.metric(&failed).await < 3.0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "{trigger}: no tick ever stops retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Forbid is not blocked forever by one failing tick: later ticks fire.
+        assert!(daemon.metric(&outcome(trigger, "fired")).await >= 3.0);
+    }
 }

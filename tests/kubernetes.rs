@@ -450,7 +450,7 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
         let got = bodies(&f);
         got.contains(&"kafka-under-rbac".to_string())
             && got.contains(&"kinesis-under-rbac".to_string())
-            && received_from(&f, "cronjobtriggers.kubeless.io").len() >= 2
+            && received_from(&f, "cronjobtrigger.kubeless.io").len() >= 2
     })
     .await;
 
@@ -492,4 +492,54 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("forbidden"), "{args:?} was not refused: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crds_install_and_take_kubeless_objects_of_every_kind_without_pruning_their_fields() {
+    let api = cluster_with_crds().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = api.kubectl(&["apply", "-f", &root.join("tests/data/kubeless/legacy.yaml").display().to_string()]);
+    assert!(out.status.success(), "legacy.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    // This test API server (1.20 built with Go 1.19 from Debian's sources) decodes `""` in a custom
+    // resource as null, a defect of the build (a real API server keeps ""): the String fields the
+    // export left empty get a value here, which also shows they are not pruned. The nullable ones
+    // (`endpoint`, `secret`, `shard`) stay empty, and the unit test
+    // `objects_exported_from_a_kubeless_cluster_load_with_empty_strings_as_unset` loads the file
+    // exactly as exported.
+    let exported = std::fs::read_to_string(root.join("tests/data/kubeless/exported.yaml")).expect("test data");
+    let nullable = ["endpoint:", "secret:", "shard:"];
+    let filled: Vec<String> = exported
+        .lines()
+        .map(|l| match l.trim_end().strip_suffix(": \"\"") {
+            Some(key) if !nullable.iter().any(|k| l.trim_start().starts_with(k)) => format!("{key}: kept"),
+            _ => l.to_string(),
+        })
+        .collect();
+    api.apply_ok(&filled.join("\n"));
+    for kind in ["functions", "kafkatriggers", "natstriggers", "kinesistriggers", "cronjobtriggers", "httptriggers"] {
+        let names = api.kubectl_ok(&["get", kind, "-o", "name"]);
+        assert!(!names.trim().is_empty(), "no {kind} stored");
+    }
+    // Fields Kubeless had and this broker does not act on survive the structural schemas.
+    for (object, path, want) in [
+        ("httptrigger/hello-http", "{.spec.cors-domain}", "https://example.com"),
+        ("httptrigger/legacy-http", "{.spec.route-name}/{.spec.ingress-enabled}", "legacy-route/true"),
+        ("function/hello", "{.spec.service.ports[0].name}", "http-function-port"),
+        ("function/hello", "{.spec.type}/{.spec.topic}/{.spec.schedule}/{.spec.deps}", "kept/kept/kept/kept"),
+        ("function/hello", "{.spec.deployment.spec.template.spec.containers[0].name}", "kept"),
+        ("function/hello", "{.spec.timeout}", "180"),
+        ("function/legacy-fn", "{.spec.timeout}", "60"),
+        ("cronjobtrigger/legacy-berlin", "{.spec.schedule}", "CRON_TZ=Europe/Berlin 0 9 * * 1-5"),
+    ] {
+        let got = api.kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")]);
+        assert_eq!(got, want, "{object} {path}");
+    }
+    let function = api.kubectl_ok(&["get", "function", "hello", "-o", "json"]);
+    let function: serde_json::Value = serde_json::from_str(&function).expect("JSON");
+    for field in ["type", "topic", "schedule", "deps", "horizontalPodAutoscaler"] {
+        assert!(function["spec"].get(field).is_some(), "spec.{field} was pruned: {}", function["spec"]);
+    }
+    // The project's own example applies too (it redefines Function hello, as the demo's).
+    let out = api.kubectl(&["apply", "-f", &root.join("examples/hello.yaml").display().to_string()]);
+    assert!(out.status.success(), "examples/hello.yaml: {}", String::from_utf8_lossy(&out.stderr));
 }

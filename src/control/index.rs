@@ -24,7 +24,8 @@ pub const DEFAULT_GROUP_TEMPLATE: &str = "{namespace}_{trigger}_{function}_{topi
 /// Where a function is reached when it has no `kubeless.io/url` annotation.
 pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local:{port}";
 pub const KAFKA_EVENT_NAMESPACE: &str = "kafkatriggers.kubeless.io";
-pub const CRON_EVENT_NAMESPACE: &str = "cronjobtriggers.kubeless.io";
+/// Singular, as Kubeless sent it (its other triggers use the plural resource name).
+pub const CRON_EVENT_NAMESPACE: &str = "cronjobtrigger.kubeless.io";
 pub const NATS_EVENT_NAMESPACE: &str = "natstriggers.kubeless.io";
 pub const KINESIS_EVENT_NAMESPACE: &str = "kinesistriggers.kubeless.io";
 /// Pause between `GetRecords` calls on an idle shard (Kubeless polled every 250 ms).
@@ -46,6 +47,21 @@ pub struct IndexSettings {
     pub state_dir: PathBuf,
     /// NATS server for triggers without `spec.url` (env `NATS_URL`).
     pub nats_url: String,
+    /// Kubeless's `BACKOFF_INTERVAL`: the longest wait between retries of a trigger that sets no
+    /// `delivery.retry.maxBackoff`.
+    pub default_max_backoff: Option<Duration>,
+}
+
+impl IndexSettings {
+    /// A trigger's delivery policy with the daemon-wide defaults filled in.
+    pub fn with_defaults(&self, policy: &DeliveryPolicy) -> DeliveryPolicy {
+        let mut policy = policy.clone();
+        if let Some(max) = self.default_max_backoff.filter(|_| !policy.retry.max_backoff_set) {
+            policy.retry.max_backoff = max;
+            policy.retry.initial_backoff = policy.retry.initial_backoff.min(max);
+        }
+        policy
+    }
 }
 
 /// Why a valid trigger runs no consumer, as the `reason` of its `Ready` condition.
@@ -236,7 +252,7 @@ fn kafka_consumers(
                 }),
                 url: url.clone(),
                 timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
-                delivery: delivery.clone(),
+                delivery: settings.with_defaults(&delivery),
             };
             out.consumers.insert(spec.key(), spec);
         }
@@ -331,7 +347,7 @@ fn nats_consumers(
             }),
             url: function_url(function, &settings.url_template),
             timeout,
-            delivery: policy.clone(),
+            delivery: settings.with_defaults(policy),
         };
         out.consumers.insert(spec.key(), spec);
     }
@@ -417,7 +433,7 @@ fn kinesis_consumer(
         }),
         url: function_url(function, &settings.url_template),
         timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
-        delivery: policy.clone(),
+        delivery: settings.with_defaults(policy),
     };
     out.consumers.insert(consumer.key(), consumer);
 }
@@ -450,7 +466,7 @@ fn cron_consumer(
         }),
         url: function_url(function, &settings.url_template),
         timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
-        delivery: policy.clone(),
+        delivery: settings.with_defaults(policy),
     };
     out.consumers.insert(spec.key(), spec);
 }

@@ -12,6 +12,7 @@ fn settings() -> IndexSettings {
         drain_timeout: Duration::from_secs(5),
         state_dir: PathBuf::from("/state"),
         nats_url: "nats://n:4222".to_string(),
+        default_max_backoff: None,
     }
 }
 

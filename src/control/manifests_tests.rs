@@ -30,7 +30,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("missing name", "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {}\nspec: {}\n".to_string(), vec!["metadata.name", "required"]),
         ("invalid name", "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {name: Bad_Name}\nspec: {topic: t, functionSelector: {}}\n".to_string(), vec!["metadata.name", "Bad_Name"]),
         ("missing topic", kafka(&format!("{{{sel}}}")), vec!["spec.topic", "required"]),
-        ("empty topic", kafka(&format!("{{topic: '', {sel}}}")), vec!["spec.topic", "empty"]),
+        ("empty topic (empty is unset, as Kubeless exported it)", kafka(&format!("{{topic: '', {sel}}}")), vec!["spec.topic", "required"]),
         ("invalid topic", kafka(&format!("{{topic: 'has space', {sel}}}")), vec!["spec.topic", "has space"]),
         ("invalid topic in list", kafka(&format!("{{topics: [ok, 'a/b'], {sel}}}")), vec!["spec.topics[1]"]),
         ("missing selector", kafka("{topic: t}"), vec!["spec.functionSelector", "required"]),
@@ -168,4 +168,28 @@ spec: {function-name: get-python, host-name: example.com, path: echo}
     assert!(set.errors.is_empty(), "{:?}", set.errors);
     let kinds: Vec<&str> = set.resources.iter().map(|r| r.resource.kind().as_str()).collect();
     assert_eq!(kinds, ["Function", "KafkaTrigger", "NATSTrigger", "KinesisTrigger", "CronJobTrigger", "HTTPTrigger"]);
+}
+
+#[test]
+fn objects_exported_from_a_kubeless_cluster_load_with_empty_strings_as_unset() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kubeless");
+    let mut files = Vec::new();
+    for name in ["exported.yaml", "legacy.yaml"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("test data");
+        files.push((PathBuf::from(name), text));
+    }
+    let set = parse_files(&files);
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    assert_eq!(set.resources.len(), 10);
+    let kinesis = set
+        .resources
+        .iter()
+        .find_map(|r| match &r.resource {
+            Resource::Kinesis(t, _) => Some(t.clone()),
+            _ => None,
+        })
+        .expect("the KinesisTrigger");
+    // `endpoint: ""` is no endpoint override (not "not an http(s) URL"), `shard: ""` every shard (not
+    // a shard named ""), `secret: ""` the default credential chain (not a missing Secret).
+    assert_eq!((kinesis.spec.endpoint, kinesis.spec.shard, kinesis.spec.secret), (None, None, None));
 }

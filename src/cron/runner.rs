@@ -19,6 +19,9 @@ use crate::kubernetes::lease::{until_leading, until_not_leading};
 use crate::resources::ConcurrencyPolicy;
 use crate::telemetry::CronMetrics;
 
+/// Calls of one trigger running at once under `Allow`; a tick beyond it is skipped.
+pub const MAX_CONCURRENT_CALLS: usize = 10;
+
 /// Counts each tick's final outcome.
 struct TickOutcomes(CronMetrics);
 
@@ -150,6 +153,11 @@ impl Runner {
 
     fn fire(&mut self, tick: DateTime<Utc>) {
         match self.source.concurrency {
+            ConcurrencyPolicy::Allow if self.running.len() >= MAX_CONCURRENT_CALLS => {
+                warn!(trigger = %self.trigger, %tick, running = self.running.len(), "Tick skipped: too many calls of this trigger still running (Allow is bounded).");
+                self.metrics.skipped.increment(1);
+                return;
+            }
             ConcurrencyPolicy::Forbid if !self.running.is_empty() => {
                 warn!(trigger = %self.trigger, %tick, "Tick skipped: the previous call is still running (Forbid).");
                 self.metrics.skipped.increment(1);

@@ -23,6 +23,60 @@ static EVENT_KEY_ENCODING: HeaderName = HeaderName::from_static("event-key-encod
 static EVENT_PARTITION: HeaderName = HeaderName::from_static("event-partition");
 static EVENT_OFFSET: HeaderName = HeaderName::from_static("event-offset");
 
+/// Broker headers forwarded per message, and their total size (names and values): a producer cannot
+/// make a request the function's server refuses, or spend its memory.
+pub const MAX_FORWARDED_HEADERS: usize = 64;
+pub const MAX_FORWARDED_BYTES: usize = 16 * 1024;
+
+/// Headers that frame or route the HTTP request itself (RFC 9110 §7.6.1, §6.4; Host, Expect): a
+/// producer's copy could corrupt or smuggle the request, so none is forwarded.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "content-length",
+    "content-encoding",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The broker headers a request may carry: valid names and values, none that frames or routes the
+/// request or that this broker sets itself (`event-key` of a keyless message included), within
+/// [`MAX_FORWARDED_HEADERS`] and [`MAX_FORWARDED_BYTES`].
+fn forwarded(headers: &[(String, bytes::Bytes)], style: EventStyle, h: &mut HeaderMap) {
+    let ours = [&EVENT_ID, &EVENT_TIME, &EVENT_TYPE, &EVENT_NAMESPACE, &EVENT_TOPIC, &EVENT_KEY, &EVENT_KEY_ENCODING];
+    let mut budget = MAX_FORWARDED_BYTES;
+    let mut count = 0;
+    for (k, v) in headers {
+        let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else { continue };
+        if NOT_FORWARDED.contains(&name.as_str()) || name == CONTENT_TYPE || ours.contains(&&name) {
+            continue;
+        }
+        // A broker's own position headers come from the source, not the producer (Stream style);
+        // on broker messages a producer's copy of ours is dropped.
+        if style == EventStyle::Broker && (name == EVENT_PARTITION || name == EVENT_OFFSET) {
+            continue;
+        }
+        let Ok(value) = HeaderValue::from_bytes(v) else { continue };
+        let size = name.as_str().len() + value.len();
+        if count == MAX_FORWARDED_HEADERS {
+            break;
+        }
+        if size > budget {
+            continue;
+        }
+        budget -= size;
+        count += 1;
+        h.append(name, value);
+    }
+}
+
 /// Which header set a source's messages get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventStyle {
@@ -38,13 +92,8 @@ pub enum EventStyle {
 
 /// Headers for one message. `now` is used for `event-time` only when the broker gave no timestamp.
 pub fn event_headers(msg: &Message, event_namespace: &'static str, style: EventStyle, now: SystemTime) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(10 + msg.headers.len());
-    // Broker headers first, so ours win on a name clash.
-    for (k, v) in &msg.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
-            h.append(name, value);
-        }
-    }
+    let mut h = HeaderMap::with_capacity(10 + msg.headers.len().min(MAX_FORWARDED_HEADERS));
+    forwarded(&msg.headers, style, &mut h);
     let o = &msg.origin;
     let json = style == EventStyle::Cron || is_json_object(&msg.payload);
     let content_type = HeaderValue::from_static(if json { JSON } else { FORM });
@@ -246,6 +295,58 @@ mod tests {
     }
 
     #[test]
+    fn a_producer_cannot_frame_route_or_flood_the_request_through_its_headers() {
+        let mut m = msg(b"hello", None);
+        let mut headers: Vec<(String, Bytes)> = [
+            ("Content-Length", &b"0"[..]),
+            ("transfer-encoding", b"chunked"),
+            ("Host", b"evil.example"),
+            ("connection", b"close, x-secret"),
+            ("upgrade", b"h2c"),
+            ("te", b"trailers"),
+            ("trailer", b"x"),
+            ("expect", b"100-continue"),
+            ("proxy-authorization", b"Basic eA=="),
+            ("content-type", b"text/evil"),
+            ("event-key", b"forged"),
+            ("event-partition", b"99"),
+            ("bad name", b"x"),
+            ("x-crlf", b"a\r\nx-injected: 1"),
+            ("x-ok", b"fine"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Bytes::from_static(v)))
+        .collect();
+        headers.push(("x-big".into(), Bytes::from(vec![b'a'; MAX_FORWARDED_BYTES])));
+        headers.extend((0..200).map(|i| (format!("x-{i}"), Bytes::from_static(b"v"))));
+        m.headers = headers;
+        let h = event_headers(&m, "kafkatriggers.kubeless.io", EventStyle::Broker, SystemTime::now());
+        for gone in [
+            "content-length",
+            "transfer-encoding",
+            "host",
+            "connection",
+            "upgrade",
+            "te",
+            "trailer",
+            "expect",
+            "proxy-authorization",
+            "event-key",
+            "x-crlf",
+            "x-injected",
+            "x-big",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} was forwarded: {:?}", h.get(gone));
+        }
+        assert_eq!(h["content-type"], FORM, "ours, not the producer's");
+        assert_eq!(h.get_all("content-type").iter().count(), 1);
+        assert_eq!(h["event-partition"], "3");
+        assert_eq!(h["x-ok"], "fine");
+        let forwarded = h.keys().filter(|k| k.as_str().starts_with("x-")).count();
+        assert_eq!(forwarded, MAX_FORWARDED_HEADERS, "at most {MAX_FORWARDED_HEADERS} broker headers");
+    }
+
+    #[test]
     fn content_type_is_json_only_for_a_json_object() {
         assert!(is_json_object(br#" {"a": [1, 2]} "#));
         for body in [&b"[1,2]"[..], b"\"s\"", b"42", b"{not json", b"a=b&c=d", b""] {
@@ -302,10 +403,10 @@ mod tests {
 
     #[test]
     fn cron_ticks_are_json_with_an_rfc3339_time_and_no_position() {
-        let h = event_headers(&msg(b"", None), "cronjobtriggers.kubeless.io", EventStyle::Cron, SystemTime::now());
+        let h = event_headers(&msg(b"", None), "cronjobtrigger.kubeless.io", EventStyle::Cron, SystemTime::now());
         assert_eq!(h["content-type"], JSON);
         assert_eq!(h["event-time"], "2009-11-10 23:00:00+00:00");
-        assert_eq!(h["event-namespace"], "cronjobtriggers.kubeless.io");
+        assert_eq!(h["event-namespace"], "cronjobtrigger.kubeless.io");
         assert!(h.get("event-topic").is_none() && h.get("event-offset").is_none());
     }
 

@@ -90,6 +90,7 @@ mod tests {
             max_attempts: None,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
+            max_backoff_set: true,
             max_record_age: None,
         };
         let mut rng = StdRng::seed_from_u64(7);

@@ -140,7 +140,7 @@ impl Services {
 
 /// Runs one consumer, restarting it with backoff if its source fails, until `stop`.
 pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, stop: CancellationToken) {
-    let metrics = ConsumerMetrics::new(&spec.trigger, &spec.function);
+    let metrics = ConsumerMetrics::new(spec.kind.as_str(), &spec.trigger, &spec.function);
     let lag_task = tokio::spawn({
         let (health, gauge, stop) = (health.clone(), metrics.lag.clone(), stop.clone());
         async move {
@@ -204,6 +204,16 @@ async fn run_once(
     };
     // JetStream redelivers on a NAK with delay; other sources retry here.
     let redeliver_via_source = matches!(&spec.source, SourceSpec::Nats(n) if n.jetstream_stream.is_some());
+    let mut retry = spec.delivery.retry.clone();
+    if let SourceSpec::Cron(c) = &spec.source {
+        // Kubeless made one call per tick. Without limits of its own, a tick's retries end when the
+        // next tick is due, so a failing function never piles up retrying calls.
+        if retry.max_attempts.is_none() && retry.max_record_age.is_none() {
+            let schedule =
+                cron::schedule::Schedule::parse(&c.schedule, c.timezone.as_deref()).map_err(|e| e.to_string())?;
+            retry.max_record_age = schedule.interval_after(chrono::Utc::now());
+        }
+    }
     let target = Target {
         trigger: spec.trigger.clone(),
         function: spec.function.clone(),
@@ -212,7 +222,7 @@ async fn run_once(
         event_namespace: spec.event_namespace,
         style,
         method,
-        retry: spec.delivery.retry.clone(),
+        retry,
         redeliver_via_source,
     };
     let deliverer =

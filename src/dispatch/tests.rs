@@ -102,6 +102,7 @@ fn retry(max_attempts: Option<u32>) -> RetryPolicy {
         max_attempts,
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(5),
+        max_backoff_set: true,
         max_record_age: None,
     }
 }
@@ -118,7 +119,13 @@ fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLett
         retry,
         redeliver_via_source: false,
     };
-    Arc::new(Deliverer::new(HttpClient::new(), target, dead_letter, None, ConsumerMetrics::new("ns/t", "f")))
+    Arc::new(Deliverer::new(
+        HttpClient::new(),
+        target,
+        dead_letter,
+        None,
+        ConsumerMetrics::new("KafkaTrigger", "ns/t", "f"),
+    ))
 }
 
 /// Runs a dispatcher over `messages` until every one is acknowledged (or `expect_acks` are).

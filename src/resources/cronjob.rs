@@ -41,7 +41,7 @@ pub struct CronJobTriggerSpec {
     #[schemars(schema_with = "super::function::any_value")]
     pub payload: Option<serde_json::Value>,
     /// IANA time zone of the schedule (default UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub timezone: Option<String>,
     /// `Allow` (default): ticks may overlap. `Forbid`: skip a tick while the previous call runs.
     /// `Replace`: cancel the running call and start the new one.

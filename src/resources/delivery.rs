@@ -20,7 +20,7 @@ pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
     /// Per-request timeout, overriding the Function's `spec.timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -46,13 +46,13 @@ pub struct RetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// First backoff (default 200ms); each retry doubles it, with full jitter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub initial_backoff: Option<String>,
     /// Backoff cap (default 30s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub max_backoff: Option<String>,
     /// Stop retrying a message older than this (from its broker timestamp) and dead-letter it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub max_record_age: Option<String>,
 }
 
@@ -60,14 +60,14 @@ pub struct RetrySpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeadLetterSpec {
     /// Kafka topic for messages that cannot be delivered (KafkaTrigger).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub topic: Option<String>,
     /// NATS subject for messages that cannot be delivered (NATSTrigger; through JetStream when the
     /// trigger uses it, so the write is confirmed by the stream capturing the subject).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub subject: Option<String>,
     /// Brokers of the dead-letter topic, if not the trigger's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub brokers: Option<String>,
 }
 
@@ -87,6 +87,8 @@ pub struct RetryPolicy {
     pub max_attempts: Option<u32>,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// `maxBackoff` was written in the trigger (else Kubeless's `BACKOFF_INTERVAL` may set it).
+    pub max_backoff_set: bool,
     pub max_record_age: Option<Duration>,
 }
 
@@ -96,6 +98,7 @@ impl Default for RetryPolicy {
             max_attempts: None,
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            max_backoff_set: false,
             max_record_age: None,
         }
     }
@@ -170,6 +173,7 @@ impl DeliverySpec {
             }
             if let Some(d) = parse_duration(errors, &format!("{f}.maxBackoff"), retry.max_backoff.as_deref()) {
                 policy.retry.max_backoff = d;
+                policy.retry.max_backoff_set = true;
             }
             if policy.retry.initial_backoff > policy.retry.max_backoff {
                 errors.push(

@@ -46,7 +46,7 @@ pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub runtime: String,
     /// Seconds, as a string (Kubeless) or a number. Default 180.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub timeout: Option<IntOrString>,
     /// Contents of the runtime's dependency file.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -61,6 +61,14 @@ pub struct FunctionSpec {
     #[serde(rename = "horizontalPodAutoscaler", default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub horizontal_pod_autoscaler: Option<serde_json::Value>,
+    /// Kubeless's pre-trigger fields (`type`, `topic`, `schedule`): kept so that installing these
+    /// CRDs over Kubeless's does not prune them from stored objects; triggers do this job now.
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub legacy_type: String,
+    #[serde(rename = "topic", default, skip_serializing_if = "String::is_empty")]
+    pub legacy_topic: String,
+    #[serde(rename = "schedule", default, skip_serializing_if = "String::is_empty")]
+    pub legacy_schedule: String,
 }
 
 pub(super) fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -49,6 +49,14 @@ pub struct HTTPTriggerSpec {
     /// this CRD over Kubeless's does not prune it).
     #[serde(rename = "cors-domain", default, skip_serializing_if = "String::is_empty")]
     pub cors_domain: String,
+    /// Fields of Kubeless's older in-tree HTTPTrigger, kept so that stored objects are not pruned.
+    #[serde(rename = "route-name", default, skip_serializing_if = "String::is_empty")]
+    pub route_name: String,
+    #[serde(rename = "ingress-enabled", default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingress_enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::function::any_object")]
+    pub service: Option<serde_json::Value>,
 }
 
 impl HTTPTrigger {

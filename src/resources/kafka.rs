@@ -34,16 +34,16 @@ pub struct KafkaTriggerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_selector: Option<LabelSelector>,
     /// The topic (Kubeless).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub topic: Option<String>,
     /// More topics, beside or instead of `topic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<String>>,
     /// Consumer group id for every selected function; default `<ns>_<trigger>_<function>_<topic>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub consumer_group: Option<String>,
     /// `host:port[,host:port…]`; default: env `KAFKA_BROKERS`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub brokers: Option<String>,
     /// Where a new consumer group starts: `earliest` (default) or `latest` (Kubeless).
     #[serde(default, skip_serializing_if = "Option::is_none")]

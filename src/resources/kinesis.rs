@@ -38,20 +38,20 @@ pub struct KinesisTriggerSpec {
     #[serde(default)]
     pub stream: String,
     /// Secret with keys `aws_access_key_id` and `aws_secret_access_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub secret: Option<String>,
     /// One shard id; without it, every shard.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub shard: Option<String>,
     /// Endpoint override, for emulators.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub endpoint: Option<String>,
     /// Where a shard without a checkpoint starts: `LATEST` (default, as Kubeless),
     /// `TRIM_HORIZON`, or `AT_TIMESTAMP` with `timestamp`.
     #[serde(rename = "startingPosition", default, skip_serializing_if = "Option::is_none")]
     pub starting_position: Option<StartingPositionSpec>,
     /// RFC 3339 time for `AT_TIMESTAMP`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,

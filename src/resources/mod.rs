@@ -95,6 +95,22 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .collect()
 }
 
+/// An optional field whose value is `""` is unset: objects exported from a Kubeless cluster
+/// (`kubectl get -o yaml`) carry empty strings for every unset field, because Kubeless's Go types
+/// have no `omitempty`.
+pub fn empty_is_unset<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(v) => serde_json::from_value(v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Every CRD in one multi-document file (`deploy/00-crds.yaml`).
 pub fn crds_bundle(files: &[(String, String)]) -> String {
     let docs: Vec<&str> = files.iter().map(|(_, yaml)| yaml.as_str()).collect();

@@ -35,7 +35,7 @@ pub struct NATSTriggerSpec {
     #[serde(default)]
     pub topic: String,
     /// Server URL; default: env `NATS_URL`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub url: Option<String>,
     /// Consume through an existing JetStream stream with a durable consumer (acknowledged after
     /// delivery, survives restarts). Without it: a core-NATS queue subscription (at-most-once).
@@ -68,7 +68,7 @@ pub struct SecretRef {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsTlsSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub ca_secret: Option<String>,
 }
 

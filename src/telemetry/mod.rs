@@ -97,8 +97,9 @@ pub struct ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    pub fn new(trigger: &str, function: &str) -> Self {
-        let labels = [("trigger", trigger.to_string()), ("function", function.to_string())];
+    /// `kind` keeps a KafkaTrigger and a NATSTrigger of the same namespace/name apart.
+    pub fn new(kind: &str, trigger: &str, function: &str) -> Self {
+        let labels = [("trigger", trigger.to_string()), ("function", function.to_string()), ("kind", kind.to_string())];
         Self {
             received: counter!(MESSAGES_RECEIVED, &labels),
             delivered: counter!(MESSAGES_DELIVERED, &labels),
@@ -142,6 +143,21 @@ impl CronMetrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn triggers_of_two_kinds_with_one_name_have_separate_series() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            super::ConsumerMetrics::new("KafkaTrigger", "default/orders", "f").delivered.increment(2);
+            super::ConsumerMetrics::new("NATSTrigger", "default/orders", "f").delivered.increment(5);
+        });
+        let text = handle.render();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with(super::MESSAGES_DELIVERED)).collect();
+        assert_eq!(series.len(), 2, "{text}");
+        assert!(series.iter().any(|l| l.contains(r#"kind="KafkaTrigger""#) && l.ends_with(" 2")), "{series:?}");
+        assert!(series.iter().any(|l| l.contains(r#"kind="NATSTrigger""#) && l.ends_with(" 5")), "{series:?}");
+    }
+
     /// The Grafana dashboard in deploy/ queries only metrics that exist, and shows every one.
     #[test]
     fn the_dashboard_queries_exactly_the_exported_metrics() {

@@ -106,7 +106,18 @@ pub async fn run(
     let source = match (&settings.mode, kube) {
         (Mode::Kubernetes(k), Some((client, leading, _))) => {
             let writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
-            side_tasks.push(tokio::spawn(writer.run(snapshot_rx.clone(), supervisor.clone(), leading, stop.clone())));
+            side_tasks.push(tokio::spawn(writer.run(
+                snapshot_rx.clone(),
+                supervisor.clone(),
+                leading.clone(),
+                stop.clone(),
+            )));
+            side_tasks.push(tokio::spawn(kubernetes::cleanup::run(
+                client.clone(),
+                snapshot_rx.clone(),
+                leading,
+                stop.clone(),
+            )));
             tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
         (Mode::Kubernetes(_), None) => anyhow::bail!("Kubernetes mode without a client"),

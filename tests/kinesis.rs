@@ -144,3 +144,33 @@ async fn a_missing_stream_is_reported_and_the_reader_starts_once_it_exists() {
     kubeless_kinesis::put_record(&client, "late", "k", b"finally").await.expect("put");
     wait_for("the record, once the stream exists", Duration::from_secs(60), || f.delivered() == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_and_created_again_is_read_from_its_start_not_from_the_old_checkpoint() {
+    let moto = Kinesis::moto().await;
+    let client = moto.client().await;
+    kubeless_kinesis::create_stream(&client, "again", 1).await.expect("stream");
+    let f = Function::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        kinesis_yaml("again", "f", "again", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    put_all(&client, "again", "old", 500, 5).await;
+    wait_for("the old stream's records", Duration::from_secs(60), || counts(&f).len() == 500).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // its checkpoint is written
+
+    // Same name, new stream: its sequence numbers start again, below the old checkpoint.
+    client.delete_stream().stream_name("again").send().await.expect("delete");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new creation time
+    kubeless_kinesis::create_stream(&client, "again", 1).await.expect("stream again");
+    put_all(&client, "again", "new", 500, 5).await;
+    wait_for("every record of the new stream", Duration::from_secs(90), || {
+        counts(&f).keys().filter(|b| b.starts_with("new")).count() == 500
+    })
+    .await;
+    assert!(daemon.log_text().contains("deleted and created again"), "the recreation is reported");
+}

@@ -543,3 +543,28 @@ async fn the_crds_install_and_take_kubeless_objects_of_every_kind_without_prunin
     let out = api.kubectl(&["apply", "-f", &root.join("examples/hello.yaml").display().to_string()]);
     assert!(out.status.success(), "examples/hello.yaml: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_function_deletes_the_triggers_that_name_it_as_kubeless_did() {
+    let api = cluster_with_crds().await;
+    let f = Function::start(Behaviour::Ok).await;
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
+    api.apply_ok(&cron_yaml("tick", "f", "@hourly"));
+    api.apply_ok(&trigger_yaml("orders", "o", "{function: f}", ""));
+    // Applied before its Function exists: not an orphan, never deleted.
+    api.apply_ok(&cron_yaml("early", "later", "@hourly"));
+    let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &[], &[]);
+    wait_jsonpath(&api, &["get", "cronjobtrigger", "tick"], "{.status.conditions[0].status}", |s| s == "True").await;
+
+    api.kubectl_ok(&["delete", "function", "f"]);
+    wait_for("the cron trigger of the deleted Function to go", Duration::from_secs(30), || {
+        !api.kubectl(&["get", "cronjobtrigger", "tick"]).status.success()
+    })
+    .await;
+    assert!(api.kubectl(&["get", "kafkatrigger", "orders"]).status.success(), "label-selecting triggers stay");
+    assert!(
+        api.kubectl(&["get", "cronjobtrigger", "early"]).status.success(),
+        "a trigger waiting for its Function stays"
+    );
+    assert!(daemon.log_text().contains("the Function it names was deleted"));
+}

@@ -1,6 +1,7 @@
 //! Kubernetes mode: resources come from the API server (kube-rs watchers feeding the same store as
 //! the manifest directory), and each trigger's state goes back onto it as status and Events.
 
+pub mod cleanup;
 pub mod lease;
 pub mod shards;
 pub mod status;

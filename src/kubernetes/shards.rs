@@ -33,6 +33,7 @@ const ANN_SHARD: &str = "kubeless.io/shard";
 const ANN_SEQUENCE: &str = "kubeless.io/sequence";
 const ANN_FINISHED: &str = "kubeless.io/finished";
 const ANN_STARTED: &str = "kubeless.io/started-at-ms";
+const ANN_STREAM: &str = "kubeless.io/stream";
 
 /// How many free shards to take, and whether to give one up, for a fair share of `shards` among
 /// `workers` replicas of which this one holds `mine`.
@@ -49,6 +50,7 @@ pub fn checkpoint_of(lease: &Lease) -> ShardCheckpoint {
         sequence: get(ANN_SEQUENCE).cloned(),
         finished: get(ANN_FINISHED).is_some_and(|v| v == "true"),
         started_at_ms: get(ANN_STARTED).and_then(|v| v.parse().ok()),
+        stream: get(ANN_STREAM).cloned(),
     }
 }
 
@@ -58,6 +60,7 @@ fn set_checkpoint(lease: &mut Lease, c: &ShardCheckpoint) {
         (ANN_SEQUENCE, c.sequence.clone()),
         (ANN_FINISHED, c.finished.then(|| "true".to_string())),
         (ANN_STARTED, c.started_at_ms.map(|ms| ms.to_string())),
+        (ANN_STREAM, c.stream.clone()),
     ] {
         match v {
             Some(v) => ann.insert(k.to_string(), v),
@@ -326,10 +329,15 @@ mod tests {
     #[test]
     fn checkpoints_round_trip_through_lease_annotations() {
         let mut lease = Lease::default();
-        let c = ShardCheckpoint { sequence: Some("4959".into()), finished: true, started_at_ms: Some(17) };
+        let c = ShardCheckpoint {
+            sequence: Some("4959".into()),
+            finished: true,
+            started_at_ms: Some(17),
+            stream: Some("arn:aws:kinesis:us-east-1:1:stream/s@1700000000000".into()),
+        };
         set_checkpoint(&mut lease, &c);
         assert_eq!(checkpoint_of(&lease), c);
-        let later = ShardCheckpoint { sequence: Some("5000".into()), finished: false, started_at_ms: None };
+        let later = ShardCheckpoint { sequence: Some("5000".into()), ..ShardCheckpoint::default() };
         set_checkpoint(&mut lease, &later);
         assert_eq!(checkpoint_of(&lease), later, "cleared fields are removed");
         assert_eq!(name_safe("shardId-000000000003"), "shardid-000000000003");

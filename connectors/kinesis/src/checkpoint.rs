@@ -23,6 +23,11 @@ pub struct ShardCheckpoint {
     /// published in between is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// The stream this checkpoint belongs to (its ARN and creation time): a stream deleted and
+    /// created again under the same name has new sequence numbers, and its old checkpoints are
+    /// ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +159,7 @@ mod tests {
         let store = FileCheckpointStore::new(dir.path(), "ns_t_f_stream");
         let first = ShardCheckpoint { sequence: Some("49".into()), ..ShardCheckpoint::default() };
         CheckpointStore::save(&store, "shardId-000000000000", first).expect("save");
-        let second = ShardCheckpoint { sequence: Some("77".into()), finished: true, started_at_ms: None };
+        let second = ShardCheckpoint { sequence: Some("77".into()), finished: true, ..ShardCheckpoint::default() };
         CheckpointStore::save(&store, "shardId-000000000001", second).expect("save");
         let again = FileCheckpointStore::new(dir.path(), "ns_t_f_stream").load().expect("load");
         assert_eq!(again.len(), 2);

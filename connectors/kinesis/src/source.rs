@@ -70,9 +70,10 @@ pub async fn run_source_with(
 ) -> Result<(), KinesisSourceError> {
     let credentials = config.credentials.as_ref().map(|(key, secret)| (key.as_str(), secret.as_str()));
     let client = client(&config.region, config.endpoint.as_deref(), credentials).await;
-    if !wait_active(&client, &config, &ctx).await {
+    let Some(stream_id) = wait_active(&client, &config, &ctx).await else {
         return Ok(());
-    }
+    };
+    let mut warned_recreated = false;
     // Shards known to be finished, and shards read (by any reader: they have a checkpoint) whose
     // children therefore start at TRIM_HORIZON.
     let mut finished: HashSet<String> = HashSet::new();
@@ -83,7 +84,25 @@ pub async fn run_source_with(
     let mut readers: JoinSet<(String, Result<bool, String>)> = JoinSet::new();
     let stop = ctx.shutdown.child_token();
     let mut first = true;
+    // Set by any failure: the stream may have been deleted (and created again) meanwhile.
+    let mut suspect = false;
     loop {
+        if suspect {
+            match identity(&client, &config.stream).await {
+                // Deleted and created again under the same name: its sequence numbers start over,
+                // so start over too (the restart ignores the old stream's checkpoints).
+                Some(now) if now != stream_id => {
+                    stop.cancel();
+                    while readers.join_next().await.is_some() {}
+                    return Err(KinesisSourceError::Stream {
+                        stream: config.stream.clone(),
+                        reason: "the stream was deleted and created again; reading it anew".to_string(),
+                    });
+                }
+                Some(_) => suspect = false,
+                None => {}
+            }
+        }
         let round = match list_shards(&client, &config.stream).await {
             Ok(shards) => {
                 let ids: Vec<String> = shards
@@ -96,7 +115,13 @@ pub async fn run_source_with(
             Err(why) => Err(why),
         };
         match round {
-            Ok((shards, assignment)) => {
+            Ok((shards, mut assignment)) => {
+                let before = assignment.checkpoints.len();
+                assignment.checkpoints.retain(|_, c| c.stream.as_ref().is_none_or(|s| *s == stream_id));
+                if assignment.checkpoints.len() < before && !warned_recreated {
+                    warned_recreated = true;
+                    warn!(stream = %config.stream, identity = %stream_id, ignored = before - assignment.checkpoints.len(), "The stream was deleted and created again: the old stream's checkpoints are ignored and its shards start per startingPosition.");
+                }
                 for (id, c) in &assignment.checkpoints {
                     read.insert(id.clone());
                     if c.finished {
@@ -128,8 +153,10 @@ pub async fn run_source_with(
                     running.insert(id.clone(), token.clone());
                     read.insert(id.clone());
                     let (client, config, leases, ctx) = (client.clone(), config.clone(), leases.clone(), ctx.clone());
+                    let stream_id = stream_id.clone();
                     readers.spawn(async move {
-                        let result = read_shard(&client, &config, &id, start, leases.as_ref(), &ctx, &token).await;
+                        let shard = Shard { id: &id, stream_id: &stream_id };
+                        let result = read_shard(&client, &config, shard, start, leases.as_ref(), &ctx, &token).await;
                         (id, result)
                     });
                 }
@@ -143,6 +170,7 @@ pub async fn run_source_with(
                 if first {
                     ctx.health.set(SourceState::Failed(format!("stream {}: {why}", config.stream)));
                 }
+                suspect = true;
             }
         }
         tokio::select! {
@@ -156,7 +184,10 @@ pub async fn run_source_with(
                             finished.insert(id.clone());
                         }
                         Ok(false) => {}
-                        Err(why) => warn!(stream = %config.stream, shard = %id, error = %why, "Shard reader stopped; the shard is read again from its checkpoint."),
+                        Err(why) => {
+                            warn!(stream = %config.stream, shard = %id, error = %why, "Shard reader stopped; the shard is read again from its checkpoint.");
+                            suspect = true;
+                        }
                     }
                     if surrendering.remove(&id) {
                         leases.release(&id).await;
@@ -175,14 +206,29 @@ pub async fn run_source_with(
     Ok(())
 }
 
-/// Waits for the stream to be ACTIVE, reporting why not. False if stopped meanwhile.
-async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &SourceContext) -> bool {
+/// The stream's identity (ARN and creation time), if it exists and is readable.
+async fn identity(client: &Client, stream: &str) -> Option<String> {
+    let out = client.describe_stream_summary().stream_name(stream).send().await.ok()?;
+    let s = out.stream_description_summary()?;
+    matches!(s.stream_status(), StreamStatus::Active | StreamStatus::Updating)
+        .then(|| format!("{}@{}", s.stream_arn(), s.stream_creation_timestamp().to_millis().unwrap_or(0)))
+}
+
+/// Waits for the stream to be ACTIVE, reporting why not; returns its identity (ARN and creation
+/// time), or none if stopped meanwhile.
+async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &SourceContext) -> Option<String> {
     let mut delay = Duration::from_millis(500);
     loop {
         let why = match client.describe_stream_summary().stream_name(&config.stream).send().await {
-            Ok(out) => match out.stream_description_summary().map(|s| s.stream_status().clone()) {
-                Some(StreamStatus::Active) | Some(StreamStatus::Updating) => return true,
-                Some(status) => format!("stream {} is {status}, not ACTIVE yet", config.stream),
+            Ok(out) => match out.stream_description_summary() {
+                Some(s) if matches!(s.stream_status(), StreamStatus::Active | StreamStatus::Updating) => {
+                    return Some(format!(
+                        "{}@{}",
+                        s.stream_arn(),
+                        s.stream_creation_timestamp().to_millis().unwrap_or(0)
+                    ));
+                }
+                Some(s) => format!("stream {} is {}, not ACTIVE yet", config.stream, s.stream_status()),
                 None => format!("stream {} has no status", config.stream),
             },
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
@@ -194,7 +240,7 @@ async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &Source
         ctx.health.set(SourceState::Failed(why));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = ctx.shutdown.cancelled() => return false,
+            () = ctx.shutdown.cancelled() => return None,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }
@@ -325,11 +371,17 @@ fn shard_index(id: &str) -> i32 {
     id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
+/// A shard of a stream, by id, and the stream's identity.
+struct Shard<'a> {
+    id: &'a str,
+    stream_id: &'a str,
+}
+
 /// Reads one shard until stopped (false) or until it is closed and every record is finished (true).
 async fn read_shard(
     client: &Client,
     config: &KinesisSourceConfig,
-    shard: &str,
+    Shard { id: shard, stream_id }: Shard<'_>,
     start: Start,
     store: &dyn ShardLeases,
     ctx: &SourceContext,
@@ -341,7 +393,12 @@ async fn read_shard(
             // Recorded before the iterator is asked for: a reader taking over starts here.
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
-            let first = ShardCheckpoint { sequence: None, finished: false, started_at_ms: Some(ms) };
+            let first = ShardCheckpoint {
+                sequence: None,
+                finished: false,
+                started_at_ms: Some(ms),
+                stream: Some(stream_id.to_string()),
+            };
             store.save(shard, first).await.map_err(|e| e.to_string())?;
             Some(ms)
         }
@@ -359,7 +416,8 @@ async fn read_shard(
     };
     let mut last_save = Instant::now();
     let save = |saved: Option<String>, finished: bool| {
-        store.save(shard, ShardCheckpoint { sequence: saved, finished, started_at_ms })
+        let stream = Some(stream_id.to_string());
+        store.save(shard, ShardCheckpoint { sequence: saved, finished, started_at_ms, stream })
     };
     let closed = loop {
         if stop.is_cancelled() {
@@ -557,7 +615,10 @@ mod tests {
     fn a_restart_resumes_each_shard_after_its_checkpoint() {
         let cfg = config(StartingPosition::Latest);
         let checkpoints: std::collections::BTreeMap<String, ShardCheckpoint> = [
-            ("p0".to_string(), ShardCheckpoint { sequence: Some("10".into()), finished: true, started_at_ms: None }),
+            (
+                "p0".to_string(),
+                ShardCheckpoint { sequence: Some("10".into()), finished: true, ..ShardCheckpoint::default() },
+            ),
             ("p1".to_string(), ShardCheckpoint { sequence: Some("20".into()), ..ShardCheckpoint::default() }),
         ]
         .into();

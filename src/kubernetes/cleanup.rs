@@ -1,0 +1,129 @@
+//! What Kubeless's controllers did when a Function was deleted: they deleted the KinesisTriggers,
+//! CronJobTriggers and HTTPTriggers naming it (Kafka and NATS triggers select by label and stay).
+//! Only a deletion the broker sees does this — a trigger applied before its Function is not
+//! touched — and only the leader acts.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use kube::api::{Api, DeleteParams, DynamicObject};
+use kube::Client;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::watch::api_resource;
+use crate::control::manifests::Resource;
+use crate::control::store::{Kind, ObjectRef, Store};
+use crate::control::Snapshot;
+
+/// The Functions in a loaded store.
+fn functions(store: &Store) -> BTreeSet<ObjectRef> {
+    store.iter().filter(|(r, _)| r.kind == Kind::Function).map(|(r, _)| r.clone()).collect()
+}
+
+/// The triggers of `store` that name a Function of `gone` (same namespace).
+pub fn orphans(store: &Store, gone: &BTreeSet<ObjectRef>) -> Vec<ObjectRef> {
+    store
+        .resources()
+        .filter_map(|(r, res)| {
+            let function = match res {
+                Resource::Kinesis(t, _) => &t.spec.function_name,
+                Resource::CronJob(t, _) => &t.spec.function_name,
+                Resource::Http(t) => &t.spec.function_name,
+                _ => return None,
+            };
+            gone.contains(&ObjectRef::new(Kind::Function, &r.namespace, function)).then(|| r.clone())
+        })
+        .collect()
+}
+
+/// Deletes the 1:1 triggers of every Function deleted while this runs, until `stop`.
+pub async fn run(
+    client: Client,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    leading: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let mut known: Option<BTreeSet<ObjectRef>> = None;
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        let snapshot = snapshots.borrow_and_update().clone();
+        if !snapshot.loaded {
+            continue;
+        }
+        let now = functions(&snapshot.store);
+        let gone: BTreeSet<ObjectRef> =
+            known.as_ref().map(|k| k.difference(&now).cloned().collect()).unwrap_or_default();
+        known = Some(now);
+        if gone.is_empty() || !*leading.borrow() {
+            continue;
+        }
+        for trigger in orphans(&snapshot.store, &gone) {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &trigger.namespace, &api_resource(trigger.kind));
+            match api.delete(&trigger.name, &DeleteParams::default()).await {
+                Ok(_) => info!(object = %trigger, "Deleted: the Function it names was deleted (as Kubeless did)."),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    warn!(object = %trigger, error = %kubeless_connector::error_chain(&e), "Cannot delete the trigger of a deleted Function.")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::control::manifests::parse_file;
+    use crate::control::store::{Change, Origin, Scope, Stored};
+
+    #[test]
+    fn only_the_one_to_one_triggers_naming_a_deleted_function_in_its_namespace_are_orphans() {
+        let yaml = r#"
+apiVersion: kubeless.io/v1beta1
+kind: CronJobTrigger
+metadata: {name: tick, namespace: a}
+spec: {function-name: f, schedule: "@hourly"}
+---
+apiVersion: kubeless.io/v1beta1
+kind: CronJobTrigger
+metadata: {name: tick, namespace: b}
+spec: {function-name: f, schedule: "@hourly"}
+---
+apiVersion: kubeless.io/v1beta1
+kind: KinesisTrigger
+metadata: {name: clicks, namespace: a}
+spec: {function-name: f, aws-region: us-east-1, stream: s}
+---
+apiVersion: kubeless.io/v1beta1
+kind: HTTPTrigger
+metadata: {name: web, namespace: a}
+spec: {function-name: other}
+---
+apiVersion: kubeless.io/v1beta1
+kind: KafkaTrigger
+metadata: {name: orders, namespace: a}
+spec: {topic: t, functionSelector: {matchLabels: {function: f}}}
+"#;
+        let objects = parse_file(&PathBuf::from("t.yaml"), yaml)
+            .into_iter()
+            .map(|l| {
+                let l = l.expect("valid");
+                let origin = Origin::File { file: PathBuf::from("t.yaml"), doc: 1 };
+                (l.object, Stored { origin, resource: Ok(l.resource) })
+            })
+            .collect();
+        let mut store = Store::default();
+        store.change(Change::Reset(Scope::ALL, objects));
+        let gone = BTreeSet::from([ObjectRef::new(Kind::Function, "a", "f")]);
+        let names: Vec<String> = orphans(&store, &gone).iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["KinesisTrigger a/clicks", "CronJobTrigger a/tick"]);
+    }
+}

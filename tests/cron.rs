@@ -108,3 +108,22 @@ async fn a_failing_function_gets_one_calls_retries_per_tick_not_a_growing_storm(
         assert!(daemon.metric(&outcome(trigger, "fired")).await >= 3.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_runs_at_most_ten_calls_of_one_trigger_at_once_and_skips_ticks_beyond() {
+    // Every second, each call taking 30 s: without a bound, calls would pile up without end.
+    let f = Function::start(Behaviour::Slow(Duration::from_secs(30))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [function_yaml("f", "{function: f}", &f.url), cron_yaml("pile", "f", "* * * * * *", "")];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    let skipped = "kubeless_cron_ticks_total{trigger=\"default/pile\",function=\"f\",outcome=\"skipped\"}";
+    let start = std::time::Instant::now();
+    while daemon.metric(skipped).await < 3.0 {
+        assert!(f.in_flight() <= 10, "{} calls at once", f.in_flight());
+        assert!(start.elapsed() < Duration::from_secs(40), "no tick was ever skipped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(f.in_flight(), 10, "ten calls run while the rest are skipped");
+}

@@ -568,3 +568,31 @@ async fn deleting_a_function_deletes_the_triggers_that_name_it_as_kubeless_did()
     );
     assert!(daemon.log_text().contains("the Function it names was deleted"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_migrated_with_kubeless_finalizers_stops_on_delete_and_the_log_says_how_to_release_it() {
+    let (api, kafka, _f) = kafka_cluster(&["m-orders"], 1, "f", "plain").await;
+    // As a Kubeless controller left it: its finalizer on the object.
+    let migrated = trigger_yaml("migrated", "m-orders", "{function: f}", "")
+        .replace("metadata:\n", "metadata:\n  finalizers: [kubeless.io/kafkatrigger]\n");
+    assert!(migrated.contains("finalizers"), "{migrated}");
+    api.apply_ok(&migrated);
+    let daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
+    wait_groups(&daemon, &["default_migrated_f_m-orders", "default_plain_f_m-orders"]).await;
+
+    api.kubectl_ok(&["delete", "kafkatrigger", "migrated", "--wait=false"]);
+    // Terminating, held by the finalizer nothing else removes: its consumer stops all the same.
+    wait_groups(&daemon, &["default_plain_f_m-orders"]).await;
+    let stamp = api.kubectl_ok(&["get", "kafkatrigger", "migrated", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+    assert!(!stamp.is_empty(), "still terminating");
+    let log = daemon.log_text();
+    let advice = "kubectl patch kafkatrigger migrated -n default --type=json";
+    assert!(log.contains("held by Kubeless's finalizers") && log.contains(advice), "{log}");
+    // The command it prints releases the object.
+    let patch = r#"[{"op":"remove","path":"/metadata/finalizers"}]"#;
+    api.kubectl_ok(&["patch", "kafkatrigger", "migrated", "-n", "default", "--type=json", "-p", patch]);
+    wait_for("the object to go", Duration::from_secs(30), || {
+        !api.kubectl(&["get", "kafkatrigger", "migrated"]).status.success()
+    })
+    .await;
+}

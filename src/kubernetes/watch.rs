@@ -107,8 +107,9 @@ pub async fn run(
                     Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                     None => Api::all_with(client.clone(), &ar),
                 };
-                let stream =
-                    watcher(api, watcher::Config::default()).map_ok(move |e| map_event(e, |o| from_dynamic(kind, o)));
+                let stream = watcher(api, watcher::Config::default())
+                    .try_filter_map(|e| std::future::ready(Ok(terminating_as_deleted(e))))
+                    .map_ok(move |e| map_event(e, |o| from_dynamic(kind, o)));
                 tasks.spawn(w.run(stream.boxed()));
             }
         }
@@ -135,6 +136,35 @@ fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
         .with_jitter()
         .without_max_times();
     ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
+/// An object being deleted (`deletionTimestamp` set) is gone as far as consumers go: its consumers
+/// stop now, not when its finalizers are done. Objects migrated from a Kubeless cluster may still
+/// carry Kubeless's finalizers (`kubeless.io/kafkatrigger`, …), which nothing removes once Kubeless's
+/// controllers are gone: the object would hang in Terminating, so say how to release it.
+fn terminating_as_deleted(event: Event<DynamicObject>) -> Option<Event<DynamicObject>> {
+    let terminating = |o: &DynamicObject| {
+        if o.metadata.deletion_timestamp.is_none() {
+            return false;
+        }
+        let kubeless: Vec<&String> =
+            o.metadata.finalizers.iter().flatten().filter(|f| f.starts_with("kubeless.io/")).collect();
+        if !kubeless.is_empty() {
+            let kind = o.types.as_ref().map(|t| t.kind.to_lowercase()).unwrap_or_default();
+            let (ns, name) =
+                (o.metadata.namespace.as_deref().unwrap_or_default(), o.metadata.name.as_deref().unwrap_or_default());
+            warn!(
+                object = %format!("{kind} {ns}/{name}"), finalizers = ?kubeless,
+                "Being deleted, but held by Kubeless's finalizers, which only Kubeless's controllers removed. Its consumers are stopped; release it with: kubectl patch {kind} {name} -n {ns} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}}]'"
+            );
+        }
+        true
+    };
+    match event {
+        Event::Apply(o) if terminating(&o) => Some(Event::Delete(o)),
+        Event::InitApply(o) if terminating(&o) => None,
+        e => Some(e),
+    }
 }
 
 fn map_event<K, T>(event: Event<K>, f: impl Fn(K) -> T) -> Event<T> {

@@ -43,6 +43,22 @@ pub struct Target {
 }
 
 /// Delivers messages for one (trigger, function). Shared by all its in-flight deliveries.
+/// One request in flight on the gauge, for as long as this lives.
+struct InFlight<'a>(&'a metrics::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn start(gauge: &'a metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 pub struct Deliverer {
     client: HttpClient,
     target: Target,
@@ -158,7 +174,8 @@ impl Deliverer {
         *headers = event::event_headers(msg, t.event_namespace, t.style, now);
         headers.insert(USER_AGENT, AGENT.clone());
         let started = Instant::now();
-        self.metrics.in_flight.increment(1.0);
+        // Counted down when the attempt ends, or when it is dropped mid-way (a stop aborting it).
+        let _in_flight = InFlight::start(&self.metrics.in_flight);
         let result = self.client.send(request, t.timeout).await;
         let attempt = match result {
             Ok(reply) => {
@@ -173,7 +190,6 @@ impl Deliverer {
             }
             Err(e) => Attempt { verdict: Verdict::Retry { after: None }, status: None, error: error_chain(&e) },
         };
-        self.metrics.in_flight.decrement(1.0);
         self.metrics.request_duration.record(started.elapsed().as_secs_f64());
         attempt
     }

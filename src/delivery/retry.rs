@@ -21,11 +21,13 @@ pub enum Verdict {
 /// A `Retry-After` longer than this is taken as this: a function must not park a message for days.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(600);
 
-/// Any 2xx succeeds (Kubeless required exactly 200); 408, 429 and 5xx are retried; everything
-/// else is rejected.
+/// Any 2xx succeeds (Kubeless required exactly 200); 408, 429 and 5xx are retried, except the 5xx
+/// that no retry can change (501 Not Implemented, 505 HTTP Version Not Supported); everything else is
+/// rejected.
 pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
     match status {
         200..=299 => Verdict::Success,
+        501 | 505 => Verdict::Reject,
         408 | 429 | 500..=599 => Verdict::Retry { after: retry_after.and_then(|v| parse_retry_after(v, now)) },
         _ => Verdict::Reject,
     }
@@ -61,7 +63,7 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn any_2xx_succeeds_408_429_5xx_retry_other_answers_reject() {
+    fn any_2xx_succeeds_408_429_5xx_retry_other_answers_and_501_505_reject() {
         let now = SystemTime::now();
         for s in [200, 201, 202, 204, 299] {
             assert_eq!(classify(s, None, now), Verdict::Success, "{s}");
@@ -69,7 +71,7 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504, 599] {
             assert_eq!(classify(s, None, now), Verdict::Retry { after: None }, "{s}");
         }
-        for s in [301, 302, 400, 401, 403, 404, 409, 413, 422] {
+        for s in [301, 302, 400, 401, 403, 404, 409, 413, 422, 501, 505] {
             assert_eq!(classify(s, None, now), Verdict::Reject, "{s}");
         }
     }

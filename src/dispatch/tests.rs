@@ -277,3 +277,53 @@ async fn an_unreachable_function_is_retried_not_dropped() {
     // With no dead-letter destination the exhausted message is logged, counted and finished.
     assert_eq!(acks.all()[0].1, Outcome::DeadLettered);
 }
+
+#[tokio::test]
+async fn an_attempt_dropped_mid_request_leaves_the_in_flight_gauge_where_it_was() {
+    // A function that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let metrics = metrics::with_local_recorder(&recorder, || ConsumerMetrics::new("KafkaTrigger", "ns/t", "f"));
+    let target = Target {
+        trigger: "ns/t".into(),
+        function: "f".into(),
+        url: url.parse().expect("url"),
+        timeout: Duration::from_secs(60),
+        event_namespace: "kafkatriggers.kubeless.io",
+        style: crate::delivery::event::EventStyle::Broker,
+        method: http::Method::POST,
+        retry: retry(None),
+        redeliver_via_source: false,
+    };
+    let deliverer = Arc::new(Deliverer::new(HttpClient::new(), target, None, None, metrics));
+    let gauge = || {
+        handle
+            .render()
+            .lines()
+            .find(|l| l.starts_with(crate::telemetry::IN_FLIGHT))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let acks = Arc::new(Acks::default());
+    let task = tokio::spawn({
+        let (deliverer, msg) = (deliverer.clone(), message(&acks, 0, 1, None));
+        async move { deliverer.deliver(msg, &CancellationToken::new()).await }
+    });
+    let start = std::time::Instant::now();
+    while gauge() != Some(1.0) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the request never started: {:?}", gauge());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A stop past its grace aborts the task with the request in flight.
+    task.abort();
+    let _ = task.await;
+    assert_eq!(gauge(), Some(0.0), "the aborted request is no longer counted");
+    held.abort();
+}

@@ -236,8 +236,7 @@ async fn run_once(
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting
     // on the source, no more.
     let (tx, rx) = mpsc::channel(max_in_flight.max(16));
-    let abort = CancellationToken::new();
-    let dispatcher = tokio::spawn(dispatch::run(rx, deliverer, spec.delivery.ordering, max_in_flight, abort.clone()));
+    let dispatcher = dispatch::Dispatcher::spawn(rx, deliverer, spec.delivery.ordering, max_in_flight);
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone() };
     let result = match &spec.source {
         SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
@@ -250,9 +249,9 @@ async fn run_once(
         SourceSpec::Cron(_) => Ok(()),
     };
     // The source has drained, committed and left its group (or failed): whatever still runs
-    // cannot be committed by this consumer any more, so stop retrying it.
-    abort.cancel();
-    let _ = dispatcher.await;
+    // cannot be committed by this consumer any more, so stop retrying it. (If this consumer is
+    // abandoned before it gets here, dropping `dispatcher` does the same.)
+    dispatcher.abort().await;
     result
 }
 

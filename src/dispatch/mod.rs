@@ -44,6 +44,34 @@ fn lane_of(ordering: Ordering, msg: &Message) -> Option<Lane> {
 /// configured bound.
 const WAITING_PER_SLOT: usize = 4;
 
+/// A dispatcher running in its own task. Dropping this (with whatever owned it: a consumer task
+/// aborted after its stop grace ran out) stops its deliveries and retries too: an abandoned consumer
+/// must not keep calling the function with messages its source can no longer commit.
+pub struct Dispatcher {
+    task: tokio::task::JoinHandle<()>,
+    abort: tokio_util::sync::DropGuard,
+}
+
+impl Dispatcher {
+    pub fn spawn(
+        input: mpsc::Receiver<Message>,
+        deliverer: Arc<Deliverer>,
+        ordering: Ordering,
+        max_in_flight: usize,
+    ) -> Self {
+        let abort = CancellationToken::new();
+        let task = tokio::spawn(run(input, deliverer, ordering, max_in_flight, abort.clone()));
+        Self { task, abort: abort.drop_guard() }
+    }
+
+    /// Stops what still runs (unacknowledged, so delivered again) and waits for the task.
+    pub async fn abort(self) {
+        let Self { task, abort } = self;
+        drop(abort);
+        let _ = task.await;
+    }
+}
+
 /// Runs until `input` closes and every delivery finished, or until `abort` (remaining deliveries are
 /// dropped unacknowledged, to be delivered again).
 pub async fn run(

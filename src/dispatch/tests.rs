@@ -327,3 +327,46 @@ async fn an_attempt_dropped_mid_request_leaves_the_in_flight_gauge_where_it_was(
     assert_eq!(gauge(), Some(0.0), "the aborted request is no longer counted");
     held.abort();
 }
+
+#[tokio::test]
+async fn an_abandoned_consumer_stops_calling_the_function() {
+    // A function that always answers 503: without limits, its message is retried forever.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route(
+        "/",
+        post({
+            let calls = calls.clone();
+            move || {
+                calls.fetch_add(1, AtomicOrdering::SeqCst);
+                async { StatusCode::SERVICE_UNAVAILABLE }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let acks = Arc::new(Acks::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // The consumer task owns its dispatcher, as `run_once` does; a stop past its grace aborts it.
+    let consumer = tokio::spawn({
+        let msg = message(&acks, 0, 1, None);
+        let deliverer = deliverer(&url, retry(None), None);
+        async move {
+            let _dispatcher = Dispatcher::spawn(rx, deliverer, Ordering::None, 4);
+            tx.send(msg).await.expect("send");
+            std::future::pending::<()>().await;
+        }
+    });
+    let start = std::time::Instant::now();
+    while calls.load(AtomicOrdering::SeqCst) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no retries");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.abort();
+    let _ = consumer.await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // a retry in the air lands
+    let after_abort = calls.load(AtomicOrdering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await; // many backoffs (1–5 ms) long
+    assert_eq!(calls.load(AtomicOrdering::SeqCst), after_abort, "the abandoned consumer kept retrying");
+    assert!(acks.all().is_empty(), "nothing acknowledged: the message is delivered again by the next owner");
+}

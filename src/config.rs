@@ -187,6 +187,13 @@ impl Args {
         let default_max_backoff = kubeless_environment(&env)?;
         let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(&env)?;
         props.extend(kafka_properties.iter().cloned());
+        if let Some(strategy) = props.get("partition.assignment.strategy").filter(|s| s.contains("cooperative")) {
+            // Incremental assignment would need pause state per partition; the consumer keeps one
+            // per member, so partitions paused under backpressure could stay paused for good.
+            anyhow::bail!(
+                "--kafka-property partition.assignment.strategy={strategy}: cooperative (incremental) rebalancing is not supported; use range or roundrobin (the default)"
+            );
+        }
         Ok(Settings {
             mode,
             index: IndexSettings {
@@ -243,6 +250,30 @@ mod tests {
         let args = Args::try_parse_from(["kubeless-broker", "--manifests", "/m"]).expect("flags");
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         args.settings(|k| vars.get(k).cloned().or_else(|| (k == "HOME").then(|| "/home/u".to_string())))
+    }
+
+    #[test]
+    fn cooperative_rebalancing_is_refused_with_what_to_use_instead() {
+        let args = Args::try_parse_from([
+            "kubeless-broker",
+            "--manifests",
+            "/m",
+            "--kafka-property",
+            "partition.assignment.strategy=cooperative-sticky",
+        ])
+        .expect("flags");
+        let err = args.settings(|k| (k == "HOME").then(|| "/home/u".to_string())).err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("cooperative-sticky") && err.contains("roundrobin"), "{err}");
+        let ok = Args::try_parse_from([
+            "kubeless-broker",
+            "--manifests",
+            "/m",
+            "--kafka-property",
+            "partition.assignment.strategy=roundrobin",
+        ])
+        .expect("flags");
+        assert!(ok.settings(|k| (k == "HOME").then(|| "/home/u".to_string())).is_ok());
     }
 
     #[test]

@@ -333,6 +333,12 @@ struct ShardState {
 }
 
 impl ShardState {
+    /// Takes back record `counter`, the last one pushed, which was never handed out.
+    fn unsend(&mut self, counter: i64) {
+        self.tracker.forget_from(counter);
+        self.sequences.retain(|(c, _)| *c < counter);
+    }
+
     /// The sequence number to checkpoint: the last record of the finished prefix.
     fn checkpoint(&mut self) -> Option<String> {
         let next = self.tracker.committable()?;
@@ -410,6 +416,7 @@ async fn read_shard(
     let mut iterator = shard_iterator(client, config, shard, &start).await?;
     let mut last_read: Option<String> = None;
     let mut counter = 0i64;
+    let mut interrupted = false;
     let mut saved: Option<String> = match &start {
         Start::After(s) => Some(s.clone()),
         _ => None,
@@ -474,9 +481,20 @@ async fn read_shard(
             };
             tokio::select! {
                 sent = ctx.out.send(msg) => if sent.is_err() { return Ok(false) },
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => {
+                    // Never handed out: not outstanding (the drain must not wait for it), and
+                    // read again from the checkpoint by the next reader.
+                    state.0.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
+                    interrupted = true;
+                    break;
+                }
             }
             last_read = Some(seq);
+        }
+        if interrupted {
+            // The rest of this batch was never handed out: the shard is not finished, even if
+            // this was its last batch.
+            break false;
         }
         match out.next_shard_iterator() {
             Some(next) => iterator = next.to_string(),
@@ -546,6 +564,22 @@ async fn shard_iterator(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_taken_back_is_neither_outstanding_nor_checkpointed() {
+        let mut s = ShardState::default();
+        for (c, seq) in [(1, "100"), (2, "105"), (3, "110")] {
+            s.tracker.push(c);
+            s.sequences.push_back((c, seq.to_string()));
+        }
+        // A stop arrived while record 3 waited for room in the channel.
+        s.unsend(3);
+        assert_eq!(s.tracker.outstanding(), 2, "the drain waits for 1 and 2 only");
+        s.tracker.finish(1);
+        s.tracker.finish(2);
+        assert!(s.tracker.is_drained());
+        assert_eq!(s.checkpoint(), Some("105".to_string()), "the next reader starts at 110 again");
+    }
 
     #[test]
     fn the_checkpoint_is_the_last_record_of_the_finished_prefix() {

@@ -107,8 +107,8 @@ fn retry(max_attempts: Option<u32>) -> RetryPolicy {
     }
 }
 
-fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLetterSink>>) -> Arc<Deliverer> {
-    let target = Target {
+fn target(url: &str, retry: RetryPolicy) -> Target {
+    Target {
         trigger: "ns/t".into(),
         function: "f".into(),
         url: url.parse().expect("url"),
@@ -118,7 +118,11 @@ fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLett
         method: http::Method::POST,
         retry,
         redeliver_via_source: false,
-    };
+    }
+}
+
+fn deliverer(url: &str, retry: RetryPolicy, dead_letter: Option<Arc<dyn DeadLetterSink>>) -> Arc<Deliverer> {
+    let target = target(url, retry);
     Arc::new(Deliverer::new(
         HttpClient::new(),
         target,
@@ -292,17 +296,7 @@ async fn an_attempt_dropped_mid_request_leaves_the_in_flight_gauge_where_it_was(
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let metrics = metrics::with_local_recorder(&recorder, || ConsumerMetrics::new("KafkaTrigger", "ns/t", "f"));
-    let target = Target {
-        trigger: "ns/t".into(),
-        function: "f".into(),
-        url: url.parse().expect("url"),
-        timeout: Duration::from_secs(60),
-        event_namespace: "kafkatriggers.kubeless.io",
-        style: crate::delivery::event::EventStyle::Broker,
-        method: http::Method::POST,
-        retry: retry(None),
-        redeliver_via_source: false,
-    };
+    let target = Target { timeout: Duration::from_secs(60), ..target(&url, retry(None)) };
     let deliverer = Arc::new(Deliverer::new(HttpClient::new(), target, None, None, metrics));
     let gauge = || {
         handle

@@ -345,7 +345,7 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         let resp = reqwest::get(format!("{}{path}", self.admin)).await.ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.text().await.ok()?))

@@ -38,6 +38,37 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Where resources come from.
+enum Source<'a> {
+    Directory(&'a std::path::Path, std::time::Duration),
+    Api(Box<Kube<'a>>),
+}
+
+/// Kubernetes mode's shared pieces: the client, the leader flag and the Leases' namespace.
+struct Kube<'a> {
+    settings: &'a crate::config::KubeSettings,
+    client: kube::Client,
+    leading: tokio::sync::watch::Receiver<bool>,
+    leases: Api<Lease>,
+}
+
+impl Kube<'_> {
+    /// Cron ticks on the API, fired by the leader; Kinesis shards split by Leases.
+    fn services(&self) -> Services {
+        let (leases, identity) = (self.leases.clone(), self.settings.identity.clone());
+        Services {
+            http: HttpClient::new(),
+            scheduling: Some(Scheduling {
+                ticks: Arc::new(ApiTickStore::new(self.client.clone(), &self.settings.field_manager)),
+                leading: self.leading.clone(),
+            }),
+            shard_leases: Some(Arc::new(move |reader: &str| -> Arc<dyn kubeless_kinesis::ShardLeases> {
+                Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity))
+            })),
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves, then stops every consumer (each drains and commits).
 pub async fn run(
     settings: Settings,
@@ -48,8 +79,8 @@ pub async fn run(
     let stop = CancellationToken::new();
     let mut side_tasks = Vec::new();
     // Kubernetes mode: one client, and a leader that alone fires cron ticks and writes status.
-    let kube = match &settings.mode {
-        Mode::Standalone { .. } => None,
+    let source = match &settings.mode {
+        Mode::Standalone { manifests, scan_interval } => Source::Directory(manifests, *scan_interval),
         Mode::Kubernetes(k) => {
             let client = kubernetes::client(k).await?;
             let namespace = k.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
@@ -57,24 +88,12 @@ pub async fn run(
             let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
             let lock = LeaseLock::new(leases.clone(), LEADER_LEASE, &k.identity, LEASE_DURATION);
             side_tasks.push(tokio::spawn(kubernetes::lease::elect(lock, leading_tx, stop.clone())));
-            Some((client, leading, leases))
+            Source::Api(Box::new(Kube { settings: k, client, leading, leases }))
         }
     };
-    let services = match (&settings.mode, &kube) {
-        (Mode::Kubernetes(k), Some((client, leading, leases))) => Services {
-            http: HttpClient::new(),
-            scheduling: Some(Scheduling {
-                ticks: Arc::new(ApiTickStore::new(client.clone(), &k.field_manager)),
-                leading: leading.clone(),
-            }),
-            shard_leases: Some({
-                let (leases, identity) = (leases.clone(), k.identity.clone());
-                Arc::new(move |reader: &str| -> Arc<dyn kubeless_kinesis::ShardLeases> {
-                    Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity))
-                })
-            }),
-        },
-        _ => Services::standalone(HttpClient::new()),
+    let services = match &source {
+        Source::Directory(..) => Services::standalone(HttpClient::new()),
+        Source::Api(kube) => kube.services(),
     };
     let supervisor = Supervisor::new(services);
     let report = SharedReport::default();
@@ -103,8 +122,9 @@ pub async fn run(
     });
     let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
-    let source = match (&settings.mode, kube) {
-        (Mode::Kubernetes(k), Some((client, leading, _))) => {
+    let source = match source {
+        Source::Api(kube) => {
+            let Kube { settings: k, client, leading, .. } = *kube;
             let writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
             side_tasks.push(tokio::spawn(writer.run(
                 snapshot_rx.clone(),
@@ -120,9 +140,8 @@ pub async fn run(
             )));
             tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
-        (Mode::Kubernetes(_), None) => anyhow::bail!("Kubernetes mode without a client"),
-        (Mode::Standalone { manifests, scan_interval }, _) => {
-            tokio::spawn(control::watch::run(manifests.clone(), *scan_interval, events_tx, report, stop.clone()))
+        Source::Directory(manifests, scan_interval) => {
+            tokio::spawn(control::watch::run(manifests.to_path_buf(), scan_interval, events_tx, report, stop.clone()))
         }
     };
 

@@ -69,13 +69,9 @@ fn set_checkpoint(lease: &mut Lease, c: &ShardCheckpoint) {
     }
 }
 
-/// FNV-1a, hex: short, stable names for what may be long or not name-safe.
+/// A short, stable name part for what may be long or not name-safe (xxh3, as event ids use).
 fn short_hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
 }
 
 /// `shardId-000000000003` → `shardid-000000000003` (a Lease name is a DNS subdomain).

@@ -113,11 +113,10 @@ fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
     }
     let starting: Vec<&str> = facts.consumers.iter().filter(|c| !c.ready).map(|c| c.function.as_str()).collect();
     if !starting.is_empty() {
-        let what = match facts.consumers[0].kind {
-            Kind::KafkaTrigger => "partitions not assigned yet",
-            _ => "connecting",
+        let (reason, what) = match facts.consumers[0].kind {
+            Kind::KafkaTrigger => ("PartitionsNotAssigned", "partitions not assigned yet"),
+            _ => ("Starting", "connecting"),
         };
-        let reason = if facts.consumers[0].kind == Kind::KafkaTrigger { "PartitionsNotAssigned" } else { "Starting" };
         return ("False", reason, format!("{what}: {}", starting.join(", ")));
     }
     let mut names: Vec<&str> = facts.consumers.iter().map(|c| c.function.as_str()).collect();
@@ -141,8 +140,7 @@ struct Written {
     at: Instant,
 }
 
-/// Writes trigger status and InvalidSpec Events while `enabled` is true (the leader, or always
-/// when leader election is off).
+/// Writes trigger status and InvalidSpec Events while this replica leads.
 pub struct StatusWriter {
     client: Client,
     field_manager: String,

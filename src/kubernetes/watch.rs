@@ -1,6 +1,6 @@
 //! Kubernetes mode's source: one kube-runtime watcher per kind (and per namespace when the watch is
-//! limited), turned into store changes. A watcher that fails retries with kube-runtime's backoff
-//! and leaves the store as it was: running consumers keep delivering while the API server is away.
+//! limited), turned into store changes. A watcher that fails retries with backoff (at most 5 s
+//! apart) and leaves the store as it was: running consumers keep delivering while the API server is away.
 //! A relist replaces exactly the objects of its kind and namespace.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

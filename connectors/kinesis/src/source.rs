@@ -270,17 +270,15 @@ fn plan_readers(
             continue;
         }
         let checkpoint = checkpoints.get(&shard.id);
-        let start = match checkpoint.and_then(|c| c.sequence.clone()) {
-            Some(seq) => Start::After(seq),
-            None if checkpoint.and_then(|c| c.started_at_ms).is_some() => {
-                Start::Since(checkpoint.and_then(|c| c.started_at_ms).unwrap_or_default())
-            }
-            None if shard.parents.iter().any(|p| read.contains(p)) => Start::TrimHorizon,
-            None if shard.closed && config.starting_position == StartingPosition::Latest => {
+        let start = match (checkpoint.and_then(|c| c.sequence.clone()), checkpoint.and_then(|c| c.started_at_ms)) {
+            (Some(seq), _) => Start::After(seq),
+            (None, Some(ms)) => Start::Since(ms),
+            (None, None) if shard.parents.iter().any(|p| read.contains(p)) => Start::TrimHorizon,
+            (None, None) if shard.closed && config.starting_position == StartingPosition::Latest => {
                 finished.insert(shard.id.clone());
                 continue;
             }
-            None => Start::Configured,
+            (None, None) => Start::Configured,
         };
         plan.push((shard.id.clone(), start));
     }

@@ -29,9 +29,11 @@ impl Acker for TickOutcomes {
     fn ack(&self, _position: Position, outcome: Outcome) {
         match outcome {
             Outcome::Delivered => self.0.succeeded.increment(1),
-            Outcome::DeadLettered => self.0.failed.increment(1),
-            // Ticks are retried in the dispatcher, never handed back.
-            Outcome::Redeliver { .. } => {}
+            // A call that panicked did not succeed either.
+            Outcome::DeadLettered | Outcome::Abandoned => self.0.failed.increment(1),
+            // Ticks are retried in the dispatcher, never handed back; a released one was replaced
+            // or stopped, and is counted as such.
+            Outcome::Redeliver { .. } | Outcome::Released => {}
         }
     }
 }

@@ -93,8 +93,8 @@ impl Deliverer {
         &self.metrics
     }
 
-    /// Delivers `msg` until it is finished, or until `abort` (then the message stays unacknowledged
-    /// and will be delivered again).
+    /// Delivers `msg` until it is finished, or until `abort` or its partition is revoked (then the
+    /// message is released unfinished and will be delivered again, by this consumer or the next owner).
     pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
         let received = Instant::now();
         // Every attempt carries the same headers: built again from the same inputs rather than
@@ -104,16 +104,21 @@ impl Deliverer {
         let mut attempts = msg.attempt.saturating_sub(1);
         loop {
             attempts += 1;
+            if !msg.ack.is_current() {
+                self.metrics.stale.increment(1);
+                return msg.ack.release();
+            }
             if let Some(limiter) = &self.limiter {
                 tokio::select! {
                     () = limiter.until_ready() => {}
-                    () = abort.cancelled() => return,
+                    () = abort.cancelled() => return msg.ack.release(),
                 }
             }
             let attempt = tokio::select! {
-                a = self.attempt(&msg, now) => a,
-                () = abort.cancelled() => return,
+                a = self.attempt(&msg, now) => Some(a),
+                () = abort.cancelled() => None,
             };
+            let Some(attempt) = attempt else { return msg.ack.release() };
             let retry_after = match attempt.verdict {
                 Verdict::Success => {
                     self.metrics.delivered.increment(1);
@@ -160,7 +165,7 @@ impl Deliverer {
             );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = abort.cancelled() => return,
+                () = abort.cancelled() => return msg.ack.release(),
             }
         }
     }
@@ -228,9 +233,10 @@ impl Deliverer {
                 function: &t.function,
             };
             let written = tokio::select! {
-                r = sink.send(letter) => r,
-                () = abort.cancelled() => return,
+                r = sink.send(letter) => Some(r),
+                () = abort.cancelled() => None,
             };
+            let Some(written) = written else { return msg.ack.release() };
             match written {
                 Ok(()) => {
                     warn!(
@@ -252,7 +258,7 @@ impl Deliverer {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = abort.cancelled() => return,
+                        () = abort.cancelled() => return msg.ack.release(),
                     }
                 }
             }

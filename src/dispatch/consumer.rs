@@ -21,7 +21,7 @@ use crate::control::store::{Kind, ObjectRef};
 use crate::cron::runner::Scheduling;
 use crate::delivery::event::EventStyle;
 use crate::delivery::{Deliverer, HttpClient, Target};
-use crate::resources::{ConcurrencyPolicy, DeadLetterTarget, DeliveryPolicy};
+use crate::resources::{ConcurrencyPolicy, DeadLetterTarget, DeliveryPolicy, Ordering};
 use crate::telemetry::{ConsumerMetrics, CronMetrics};
 use crate::{cron, dispatch};
 
@@ -142,12 +142,17 @@ impl Services {
 pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, stop: CancellationToken) {
     let metrics = ConsumerMetrics::new(spec.kind.as_str(), &spec.trigger, &spec.function);
     let lag_task = tokio::spawn({
-        let (health, gauge, stop) = (health.clone(), metrics.lag.clone(), stop.clone());
+        let (health, metrics, stop) = (health.clone(), metrics.clone(), stop.clone());
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut abandoned = 0;
             while !stop.is_cancelled() {
                 tick.tick().await;
-                gauge.set(health.lag() as f64);
+                metrics.lag.set(health.lag() as f64);
+                metrics.oldest_unacked.set(health.oldest_unfinished_age().unwrap_or_default().as_secs_f64());
+                let now = health.abandoned();
+                metrics.abandoned.increment(now.saturating_sub(abandoned));
+                abandoned = now;
             }
         }
     });
@@ -202,8 +207,12 @@ async fn run_once(
         SourceSpec::Cron(c) if c.payload.is_none() => (EventStyle::Cron, http::Method::GET),
         SourceSpec::Cron(_) => (EventStyle::Cron, http::Method::POST),
     };
-    // JetStream redelivers on a NAK with delay; other sources retry here.
-    let redeliver_via_source = matches!(&spec.source, SourceSpec::Nats(n) if n.jetstream_stream.is_some());
+    // JetStream redelivers on a NAK with delay; other sources retry here. A NAK frees the lane, so
+    // a later message of it would overtake the retried one: with lanes (NATS messages have no key,
+    // so only `ordering: partition` makes them, one per subject) JetStream retries here too, the
+    // source keeping the message held with progress acks.
+    let redeliver_via_source = matches!(&spec.source, SourceSpec::Nats(n) if n.jetstream_stream.is_some())
+        && spec.delivery.ordering != Ordering::Partition;
     let mut retry = spec.delivery.retry.clone();
     if let SourceSpec::Cron(c) = &spec.source {
         // Kubeless made one call per tick. Without limits of its own, a tick's retries end when the

@@ -110,8 +110,8 @@ pub async fn run(
         tokio::select! {
             biased;
             () = abort.cancelled() => {
-                running.abort_all();
-                break;
+                release_all(input, running, busy).await;
+                return;
             }
             Some(done) = running.join_next(), if !running.is_empty() => {
                 let Ok(Some(lane)) = done else { continue };
@@ -149,6 +149,30 @@ pub async fn run(
                 }
             },
         }
+    }
+}
+
+/// How long an aborted dispatcher waits for its deliveries to give their messages back (each
+/// returns at its next await, so this is only reached by a delivery stuck outside one).
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives every message back unfinished: running deliveries release theirs on seeing the abort,
+/// and the waiting and not yet read ones are released here, so none is reported abandoned.
+async fn release_all(
+    mut input: mpsc::Receiver<Message>,
+    mut running: JoinSet<Option<Lane>>,
+    busy: HashMap<Lane, VecDeque<Message>>,
+) {
+    input.close();
+    while let Ok(msg) = input.try_recv() {
+        msg.ack.release();
+    }
+    for msg in busy.into_values().flatten() {
+        msg.ack.release();
+    }
+    let drained = tokio::time::timeout(RELEASE_GRACE, async { while running.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        running.abort_all();
     }
 }
 

@@ -266,7 +266,8 @@ async fn a_failing_dead_letter_write_is_retried_and_never_acknowledged() {
     }
     abort.cancel();
     task.await.expect("dispatcher stops on abort");
-    assert!(acks.all().is_empty(), "a message whose dead letter was not written must not be acknowledged");
+    let outcomes: Vec<Outcome> = acks.all().into_iter().map(|(_, o)| o).collect();
+    assert_eq!(outcomes, vec![Outcome::Released], "a message whose dead letter was not written must not be finished");
 }
 
 #[tokio::test]
@@ -362,5 +363,113 @@ async fn an_abandoned_consumer_stops_calling_the_function() {
     let after_abort = calls.load(AtomicOrdering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await; // many backoffs (1–5 ms) long
     assert_eq!(calls.load(AtomicOrdering::SeqCst), after_abort, "the abandoned consumer kept retrying");
-    assert!(acks.all().is_empty(), "nothing acknowledged: the message is delivered again by the next owner");
+    let outcomes: Vec<Outcome> = acks.all().into_iter().map(|(_, o)| o).collect();
+    assert_eq!(outcomes, vec![Outcome::Released], "given back unfinished: the next owner delivers it again");
+}
+
+/// A function that accepts connections and never answers.
+async fn silent_function() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    (url, held)
+}
+
+#[tokio::test]
+async fn an_aborted_dispatcher_releases_running_waiting_and_unread_messages_and_abandons_none() {
+    let (url, held) = silent_function().await;
+    let acks = Arc::new(Acks::default());
+    let (tx, rx) = mpsc::channel(8);
+    let dispatcher = Dispatcher::spawn(rx, deliverer(&url, retry(None), None), Ordering::Key, 1);
+    // One runs (the only slot); the rest sit in the channel or wait behind its key.
+    for i in 0..9 {
+        tx.send_timeout(message(&acks, 0, i, Some("k")), Duration::from_secs(10)).await.expect("room");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    dispatcher.abort().await;
+    let outcomes = acks.all();
+    assert!(outcomes.iter().all(|(_, o)| *o == Outcome::Released), "{outcomes:?}");
+    let mut released: Vec<i64> = outcomes.iter().map(|(p, _)| p.offset).collect();
+    released.sort_unstable();
+    assert_eq!(released, (0..9).collect::<Vec<_>>(), "each message given back once");
+    held.abort();
+}
+
+/// Acks whose partition can be revoked.
+#[derive(Default)]
+struct Revocable {
+    acks: Acks,
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl Acker for Revocable {
+    fn ack(&self, position: Position, outcome: Outcome) {
+        self.acks.ack(position, outcome);
+    }
+
+    fn is_current(&self, _position: Position) -> bool {
+        !self.revoked.load(AtomicOrdering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_message_of_a_revoked_partition_is_neither_retried_nor_started() {
+    let stub = Arc::new(Stub { script: Mutex::new(vec![503; 1000]), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let acks = Arc::new(Revocable::default());
+    let msg = |offset| Message {
+        ack: AckHandle::new(acks.clone(), Position { slot: 0, generation: 1, offset }),
+        ..message(&Arc::new(Acks::default()), 0, offset, Some("k"))
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let _dispatcher = Dispatcher::spawn(rx, deliverer(&url, retry(None), None), Ordering::Key, 4);
+    // 1 is retried (503s); 2 waits behind it on the same key.
+    tx.send(msg(1)).await.expect("send");
+    tx.send(msg(2)).await.expect("send");
+    let start = std::time::Instant::now();
+    while stub.script.lock().expect("lock").len() > 995 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no retries");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The partition is revoked and its drain ran out: the new owner reads both again.
+    acks.revoked.store(true, AtomicOrdering::SeqCst);
+    let start = std::time::Instant::now();
+    while acks.acks.all().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not given back: {:?}", acks.acks.all());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let calls = 1000 - stub.script.lock().expect("lock").len();
+    tokio::time::sleep(Duration::from_millis(200)).await; // many backoffs (1–5 ms) long
+    assert_eq!(1000 - stub.script.lock().expect("lock").len(), calls, "a revoked message was still retried");
+    let outcomes: Vec<(i64, Outcome)> = acks.acks.all().into_iter().map(|(p, o)| (p.offset, o)).collect();
+    assert_eq!(outcomes, vec![(1, Outcome::Released), (2, Outcome::Released)], "2 was never started");
+}
+
+/// A dead-letter destination with a bug.
+struct PanickingSink;
+
+impl DeadLetterSink for PanickingSink {
+    fn describe(&self) -> String {
+        "panicking sink".into()
+    }
+
+    fn send<'a>(&'a self, _letter: DeadLetter<'a>) -> BoxFuture<'a, Result<(), DeadLetterError>> {
+        Box::pin(async { panic!("a bug in the dead-letter writer") })
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_that_panics_reports_its_message_abandoned_and_its_lane_moves_on() {
+    let stub = Arc::new(Stub { script: Mutex::new(vec![400]), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let acks = Arc::new(Acks::default());
+    let msgs = vec![message(&acks, 0, 1, Some("k")), message(&acks, 0, 2, Some("k"))];
+    dispatch_all(deliverer(&url, retry(None), Some(Arc::new(PanickingSink))), Ordering::Key, 4, msgs).await;
+    let outcomes: Vec<(i64, Outcome)> = acks.all().into_iter().map(|(p, o)| (p.offset, o)).collect();
+    assert_eq!(outcomes, vec![(1, Outcome::Abandoned), (2, Outcome::Delivered)]);
 }

@@ -19,6 +19,11 @@ pub struct DeliverySpec {
     /// Requests in flight at once for one (trigger, function). Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// Messages a partition or shard may hold uncommitted, counted from its oldest unfinished one
+    /// (one message retried forever holds back the commit of everything after it); at the limit
+    /// the partition is paused until they finish. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uncommitted: Option<u32>,
     /// Per-request timeout, overriding the Function's `spec.timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub timeout: Option<String>,
@@ -122,6 +127,7 @@ pub enum DeadLetterTarget {
 pub struct DeliveryPolicy {
     pub ordering: Ordering,
     pub max_in_flight: u32,
+    pub max_uncommitted: u32,
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub dead_letter: Option<DeadLetterTarget>,
@@ -134,6 +140,7 @@ impl Default for DeliveryPolicy {
         Self {
             ordering: Ordering::Key,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_uncommitted: DEFAULT_MAX_UNCOMMITTED,
             timeout: None,
             retry: RetryPolicy::default(),
             dead_letter: None,
@@ -147,6 +154,11 @@ impl Default for DeliveryPolicy {
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 /// A ceiling that keeps a typo (`maxInFlight: 1000000`) from turning into unbounded memory.
 pub const MAX_MAX_IN_FLIGHT: u32 = 10_000;
+/// A few seconds of a busy partition: enough that one slow message does not pause the partition at
+/// once, small enough that what a restart redelivers and what the tracker holds stay small.
+pub const DEFAULT_MAX_UNCOMMITTED: u32 = 10_000;
+/// The limit must leave room for a full dispatcher, and stay a bound.
+pub const MAX_UNCOMMITTED_RANGE: std::ops::RangeInclusive<u32> = 100..=1_000_000;
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -159,6 +171,14 @@ impl DeliverySpec {
                 errors.push(format!("{field}.maxInFlight"), format!("{n} must be between 1 and {MAX_MAX_IN_FLIGHT}"));
             } else {
                 policy.max_in_flight = n;
+            }
+        }
+        if let Some(n) = self.max_uncommitted {
+            if MAX_UNCOMMITTED_RANGE.contains(&n) {
+                policy.max_uncommitted = n;
+            } else {
+                let (lo, hi) = (MAX_UNCOMMITTED_RANGE.start(), MAX_UNCOMMITTED_RANGE.end());
+                errors.push(format!("{field}.maxUncommitted"), format!("{n} must be between {lo} and {hi}"));
             }
         }
         policy.timeout = parse_duration(errors, &format!("{field}.timeout"), self.timeout.as_deref());

@@ -17,6 +17,9 @@ pub const DISPATCH_DURATION: &str = "kubeless_dispatch_duration_seconds";
 pub const REQUEST_DURATION: &str = "kubeless_request_duration_seconds";
 pub const IN_FLIGHT: &str = "kubeless_in_flight_requests";
 pub const CONSUMER_LAG: &str = "kubeless_consumer_lag";
+pub const OLDEST_UNACKED: &str = "kubeless_oldest_unacked_seconds";
+pub const MESSAGES_ABANDONED: &str = "kubeless_messages_abandoned_total";
+pub const MESSAGES_STALE: &str = "kubeless_messages_stale_total";
 pub const CONSUMERS: &str = "kubeless_consumers";
 pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
@@ -34,6 +37,9 @@ pub const ALL: &[&str] = &[
     REQUEST_DURATION,
     IN_FLIGHT,
     CONSUMER_LAG,
+    OLDEST_UNACKED,
+    MESSAGES_ABANDONED,
+    MESSAGES_STALE,
     CONSUMERS,
     MANIFEST_ERRORS,
     CONSUMER_RESTARTS,
@@ -69,6 +75,21 @@ pub fn describe() {
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "One HTTP request to a function.");
     describe_gauge!(IN_FLIGHT, Unit::Count, "HTTP requests to functions in flight.");
     describe_gauge!(CONSUMER_LAG, Unit::Count, "Messages behind the end of the log, per trigger and function.");
+    describe_gauge!(
+        OLDEST_UNACKED,
+        Unit::Seconds,
+        "Age of the oldest message handed out and not finished (0 when none): it holds back every commit after it."
+    );
+    describe_counter!(
+        MESSAGES_ABANDONED,
+        Unit::Count,
+        "Messages dropped without an outcome (a delivery that panicked): uncommitted until read again."
+    );
+    describe_counter!(
+        MESSAGES_STALE,
+        Unit::Count,
+        "Messages not delivered because their partition was revoked and drained (the new owner delivers them)."
+    );
     describe_gauge!(CONSUMERS, Unit::Count, "Consumers running.");
     describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
     describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error.");
@@ -93,6 +114,9 @@ pub struct ConsumerMetrics {
     pub request_duration: Histogram,
     pub in_flight: Gauge,
     pub lag: Gauge,
+    pub oldest_unacked: Gauge,
+    pub abandoned: Counter,
+    pub stale: Counter,
     pub restarts: Counter,
 }
 
@@ -111,6 +135,9 @@ impl ConsumerMetrics {
             request_duration: histogram!(REQUEST_DURATION, &labels),
             in_flight: gauge!(IN_FLIGHT, &labels),
             lag: gauge!(CONSUMER_LAG, &labels),
+            oldest_unacked: gauge!(OLDEST_UNACKED, &labels),
+            abandoned: counter!(MESSAGES_ABANDONED, &labels),
+            stale: counter!(MESSAGES_STALE, &labels),
             restarts: counter!(CONSUMER_RESTARTS, &labels),
         }
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// What finally happened to a message. `Delivered` and `DeadLettered` let the source commit the
-/// position; `Redeliver` asks a source that can (JetStream) to deliver it again later.
+/// position; the others leave it unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Every attempt that mattered ended in a 2xx.
@@ -15,6 +15,20 @@ pub enum Outcome {
     /// Not finished: a retriable failure the broker should redeliver after `after` (a JetStream
     /// NAK with delay). Only used for sources that declare they redeliver.
     Redeliver { after: std::time::Duration },
+    /// Not finished, on purpose: the consumer is stopping, or the message's partition was revoked.
+    /// The position stays uncommitted; a source that can redeliver one message may do so now.
+    Released,
+    /// Not finished, by accident: the handle was dropped without an outcome (a delivery that
+    /// panicked, a bug). The position stays uncommitted, so the source's commits stop at it until a
+    /// restart or rebalance reads it again; sources count and log it.
+    Abandoned,
+}
+
+impl Outcome {
+    /// Whether the position may be committed.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Delivered | Self::DeadLettered)
+    }
 }
 
 /// Where a source tracks one message. The meaning of the fields belongs to the source: Kafka uses
@@ -31,10 +45,21 @@ pub struct Position {
 /// cheap and must never block.
 pub trait Acker: Send + Sync + 'static {
     fn ack(&self, position: Position, outcome: Outcome);
+
+    /// Whether the position still belongs to this consumer. False once its partition was revoked
+    /// and drained: delivering it then would duplicate the new owner's work and break its order.
+    fn is_current(&self, _position: Position) -> bool {
+        true
+    }
+
+    /// The delivery is still working on it (retrying in place): a source whose broker redelivers
+    /// unacknowledged messages after a timeout (JetStream's `ack_wait`) extends that timeout.
+    fn in_progress(&self, _position: Position) {}
 }
 
-/// The acknowledgement a message carries. Resolve it with [`AckHandle::finish`]; dropping it without
-/// an outcome means "not done" and the position is never committed.
+/// The acknowledgement a message carries. Resolve it with [`AckHandle::finish`], or give it back
+/// unfinished with [`AckHandle::release`]; dropping it without either reports
+/// [`Outcome::Abandoned`].
 pub struct AckHandle {
     acker: Option<Arc<dyn Acker>>,
     position: Position,
@@ -60,6 +85,32 @@ impl AckHandle {
             acker.ack(self.position, outcome);
         }
     }
+
+    /// Gives the message back unfinished, on purpose (a stop, a revoked partition).
+    pub fn release(self) {
+        self.finish(Outcome::Released);
+    }
+
+    /// See [`Acker::is_current`]. A detached handle is always current.
+    pub fn is_current(&self) -> bool {
+        self.acker.as_ref().is_none_or(|a| a.is_current(self.position))
+    }
+
+    /// See [`Acker::in_progress`].
+    pub fn in_progress(&self) {
+        if let Some(acker) = &self.acker {
+            acker.in_progress(self.position);
+        }
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            tracing::error!(position = ?self.position, "A message was dropped without an outcome; its position stays uncommitted.");
+            acker.ack(self.position, Outcome::Abandoned);
+        }
+    }
 }
 
 impl fmt::Debug for AckHandle {
@@ -83,13 +134,23 @@ mod tests {
     }
 
     #[test]
-    fn finish_reports_the_outcome_once_and_drop_reports_nothing() {
+    fn each_handle_reports_once_and_a_dropped_one_reports_abandoned() {
         let recorder = Arc::new(Recorder::default());
         let pos = |offset| Position { slot: 1, generation: 2, offset };
         AckHandle::new(recorder.clone(), pos(7)).finish(Outcome::Delivered);
         drop(AckHandle::new(recorder.clone(), pos(8)));
         AckHandle::new(recorder.clone(), pos(9)).finish(Outcome::DeadLettered);
+        AckHandle::new(recorder.clone(), pos(10)).release();
+        drop(AckHandle::detached());
         let got = recorder.0.lock().expect("recorder lock").clone();
-        assert_eq!(got, vec![(pos(7), Outcome::Delivered), (pos(9), Outcome::DeadLettered)]);
+        assert_eq!(
+            got,
+            vec![
+                (pos(7), Outcome::Delivered),
+                (pos(8), Outcome::Abandoned),
+                (pos(9), Outcome::DeadLettered),
+                (pos(10), Outcome::Released)
+            ]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! How a running source tells the daemon whether it is live, for `/readyz` and status.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -21,6 +23,10 @@ pub enum SourceState {
 pub struct Health {
     state: Arc<watch::Sender<SourceState>>,
     lag: Arc<AtomicI64>,
+    abandoned: Arc<AtomicU64>,
+    /// Per partition or shard (keyed by the source's own index): when its oldest unfinished
+    /// message was handed out.
+    oldest_unfinished: Arc<Mutex<BTreeMap<i64, SystemTime>>>,
 }
 
 impl Default for Health {
@@ -31,7 +37,12 @@ impl Default for Health {
 
 impl Health {
     pub fn new() -> Self {
-        Self { state: Arc::new(watch::Sender::new(SourceState::Starting)), lag: Arc::new(AtomicI64::new(0)) }
+        Self {
+            state: Arc::new(watch::Sender::new(SourceState::Starting)),
+            lag: Arc::new(AtomicI64::new(0)),
+            abandoned: Arc::new(AtomicU64::new(0)),
+            oldest_unfinished: Arc::default(),
+        }
     }
 
     pub fn set(&self, state: SourceState) {
@@ -60,5 +71,57 @@ impl Health {
 
     pub fn lag(&self) -> i64 {
         self.lag.load(Ordering::Relaxed)
+    }
+
+    /// Counts a message whose handle was dropped without an outcome.
+    pub fn note_abandoned(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages abandoned since the source started.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Records when the oldest unfinished message of partition or shard `key` was handed out (none:
+    /// nothing unfinished there, or the partition is gone).
+    pub fn set_oldest_unfinished(&self, key: i64, since: Option<SystemTime>) {
+        let mut map = self.oldest_unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        match since {
+            Some(t) => map.insert(key, t),
+            None => map.remove(&key),
+        };
+    }
+
+    /// Forgets every partition's entry (the source stopped or lost its assignment).
+    pub fn clear_oldest_unfinished(&self) {
+        self.oldest_unfinished.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// How long the oldest unfinished message of this source has been out, if any is.
+    pub fn oldest_unfinished_age(&self) -> Option<std::time::Duration> {
+        let map = self.oldest_unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = map.values().min()?;
+        Some(SystemTime::now().duration_since(*oldest).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_oldest_unfinished_message_is_the_minimum_over_partitions() {
+        let h = Health::new();
+        assert_eq!(h.oldest_unfinished_age(), None);
+        let now = SystemTime::now();
+        h.set_oldest_unfinished(0, Some(now - Duration::from_secs(5)));
+        h.set_oldest_unfinished(1, Some(now - Duration::from_secs(60)));
+        assert!(h.oldest_unfinished_age().is_some_and(|a| a >= Duration::from_secs(60)));
+        h.set_oldest_unfinished(1, None);
+        assert!(h.oldest_unfinished_age().is_some_and(|a| a < Duration::from_secs(60)));
+        h.clear_oldest_unfinished();
+        assert_eq!(h.oldest_unfinished_age(), None);
     }
 }

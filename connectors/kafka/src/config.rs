@@ -28,6 +28,9 @@ pub struct KafkaSourceConfig {
     /// How long revocation and shutdown wait for handed-out messages to finish before committing
     /// what did.
     pub drain_timeout: Duration,
+    /// Offsets a partition may hold uncommitted (from its oldest unfinished message on) before it
+    /// is paused: one message retried forever must not grow memory with the backlog.
+    pub max_uncommitted: usize,
 }
 
 /// Records prefetched per consumer are capped in bytes: the memory bound of a consumer must not
@@ -186,6 +189,7 @@ mod tests {
             initial_offset: InitialOffset::Latest,
             properties: [("session.timeout.ms".to_string(), "6000".to_string())].into(),
             drain_timeout: Duration::from_secs(1),
+            max_uncommitted: 100,
         };
         let c = cfg.client_config();
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));

@@ -5,8 +5,10 @@
 //! librdkafka stops fetching and memory stays bounded, and the thread keeps polling to serve
 //! rebalances. Acknowledgements come back over a channel; the contiguous finished prefix of each
 //! partition is stored and auto-committed, and committed synchronously on revocation and shutdown.
+//! A partition whose uncommitted span reaches `max_uncommitted` (one message retried forever holds
+//! back every later offset) is paused on its own until the span shrinks.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +25,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::sync::mpsc::error::TrySendError;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::KafkaSourceConfig;
 
@@ -93,13 +95,17 @@ fn consume(
     runtime: tokio::runtime::Handle,
 ) -> Result<(), KafkaSourceError> {
     let (ack_tx, ack_rx) = std_mpsc::channel();
-    let acker: Arc<dyn Acker> = Arc::new(ChannelAcker(ack_tx));
+    let live = Arc::new(Mutex::new(HashSet::new()));
+    let acker: Arc<dyn Acker> = Arc::new(ChannelAcker { acks: ack_tx, live: live.clone() });
     let shared = Arc::new(Shared {
         group: config.group_id.clone(),
         health: ctx.health.clone(),
         drain_timeout: config.drain_timeout,
         assigned: AtomicBool::new(false),
         inner: Mutex::new(Inner {
+            health: ctx.health.clone(),
+            max_uncommitted: config.max_uncommitted.max(1),
+            live,
             slots: Vec::new(),
             next_generation: 1,
             acks: ack_rx,
@@ -182,7 +188,10 @@ fn consume(
                     match ctx.out.try_send(msg) {
                         Ok(()) => {}
                         Err(TrySendError::Full(msg)) => inner.stash.push_back(msg),
-                        Err(TrySendError::Closed(_)) => break,
+                        Err(TrySendError::Closed(msg)) => {
+                            msg.ack.release();
+                            break;
+                        }
                     }
                 }
             }
@@ -196,19 +205,28 @@ fn consume(
         let all: Vec<usize> = (0..inner.slots.len()).collect();
         inner.release(&consumer, &all, Instant::now() + shared.drain_timeout, &shared.group);
     }
+    ctx.health.clear_oldest_unfinished();
     // Dropping the consumer leaves the group; its revoke callback finds nothing left to drain.
     drop(consumer);
     info!(group = %config.group_id, "Kafka consumer stopped.");
     Ok(())
 }
 
-struct ChannelAcker(std_mpsc::Sender<(Position, Outcome)>);
+struct ChannelAcker {
+    acks: std_mpsc::Sender<(Position, Outcome)>,
+    /// Generations of the partitions owned now (each assignment of a partition gets a new one).
+    live: Arc<Mutex<HashSet<u32>>>,
+}
 
 impl Acker for ChannelAcker {
     fn ack(&self, position: Position, outcome: Outcome) {
         // The receiver lives as long as the consumer thread; after it is gone there is nothing
         // left to commit, so a failed send is nothing to report.
-        let _ = self.0.send((position, outcome));
+        let _ = self.acks.send((position, outcome));
+    }
+
+    fn is_current(&self, position: Position) -> bool {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).contains(&position.generation)
     }
 }
 
@@ -245,9 +263,22 @@ struct Slot {
     partition: i32,
     generation: u32,
     tracker: PartitionTracker,
+    /// Paused because its uncommitted span reached the limit.
+    capped: bool,
+}
+
+impl Slot {
+    fn tpl(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        tpl
+    }
 }
 
 struct Inner {
+    health: Health,
+    max_uncommitted: usize,
+    live: Arc<Mutex<HashSet<u32>>>,
     /// Owned partitions; `Position::slot` indexes this. A revoked partition leaves `None` so the
     /// indices of the others stay valid. Partitions per consumer are few, so lookup is a scan.
     slots: Vec<Option<Slot>>,
@@ -275,16 +306,28 @@ impl Inner {
                     self.stash.push_front(msg);
                     return true;
                 }
-                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Closed(msg)) => {
+                    msg.ack.release();
+                    return false;
+                }
             }
         }
         true
     }
 
     fn apply(&mut self, (position, outcome): (Position, Outcome)) {
-        if matches!(outcome, Outcome::Redeliver { .. }) {
-            // Kafka cannot redeliver one record; retries happen in the dispatcher. An unfinished
-            // offset is never committed, which is the safe reading of this outcome.
+        if outcome == Outcome::Abandoned {
+            self.health.note_abandoned();
+            if let Some(Some(slot)) = self.slots.get(position.slot as usize) {
+                error!(
+                    topic = %slot.topic, partition = slot.partition, offset = position.offset,
+                    "A message was abandoned without an outcome; this partition commits no further until it is read again."
+                );
+            }
+        }
+        // Kafka cannot redeliver one record: retries happen in the dispatcher, and an unfinished
+        // offset is never committed (read again after a restart or rebalance).
+        if !outcome.is_finished() {
             return;
         }
         if let Some(Some(slot)) = self.slots.get_mut(position.slot as usize) {
@@ -294,15 +337,21 @@ impl Inner {
         }
     }
 
-    /// Applies every ack that arrived and stores the offsets that moved.
+    /// Applies every ack that arrived, pauses or resumes partitions at their uncommitted limit, and
+    /// stores the offsets that moved.
     fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         while let Ok(ack) = self.acks.try_recv() {
             self.apply(ack);
         }
+        self.cap(consumer);
         if self.last_store.elapsed() < STORE_INTERVAL {
             return;
         }
         self.last_store = Instant::now();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let since = slot.as_ref().and_then(|s| s.tracker.oldest_unfinished());
+            self.health.set_oldest_unfinished(i as i64, since);
+        }
         let mut tpl = TopicPartitionList::new();
         for slot in self.slots.iter_mut().flatten() {
             if let Some(next) = slot.tracker.take_commit() {
@@ -317,12 +366,50 @@ impl Inner {
         }
     }
 
+    /// Pauses every partition (the dispatcher is full), or resumes those not at their limit.
     fn pause<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, pause: bool) {
-        let Ok(assignment) = consumer.assignment() else { return };
-        let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        let result = if pause {
+            let Ok(assignment) = consumer.assignment() else { return };
+            consumer.pause(&assignment)
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            for slot in self.slots.iter().flatten().filter(|s| !s.capped) {
+                tpl.add_partition(&slot.topic, slot.partition);
+            }
+            consumer.resume(&tpl)
+        };
         match result {
             Ok(()) => self.paused = pause,
             Err(err) => warn!(error = %err, pause, "Pausing or resuming partitions failed."),
+        }
+    }
+
+    /// Pauses a partition whose uncommitted span reached the limit, and resumes it once the span
+    /// is back under half of it (so it does not flap at the edge).
+    fn cap<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let (limit, paused) = (self.max_uncommitted, self.paused);
+        for slot in self.slots.iter_mut().flatten() {
+            let span = slot.tracker.span();
+            if !slot.capped && span >= limit {
+                match consumer.pause(&slot.tpl()) {
+                    Ok(()) => {
+                        slot.capped = true;
+                        warn!(
+                            topic = %slot.topic, partition = slot.partition, span, limit,
+                            "Partition paused: too many offsets after its oldest unfinished message."
+                        );
+                    }
+                    Err(err) => warn!(error = %err, "Pausing a partition at its uncommitted limit failed."),
+                }
+            } else if slot.capped && span <= limit / 2 {
+                slot.capped = false;
+                info!(topic = %slot.topic, partition = slot.partition, span, "Partition resumed.");
+                if !paused {
+                    if let Err(err) = consumer.resume(&slot.tpl()) {
+                        warn!(error = %err, "Resuming a partition failed.");
+                    }
+                }
+            }
         }
     }
 
@@ -365,7 +452,9 @@ impl Inner {
                 partition: elem.partition(),
                 generation,
                 tracker: PartitionTracker::default(),
+                capped: false,
             };
+            self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(generation);
             match self.slots.iter().position(Option::is_none) {
                 Some(free) => self.slots[free] = Some(slot),
                 None => self.slots.push(Some(slot)),
@@ -403,6 +492,7 @@ impl Inner {
                 if let Some(Some(slot)) = self.slots.get_mut(pos.slot as usize) {
                     slot.tracker.forget_from(pos.offset);
                 }
+                msg.ack.release();
             } else {
                 self.stash.push_back(msg);
             }
@@ -426,7 +516,10 @@ impl Inner {
         }
         let mut tpl = TopicPartitionList::new();
         for &i in slots {
+            self.health.set_oldest_unfinished(i as i64, None);
             if let Some(slot) = self.slots[i].take() {
+                // Whatever of it is still queued or retrying in the dispatcher is dropped there now.
+                self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot.generation);
                 if let Some(next) = slot.tracker.committable() {
                     let _ = tpl.add_partition_offset(&slot.topic, slot.partition, Offset::Offset(next));
                 }

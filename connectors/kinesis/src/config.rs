@@ -34,6 +34,9 @@ pub struct KinesisSourceConfig {
     pub poll_interval: Duration,
     /// How long a stop waits for handed-out records before checkpointing what finished.
     pub drain_timeout: Duration,
+    /// Records a shard may hold past its checkpoint (from its oldest unfinished record on) before
+    /// it stops being read until they finish.
+    pub max_uncommitted: usize,
 }
 
 impl std::fmt::Debug for KinesisSourceConfig {

@@ -9,7 +9,8 @@ use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 use bytes::Bytes;
 use kubeless_connector::{
-    error_chain, AckHandle, Acker, Message, Origin, Outcome, PartitionTracker, Position, SourceContext, SourceState,
+    error_chain, AckHandle, Acker, Health, Message, Origin, Outcome, PartitionTracker, Position, SourceContext,
+    SourceState,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
 /// Checkpoints are written at most this often while reading, and always at the end.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a shard paused at its uncommitted limit looks again.
+const CAPPED_RECHECK: Duration = Duration::from_millis(100);
 
 /// A Kinesis client for the config's region, endpoint and credentials.
 pub async fn client(region: &str, endpoint: Option<&str>, credentials: Option<(&str, &str)>) -> Client {
@@ -348,7 +351,7 @@ impl ShardState {
     }
 }
 
-struct ShardAcker(Mutex<ShardState>);
+struct ShardAcker(Mutex<ShardState>, Health);
 
 impl ShardAcker {
     /// Moves `saved` to the end of the finished prefix; true if it moved.
@@ -364,7 +367,11 @@ impl ShardAcker {
 
 impl Acker for ShardAcker {
     fn ack(&self, position: Position, outcome: Outcome) {
-        if !matches!(outcome, Outcome::Redeliver { .. }) {
+        if outcome == Outcome::Abandoned {
+            // The handle's drop logged it; the shard checkpoints no further until it is read again.
+            self.1.note_abandoned();
+        }
+        if outcome.is_finished() {
             self.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.finish(position.offset);
         }
     }
@@ -408,13 +415,15 @@ async fn read_shard(
         }
         _ => None,
     };
-    let state = Arc::new(ShardAcker(Mutex::new(ShardState::default())));
+    let state = Arc::new(ShardAcker(Mutex::new(ShardState::default()), ctx.health.clone()));
+    let health_key = i64::from(shard_index(shard));
     let acker: Arc<dyn Acker> = state.clone();
     let stream_name: Arc<str> = Arc::from(config.stream.as_str());
     let mut iterator = shard_iterator(client, config, shard, &start).await?;
     let mut last_read: Option<String> = None;
     let mut counter = 0i64;
     let mut interrupted = false;
+    let mut capped = false;
     let mut saved: Option<String> = match &start {
         Start::After(s) => Some(s.clone()),
         _ => None,
@@ -434,6 +443,22 @@ async fn read_shard(
             }
             last_save = Instant::now();
         }
+        let (span, oldest) = {
+            let s = state.0.lock().unwrap_or_else(|p| p.into_inner());
+            (s.tracker.span(), s.tracker.oldest_unfinished())
+        };
+        ctx.health.set_oldest_unfinished(health_key, oldest);
+        if span >= config.max_uncommitted {
+            // One record unfinished holds back the checkpoint of everything after it: stop reading
+            // this shard until the span is back under the limit.
+            if !capped {
+                warn!(stream = %config.stream, shard, span, limit = config.max_uncommitted, "Shard paused: too many records after its oldest unfinished one.");
+                capped = true;
+            }
+            tokio::select! { () = tokio::time::sleep(CAPPED_RECHECK) => {}, () = stop.cancelled() => {} }
+            continue;
+        }
+        capped = false;
         let called = Instant::now();
         let out = match client.get_records().shard_iterator(&iterator).limit(RECORDS_PER_CALL).send().await {
             Ok(out) => out,
@@ -478,11 +503,18 @@ async fn read_shard(
                 ack: AckHandle::new(acker.clone(), Position { slot: 0, generation: 0, offset: counter }),
             };
             tokio::select! {
-                sent = ctx.out.send(msg) => if sent.is_err() { return Ok(false) },
+                room = ctx.out.reserve() => match room {
+                    Ok(permit) => permit.send(msg),
+                    Err(_closed) => {
+                        msg.ack.release();
+                        return Ok(false);
+                    }
+                },
                 () = stop.cancelled() => {
                     // Never handed out: not outstanding (the drain must not wait for it), and
                     // read again from the checkpoint by the next reader.
                     state.0.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
+                    msg.ack.release();
                     interrupted = true;
                     break;
                 }
@@ -516,6 +548,7 @@ async fn read_shard(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    ctx.health.set_oldest_unfinished(health_key, None);
     let finished = closed && state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
     if state.advance(&mut saved) || finished {
         save(saved, finished).await.map_err(|e| e.to_string())?;
@@ -611,6 +644,7 @@ mod tests {
             checkpoint_key: "k".into(),
             poll_interval: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(1),
+            max_uncommitted: 100,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The NATS source: a core queue subscription, or a JetStream durable pull consumer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -8,7 +9,7 @@ use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
-use kubeless_connector::{AckHandle, Acker, Message, Origin, Outcome, Position, SourceContext, SourceState};
+use kubeless_connector::{AckHandle, Acker, Health, Message, Origin, Outcome, Position, SourceContext, SourceState};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
@@ -96,65 +97,100 @@ fn headers_of(h: Option<&async_nats::HeaderMap>) -> Vec<(String, Bytes)> {
     .unwrap_or_default()
 }
 
-/// Messages handed out and not yet acknowledged, so a stop can wait for them.
+/// Messages handed out and not yet acknowledged, by a local id: a stop waits for them, and while
+/// they are out their ack deadline is pushed back (`+WPI`), so the server never redelivers a message
+/// this consumer still holds — queued behind its lane, or retried in place to keep its order.
 #[derive(Default)]
 struct Outstanding {
-    count: AtomicUsize,
+    replies: Mutex<HashMap<u64, Subject>>,
+    next_id: AtomicU64,
     zero: Notify,
 }
 
 impl Outstanding {
-    fn done(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+    fn add(&self, reply: Subject) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, reply);
+        id
+    }
+
+    fn take(&self, id: u64) -> Option<Subject> {
+        let mut replies = self.lock();
+        let reply = replies.remove(&id);
+        if replies.is_empty() {
             self.zero.notify_waiters();
         }
+        reply
+    }
+
+    fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn held(&self) -> Vec<Subject> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Subject>> {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// The ack of one JetStream message: `+ACK` when finished, `-NAK` with a delay to have the server
-/// redeliver it later (retries), nothing when dropped (the server redelivers after `ack_wait`).
+/// redeliver it later (retries), `-NAK` at once when given back unfinished.
 struct JsAck {
-    reply: Mutex<Option<Subject>>,
+    id: u64,
     acks: mpsc::UnboundedSender<(Subject, AckKind)>,
     outstanding: Arc<Outstanding>,
+    health: Health,
 }
 
 impl Acker for JsAck {
     fn ack(&self, _position: Position, outcome: Outcome) {
-        let Some(reply) = self.reply.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(reply) = self.outstanding.take(self.id) else { return };
         let kind = match outcome {
             Outcome::Delivered | Outcome::DeadLettered => AckKind::Ack,
             Outcome::Redeliver { after } => AckKind::Nak(Some(after)),
+            Outcome::Released => AckKind::Nak(None),
+            Outcome::Abandoned => {
+                self.health.note_abandoned();
+                AckKind::Nak(None)
+            }
         };
-        if self.acks.send((reply, kind)).is_err() {
-            // The consumer is gone; the server redelivers after ack_wait.
-            self.outstanding.done();
-        }
+        // If the consumer is gone the server redelivers after ack_wait.
+        let _ = self.acks.send((reply, kind));
     }
 }
 
-impl Drop for JsAck {
-    fn drop(&mut self) {
-        // Never acknowledged (aborted): count it as settled, the server redelivers it.
-        if self.reply.get_mut().map(|r| r.is_some()).unwrap_or(false) {
-            self.outstanding.done();
-        }
-    }
-}
-
-/// Publishes acks in the order deliveries finish. One task for the consumer rather than one per
-/// ack: an ack is a single publish to the message's reply subject, cheaper than spawning a task.
-/// The queue holds at most `max_ack_pending` acks, as the server hands out no more than that.
+/// Publishes acks in the order deliveries finish, and every `heartbeat` a progress ack for each
+/// message still held. One task for the consumer rather than one per ack: an ack is a single
+/// publish to the message's reply subject, cheaper than spawning a task. The queue holds at most
+/// `max_ack_pending` acks, as the server hands out no more than that.
 async fn publish_acks(
     client: async_nats::Client,
     mut acks: mpsc::UnboundedReceiver<(Subject, AckKind)>,
     outstanding: Arc<Outstanding>,
+    heartbeat: Duration,
 ) {
-    while let Some((reply, kind)) = acks.recv().await {
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    loop {
+        let (reply, kind) = tokio::select! {
+            next = acks.recv() => match next {
+                Some(ack) => ack,
+                None => break,
+            },
+            _ = beat.tick() => {
+                for reply in outstanding.held() {
+                    if let Err(e) = client.publish(reply, AckKind::Progress.into()).await {
+                        warn!(error = %e, "JetStream progress ack failed; the server may redeliver a held message.");
+                    }
+                }
+                continue;
+            }
+        };
         if let Err(e) = client.publish(reply, kind.into()).await {
             warn!(error = %e, "JetStream ack failed; the server will redeliver the message.");
         }
-        outstanding.done();
     }
 }
 
@@ -197,7 +233,9 @@ async fn jetstream_consumer(
     info!(stream = stream_name, durable = %durable, subject = %config.subject, "JetStream durable consumer bound.");
     let outstanding = Arc::new(Outstanding::default());
     let (acks, ack_queue) = mpsc::unbounded_channel();
-    let publisher = tokio::spawn(publish_acks(client.clone(), ack_queue, outstanding.clone()));
+    // Well inside ack_wait, so a lost progress ack or two does not cost a redelivery.
+    let heartbeat = (config.ack_wait / 3).max(Duration::from_millis(100));
+    let publisher = tokio::spawn(publish_acks(client.clone(), ack_queue, outstanding.clone(), heartbeat));
     // Messages of one subject share its name rather than allocating it per message.
     let mut source: Arc<str> = Arc::from(config.subject.as_str());
     let result = loop {
@@ -223,8 +261,13 @@ async fn jetstream_consumer(
         if *source != *m.subject.as_str() {
             source = Arc::from(m.subject.as_str());
         }
-        outstanding.count.fetch_add(1, Ordering::AcqRel);
-        let ack = Arc::new(JsAck { reply: Mutex::new(m.reply), acks: acks.clone(), outstanding: outstanding.clone() });
+        let Some(reply) = m.reply else {
+            warn!(durable = %durable, sequence = seq, "JetStream message without a reply subject; skipped.");
+            continue;
+        };
+        let id = outstanding.add(reply);
+        let ack =
+            Arc::new(JsAck { id, acks: acks.clone(), outstanding: outstanding.clone(), health: ctx.health.clone() });
         let msg = Message {
             headers: headers_of(m.headers.as_ref()),
             payload: m.payload,
@@ -238,21 +281,22 @@ async fn jetstream_consumer(
             attempt: u32::try_from(delivered).unwrap_or(1).max(1),
             ack: AckHandle::new(ack, Position { slot: 0, generation: 0, offset: seq }),
         };
-        if ctx.out.send(msg).await.is_err() {
+        if let Err(unsent) = ctx.out.send(msg).await {
+            unsent.0.ack.release();
             break Ok(());
         }
     };
     // Stop pulling; what was prefetched but never handed out is redelivered by the server.
     drop(messages);
     let deadline = Instant::now() + config.drain_timeout;
-    while outstanding.count.load(Ordering::Acquire) > 0 {
+    while outstanding.count() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            warn!(durable = %durable, outstanding = outstanding.count.load(Ordering::Acquire), "Drain timed out; the server will redeliver the rest.");
+            warn!(durable = %durable, outstanding = outstanding.count(), "Drain timed out; the server will redeliver the rest.");
             break;
         }
         let notified = outstanding.zero.notified();
-        if outstanding.count.load(Ordering::Acquire) == 0 {
+        if outstanding.count() == 0 {
             break;
         }
         let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;

@@ -174,3 +174,41 @@ async fn a_stream_deleted_and_created_again_is_read_from_its_start_not_from_the_
     .await;
     assert!(daemon.log_text().contains("deleted and created again"), "the recreation is reported");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_record_retried_forever_stops_its_shard_at_the_uncommitted_limit() {
+    const LIMIT: usize = 200;
+    const RECORDS: usize = 1500;
+    // GetRecords returns up to this many records at once; the limit is checked between calls.
+    const PER_CALL: usize = 500;
+    let moto = Kinesis::moto().await;
+    let client = moto.client().await;
+    kubeless_kinesis::create_stream(&client, "poisoned", 1).await.expect("stream");
+    kubeless_kinesis::put_record(&client, "poisoned", "pk", b"poison").await.expect("put");
+    put_all(&client, "poisoned", "r", RECORDS, 10).await;
+    let f = Function::start(Behaviour::Poison("poison".into())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = format!(
+        "  startingPosition: TRIM_HORIZON\n  delivery:\n    ordering: none\n    maxUncommitted: {LIMIT}\n    retry: {{initialBackoff: 10ms, maxBackoff: 50ms}}\n"
+    );
+    let manifests =
+        [function_yaml("f", "{function: f}", &f.url), kinesis_yaml("poisoned", "f", "poisoned", &moto.endpoint, &spec)];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+
+    wait_for("records behind the poison", Duration::from_secs(60), || f.delivered() >= LIMIT / 2).await;
+    let start = std::time::Instant::now();
+    while daemon.metric("kubeless_oldest_unacked_seconds").await < 3.0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the oldest unfinished record is not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = f.delivered();
+    eprintln!("delivered behind the poison: {held}");
+    assert!(held < LIMIT + PER_CALL, "{held} delivered behind one unfinished record with a limit of {LIMIT}");
+    assert!(daemon.log_text().contains("Shard paused: too many records"), "the pause is logged");
+
+    f.heal();
+    wait_for("every record", Duration::from_secs(120), || f.delivered() == RECORDS + 1).await;
+}

@@ -197,3 +197,54 @@ async fn tls_with_a_ca_from_a_secret_connects_and_without_it_the_trigger_reports
     wait_for("delivery over TLS", Duration::from_secs(30), || trusted.delivered() == 1).await;
     assert_eq!(untrusted.delivered(), 0);
 }
+
+/// Bodies in arrival order, with repeats of the same body in a row collapsed.
+fn runs(f: &Function) -> Vec<String> {
+    let mut bodies: Vec<String> = f.received().into_iter().map(|r| r.body).collect();
+    bodies.dedup();
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_with_partition_ordering_keeps_order_across_retries() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "ORDERED", &["ordered"]).await.expect("stream");
+    // Every message fails once: a NAK would let the next one overtake it.
+    let f = Function::start(Behaviour::FailFirst(vec![503])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = "  jetstream: {stream: ORDERED}\n  delivery:\n    ordering: partition\n    retry: {initialBackoff: 20ms, maxBackoff: 50ms}\n";
+    let manifests = [short_function("f", &f.url), nats_trigger_yaml("t", "ordered", "{function: f}", spec)];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    let sent: Vec<String> = (0..40).map(|i| format!("m{i:03}")).collect();
+    nats.publish_all("ordered", sent.clone(), true).await;
+    wait_for("all 40 delivered", Duration::from_secs(60), || f.delivered() == 40).await;
+    assert_eq!(runs(&f), sent, "each message retried in place before the next one started");
+    assert_eq!(f.received().len(), 80, "one failure and one success each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_messages_held_past_ack_wait_are_not_redelivered_behind_the_consumers_back() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "HELD", &["held"]).await.expect("stream");
+    let f = Function::start(Behaviour::Poison("m000".into())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = "  jetstream: {stream: HELD}\n  delivery:\n    ordering: partition\n    retry: {initialBackoff: 200ms, maxBackoff: 500ms}\n";
+    // ack_wait is the function's timeout (5 s) plus 5 s.
+    let manifests = [short_function("f", &f.url), nats_trigger_yaml("t", "held", "{function: f}", spec)];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    let sent: Vec<String> = (0..10).map(|i| format!("m{i:03}")).collect();
+    nats.publish_all("held", sent.clone(), true).await;
+    // The first message fails for longer than ack_wait; the other nine wait behind it.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(f.delivered(), 0);
+    f.heal();
+    wait_for("all 10 delivered", Duration::from_secs(60), || f.delivered() == 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs(&f), sent, "in order");
+    let c = counts(&f);
+    assert!(sent[1..].iter().all(|m| c[m] == 1), "a held message was redelivered: {c:?}");
+}

@@ -165,6 +165,8 @@ pub enum Behaviour {
     FailFirst(Vec<u16>),
     /// Always answers this status.
     Status(u16),
+    /// Answers 503 to this body until [`Function::heal`], 200 to every other.
+    Poison(String),
 }
 
 /// An HTTP function on loopback that records what it receives.
@@ -182,6 +184,7 @@ struct FnState {
     in_flight: AtomicUsize,
     /// Requests seen per body, for FailFirst.
     attempts: Mutex<HashMap<String, usize>>,
+    healed: std::sync::atomic::AtomicBool,
 }
 
 /// Counts a request as in flight until its handler ends or is dropped.
@@ -204,6 +207,8 @@ async fn handle(State(s): State<Arc<FnState>>, headers: HeaderMap, body: Bytes) 
             200
         }
         Behaviour::Status(code) => *code,
+        Behaviour::Poison(poison) if *poison == body && !s.healed.load(Ordering::SeqCst) => 503,
+        Behaviour::Poison(_) => 200,
         Behaviour::FailFirst(script) => {
             let mut attempts = s.attempts.lock().expect("lock");
             let n = attempts.entry(body.clone()).or_default();
@@ -229,6 +234,7 @@ impl Function {
             delivered: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             attempts: Mutex::new(HashMap::new()),
+            healed: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -245,6 +251,11 @@ impl Function {
     /// Requests that arrived and are not yet answered (or abandoned).
     pub fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// A [`Behaviour::Poison`] function accepts its poison from now on.
+    pub fn heal(&self) {
+        self.state.healed.store(true, Ordering::SeqCst);
     }
 
     pub fn delivered(&self) -> usize {

@@ -588,3 +588,40 @@ impl ConsumerContext for SourceCtx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner_with_one_partition() -> (Inner, std_mpsc::Sender<(Position, Outcome)>) {
+        let (tx, acks) = std_mpsc::channel();
+        let mut tracker = PartitionTracker::default();
+        tracker.push(5);
+        let slot = Slot { topic: Arc::from("t"), partition: 0, generation: 1, tracker, capped: false };
+        let inner = Inner {
+            health: Health::new(),
+            max_uncommitted: 10,
+            live: Arc::default(),
+            slots: vec![Some(slot)],
+            next_generation: 2,
+            acks,
+            stash: VecDeque::new(),
+            paused: false,
+            last_store: Instant::now(),
+        };
+        (inner, tx)
+    }
+
+    #[test]
+    fn an_abandoned_message_is_counted_and_stays_uncommitted_and_a_released_one_is_not_counted() {
+        let (mut inner, _tx) = inner_with_one_partition();
+        let pos = Position { slot: 0, generation: 1, offset: 5 };
+        inner.apply((pos, Outcome::Released));
+        inner.apply((pos, Outcome::Abandoned));
+        assert_eq!(inner.health.abandoned(), 1);
+        let tracker = &inner.slots[0].as_ref().expect("slot").tracker;
+        assert_eq!((tracker.outstanding(), tracker.committable()), (1, None));
+        inner.apply((pos, Outcome::Delivered));
+        assert_eq!(inner.slots[0].as_ref().expect("slot").tracker.committable(), Some(6));
+    }
+}

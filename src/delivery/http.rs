@@ -1,6 +1,9 @@
 //! The HTTP client every delivery shares: hyper's pooled keep-alive HTTP/1.1 client, no redirects
-//! (a POST turned into a GET would lose the body), a per-request deadline covering the response
-//! body, and responses read without buffering more than an error snippet.
+//! (a POST turned into a GET would lose the body), a per-request deadline for the status line and
+//! headers, and responses read without buffering more than an error snippet. The status is the
+//! function's answer: a body that never ends, trickles past the deadline or breaks off is read only
+//! so far (up to `DRAIN_LIMIT`, within the same deadline), then the connection is dropped instead of
+//! reused — a 200 followed by an endless body is still delivered, once.
 //!
 //! `https://` function URLs are verified against the system's trusted CAs (rustls-native-certs:
 //! the OS store, or the bundle `SSL_CERT_FILE` / `SSL_CERT_DIR` name); `http://` ones are plain.
@@ -24,6 +27,8 @@ use tracing::warn;
 
 /// How much of a response body is kept, to explain a failure in logs and dead letters.
 const SNIPPET: usize = 200;
+/// Response bytes read so that the connection can be reused; a longer body costs the connection.
+const DRAIN_LIMIT: usize = 8 << 20;
 
 /// A pooled HTTP/1.1 client; cheap to clone.
 #[derive(Clone)]
@@ -43,12 +48,10 @@ pub struct Reply {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("no complete response within {0:?}")]
+    #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("request failed")]
     Request(#[source] hyper_util::client::legacy::Error),
-    #[error("reading the response body failed")]
-    Body(#[source] hyper::Error),
 }
 
 impl HttpClient {
@@ -81,24 +84,35 @@ impl HttpClient {
         Self { inner }
     }
 
-    /// Sends `request` and reads the whole response within `timeout`.
+    /// Sends `request`; the status line and headers must arrive within `timeout`, and the body is
+    /// read (to reuse the connection) only within the same deadline and up to `DRAIN_LIMIT`.
     pub async fn send(&self, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply, SendError> {
-        let exchange = async {
-            let response = self.inner.request(request).await.map_err(SendError::Request)?;
-            let (parts, mut body) = response.into_parts();
-            let retry_after = parts.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
-            // A success needs no explanation: its body is only drained.
-            let keep = if parts.status.is_success() { 0 } else { SNIPPET };
-            let mut snippet = BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.map_err(SendError::Body)?.into_data() {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let response = tokio::time::timeout_at(deadline, self.inner.request(request))
+            .await
+            .map_err(|_| SendError::Timeout(timeout))?
+            .map_err(SendError::Request)?;
+        let (parts, mut body) = response.into_parts();
+        let retry_after = parts.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // A success needs no explanation: its body is only drained.
+        let keep = if parts.status.is_success() { 0 } else { SNIPPET };
+        let mut snippet = BytesMut::new();
+        let drain = async {
+            let mut read = 0usize;
+            // A body error after the status line only costs the connection: the answer stands.
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
                     let room = keep.saturating_sub(snippet.len());
                     snippet.extend_from_slice(&data[..data.len().min(room)]);
+                    read += data.len();
+                    if read > DRAIN_LIMIT {
+                        break;
+                    }
                 }
             }
-            Ok(Reply { status: parts.status.as_u16(), retry_after, snippet: snippet.freeze() })
         };
-        tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(SendError::Timeout(timeout)))
+        let _ = tokio::time::timeout_at(deadline, drain).await;
+        Ok(Reply { status: parts.status.as_u16(), retry_after, snippet: snippet.freeze() })
     }
 }
 

@@ -36,27 +36,114 @@ pub async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
-/// A tansu broker with in-memory storage, killed on drop.
+/// A server process listening on a loopback port, killed on drop; a test may kill it and start it
+/// again with the same command (its storage, if any, outlives it). Its output goes to
+/// `$TMPDIR/<name>-<port>.log`, appended across restarts.
+pub struct Server {
+    name: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub async fn start(name: &str, command: Vec<String>, env: Vec<(String, String)>, port: u16) -> Self {
+        let mut server = Self { name: name.to_string(), command, env, port, child: None };
+        server.restart().await;
+        server
+    }
+
+    /// Kills the server (SIGKILL: no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again and waits until it listens.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill {} before restarting it", self.name);
+        let path = std::env::temp_dir().join(format!("{}-{}.log", self.name, self.port));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} (run scripts/install-deps): {e}", self.name));
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_for(&format!("{} to listen", self.name), Duration::from_secs(60), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        })
+        .await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tansu broker, killed on drop: in memory, or on S3 (a moto_server of its own) so that it can
+/// be killed and restarted without losing its log.
 pub struct Kafka {
-    child: Child,
+    server: Server,
     pub brokers: String,
+    _storage: Option<Server>,
 }
 
 impl Kafka {
     pub async fn start() -> Self {
+        Self::start_on("memory://tansu/", Vec::new(), None).await
+    }
+
+    /// A broker whose topics, offsets and groups survive [`Kafka::kill`] and [`Kafka::restart`].
+    pub async fn start_durable() -> Self {
+        let port = free_port();
+        let moto = ["moto_server", "-H", "127.0.0.1", "-p", &port.to_string()].map(String::from).to_vec();
+        let moto = Server::start("moto-s3", moto, Vec::new(), port).await;
+        let bucket = reqwest::Client::new().put(format!("http://127.0.0.1:{port}/tansu")).send().await.expect("bucket");
+        assert!(bucket.status().is_success(), "create the S3 bucket: {}", bucket.status());
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT", &format!("http://127.0.0.1:{port}")),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec();
+        Self::start_on("s3://tansu/", env, Some(moto)).await
+    }
+
+    async fn start_on(storage: &str, env: Vec<(String, String)>, backing: Option<Server>) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let port = free_port();
-        let out = std::fs::File::create(std::env::temp_dir().join(format!("tansu-{port}.log"))).expect("log file");
-        let child = Command::new(root.join("scripts/tansu"))
-            .arg(port.to_string())
-            .stdout(out.try_clone().expect("clone"))
-            .stderr(out)
-            .spawn()
-            .expect("start tansu (run scripts/install-deps)");
-        let brokers = format!("127.0.0.1:{port}");
-        let addr = brokers.clone();
-        wait_for("tansu to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok()).await;
-        Self { child, brokers }
+        let tansu = root.join("scripts/tansu").display().to_string();
+        let server = Server::start("tansu", vec![tansu, port.to_string(), storage.to_string()], env, port).await;
+        Self { server, brokers: format!("127.0.0.1:{port}"), _storage: backing }
+    }
+
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    pub async fn restart(&mut self) {
+        self.server.restart().await;
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
@@ -137,13 +224,6 @@ impl Kafka {
             }
         }
         out
-    }
-}
-
-impl Drop for Kafka {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -478,7 +558,7 @@ impl Drop for Daemon {
 
 /// A nats-server with JetStream (file store in a temp dir), killed on drop.
 pub struct Nats {
-    child: Child,
+    server: Server,
     _store: tempfile::TempDir,
     pub url: String,
     auth: kubeless_nats::NatsAuth,
@@ -497,19 +577,25 @@ impl Nats {
         let port = free_port();
         let store = tempfile::tempdir().expect("store");
         let bin = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("nats-{port}.log"))).expect("log");
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .args(flags)
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server (run scripts/install-deps)");
-        let addr = format!("127.0.0.1:{port}");
-        wait_for("nats-server to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).is_ok())
-            .await;
-        Self { child, _store: store, url: format!("nats://127.0.0.1:{port}"), auth, client_ca: None }
+        let mut command = [bin, "-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"].map(String::from).to_vec();
+        command.push(store.path().display().to_string());
+        command.extend(flags.iter().map(|f| f.to_string()));
+        let server = Server::start("nats", command, Vec::new(), port).await;
+        Self { server, _store: store, url: format!("nats://127.0.0.1:{port}"), auth, client_ca: None }
+    }
+
+    /// Kills the server; JetStream's store stays on disk for [`Nats::restart`].
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    /// Stops the server cleanly (SIGTERM); JetStream's store stays on disk for [`Nats::restart`].
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    pub async fn restart(&mut self) {
+        self.server.restart().await;
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -538,13 +624,6 @@ impl Nats {
             }
             client.flush().await.expect("flush");
         }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -659,51 +738,58 @@ pub fn nats_trigger_yaml(name: &str, subject: &str, selector: &str, extra: &str)
 /// A Kinesis emulator on loopback, killed on drop: moto_server, or kinesalite where a test needs
 /// resharding as AWS does it (moto keeps routing records to split parents).
 pub struct Kinesis {
-    child: Child,
+    server: Server,
     pub endpoint: String,
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Kinesis {
     pub async fn moto() -> Self {
         let port = free_port();
-        Self::spawn("moto_server", Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]), port)
-            .await
+        let command = ["moto_server", "-H", "127.0.0.1", "-p", &port.to_string()].map(String::from).to_vec();
+        Self::spawn("moto_server", command, port, None).await
     }
 
     pub async fn kinesalite() -> Self {
+        Self::kinesalite_with(None).await
+    }
+
+    /// kinesalite keeping its streams on disk, so that it can be killed and restarted.
+    pub async fn kinesalite_durable() -> Self {
+        Self::kinesalite_with(Some(tempfile::tempdir().expect("store"))).await
+    }
+
+    async fn kinesalite_with(store: Option<tempfile::TempDir>) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(root.join("scripts/kinesalite-path")).output().expect("run scripts/kinesalite-path");
         assert!(out.status.success(), "kinesalite is not installed (run scripts/install-deps)");
         let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let port = free_port();
         // Stream state changes take 50 ms instead of kinesalite's default 500 ms.
-        let mut command = Command::new(bin);
-        command.args(["--port", &port.to_string(), "--createStreamMs", "50", "--updateStreamMs", "50"]);
-        Self::spawn("kinesalite", &mut command, port).await
+        let mut command = [&bin, "--port", &port.to_string(), "--createStreamMs", "50", "--updateStreamMs", "50"]
+            .map(String::from)
+            .to_vec();
+        if let Some(dir) = &store {
+            command.extend(["--path".to_string(), dir.path().display().to_string()]);
+        }
+        Self::spawn("kinesalite", command, port, store).await
     }
 
-    async fn spawn(name: &str, command: &mut Command, port: u16) -> Self {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{name}-{port}.log"))).expect("log");
-        let child = command
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name} (run scripts/install-deps): {e}"));
-        let addr = format!("127.0.0.1:{port}");
-        wait_for(&format!("{name} to listen"), Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok())
-            .await;
-        Self { child, endpoint: format!("http://127.0.0.1:{port}") }
+    async fn spawn(name: &str, command: Vec<String>, port: u16, store: Option<tempfile::TempDir>) -> Self {
+        let server = Server::start(name, command, Vec::new(), port).await;
+        Self { server, endpoint: format!("http://127.0.0.1:{port}"), _store: store }
+    }
+
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    pub async fn restart(&mut self) {
+        self.server.restart().await;
     }
 
     pub async fn client(&self) -> aws_sdk_kinesis::Client {
         kubeless_kinesis::emulator_client(&self.endpoint).await
-    }
-}
-
-impl Drop for Kinesis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

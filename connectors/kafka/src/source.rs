@@ -8,7 +8,7 @@
 //! A partition whose uncommitted span reaches `max_uncommitted` (one message retried forever holds
 //! back every later offset) is paused on its own until the span shrinks.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,6 +71,8 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// every second, and revocation and shutdown commit directly, so storing after every message would
 /// only cost an FFI list per record.
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long taking partitions waits to read their committed offsets.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a consumer until `ctx.shutdown` is cancelled or the dispatch channel closes, then drains and
 /// commits. Returns once the consumer has left its group.
@@ -112,6 +114,7 @@ fn consume(
             stash: VecDeque::new(),
             paused: false,
             last_store: Instant::now(),
+            unsaved: HashMap::new(),
         }),
     });
     let consumer: BaseConsumer<SourceCtx> =
@@ -290,6 +293,8 @@ struct Inner {
     stash: VecDeque<Message>,
     paused: bool,
     last_store: Instant,
+    /// Next offsets that were finished when their partition was released but whose commit failed.
+    unsaved: HashMap<(Arc<str>, i32), i64>,
 }
 
 impl Inner {
@@ -531,11 +536,72 @@ impl Inner {
             if let Err(err) = consumer.store_offsets(&tpl) {
                 debug!(group, error = %err, "Storing offsets before release failed.");
             }
-            match consumer.commit(&tpl, CommitMode::Sync) {
+            let result = consumer.commit(&tpl, CommitMode::Sync);
+            for elem in tpl.elements() {
+                let key = (Arc::from(elem.topic()), elem.partition());
+                match (&result, elem.offset()) {
+                    (Err(_), Offset::Offset(next)) => self.unsaved.insert(key, next),
+                    _ => self.unsaved.remove(&key),
+                };
+            }
+            match result {
                 Ok(()) => info!(group, partitions = tpl.count(), "Committed finished offsets before release."),
-                Err(err) => {
-                    warn!(group, error = %err, "Commit before release failed; those messages will be delivered again.")
-                }
+                Err(err) => warn!(
+                    group, error = %err,
+                    "Commit before release failed (the group moved on, or the broker is back without this member); committed when the partition is assigned here again, else delivered again by its next owner."
+                ),
+            }
+        }
+    }
+
+    /// Before taking partitions, commits what was delivered of them before a release whose commit
+    /// failed (a broker restart ends the member's generation mid-stream): without it, everything
+    /// since the last auto-commit would be delivered again. Only ever moves a committed offset
+    /// forward, so another member's progress in between is kept.
+    fn commit_unsaved<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assigned: &TopicPartitionList,
+        group: &str,
+    ) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let mut mine = TopicPartitionList::new();
+        for elem in assigned.elements() {
+            if let Some(&next) = self.unsaved.get(&(Arc::from(elem.topic()), elem.partition())) {
+                let _ = mine.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(next));
+            }
+        }
+        if mine.count() == 0 {
+            return;
+        }
+        let committed = match consumer.committed_offsets(mine.clone(), COMMITTED_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(err) => {
+                warn!(group, error = %err, "Cannot read committed offsets; what was delivered before the release may be delivered again.");
+                return;
+            }
+        };
+        let mut ahead = TopicPartitionList::new();
+        for elem in mine.elements() {
+            let (Offset::Offset(next), theirs) =
+                (elem.offset(), committed.find_partition(elem.topic(), elem.partition()).map(|e| e.offset()))
+            else {
+                continue;
+            };
+            if !matches!(theirs, Some(Offset::Offset(c)) if c >= next) {
+                let _ = ahead.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(next));
+            }
+            self.unsaved.remove(&(Arc::from(elem.topic()), elem.partition()));
+        }
+        if ahead.count() == 0 {
+            return;
+        }
+        match consumer.commit(&ahead, CommitMode::Sync) {
+            Ok(()) => info!(group, partitions = ahead.count(), "Committed offsets delivered before the last release."),
+            Err(err) => {
+                warn!(group, error = %err, "Committing offsets delivered before the last release failed; they will be delivered again.")
             }
         }
     }
@@ -575,7 +641,7 @@ impl ConsumerContext for SourceCtx {
                 inner.release(consumer, &slots, Instant::now() + self.shared.drain_timeout, &self.shared.group);
             }
             Rebalance::Error(err) => warn!(group = %self.shared.group, error = %err, "Rebalance error."),
-            Rebalance::Assign(_) => {}
+            Rebalance::Assign(tpl) => self.shared.lock().commit_unsaved(consumer, tpl, &self.shared.group),
         }
     }
 
@@ -608,6 +674,7 @@ mod tests {
             stash: VecDeque::new(),
             paused: false,
             last_store: Instant::now(),
+            unsaved: HashMap::new(),
         };
         (inner, tx)
     }

@@ -24,3 +24,6 @@ pub mod kubernetes;
 pub mod resources;
 pub mod shutdown;
 pub mod telemetry;
+
+#[cfg(test)]
+mod hostile_input;

@@ -83,7 +83,8 @@ impl Schedule {
             Kind::Cron(cron) => {
                 cron.find_next_occurrence(&t.with_timezone(&self.tz), false).ok().map(|d| d.with_timezone(&Utc))
             }
-            Kind::Every(interval) => Some(floor(t, *interval)? + *interval),
+            // None past the end of time (`@every 100000y`), never an overflow.
+            Kind::Every(interval) => floor(t, *interval)?.checked_add_signed(*interval),
         }
     }
 

@@ -318,7 +318,9 @@ impl Function {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = Router::new().fallback(handle).with_state(state.clone());
+        // No request size limit: tests send bodies of many MiB.
+        let app =
+            Router::new().fallback(handle).with_state(state.clone()).layer(axum::extract::DefaultBodyLimit::disable());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, state }
     }

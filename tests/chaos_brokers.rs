@@ -157,3 +157,54 @@ async fn the_kinesis_emulator_restarted_loses_nothing() {
     assert!(dups <= 500, "{dups} duplicates, more than one batch past the checkpoint");
     assert_duplicates_only_from_before(&f, &recovered);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_broker_down_for_30s_commits_nothing_then_every_letter_lands() {
+    const N: usize = 10;
+    let kafka = Kafka::start().await;
+    kafka.create_topic("in", 1).await;
+    let mut dlq = Kafka::start_durable().await;
+    dlq.create_topic("letters", 1).await;
+    let picky = Function::start(Behaviour::Status(400)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = format!(
+        "  delivery:\n    deadLetter: {{topic: letters, brokers: '{}'}}\n    retry: {{initialBackoff: 100ms, maxBackoff: 1s}}\n",
+        dlq.brokers
+    );
+    let manifests =
+        [function_yaml("picky", "{function: picky}", &picky.url), trigger_yaml("t", "in", "{function: picky}", &spec)];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    daemon.wait_ready().await;
+
+    dlq.kill();
+    kafka.publish_all("in", (0..N).map(|i| (Some(format!("k{i}")), format!("m{i}").into_bytes())).collect()).await;
+    wait_for("every message rejected", Duration::from_secs(60), || picky.received().len() >= N).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        kafka.committed("default_t_picky_in", "in", 1),
+        [None],
+        "nothing committed while letters cannot be written"
+    );
+    assert_eq!(daemon.metric("kubeless_messages_dead_lettered_total").await, 0.0);
+    assert!(daemon.metric("kubeless_dead_letter_write_failures_total").await >= 1.0, "failed writes are counted");
+
+    dlq.restart().await;
+    wait_for("every dead letter written", Duration::from_secs(120), || {
+        kafka.committed("default_t_picky_in", "in", 1) == [Some(N as i64)]
+    })
+    .await;
+    let letters = dlq.read_all("letters", 0, N);
+    let mut offsets: Vec<i64> =
+        letters.iter().map(|(_, h)| h["kubeless-original-offset"].parse().expect("offset header")).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets, (0..N as i64).collect::<Vec<_>>(), "one letter per message, from its original offset");
+    for (body, h) in &letters {
+        let offset: usize = h["kubeless-original-offset"].parse().expect("offset");
+        assert_eq!(body, format!("m{offset}").as_bytes(), "the letter carries its message");
+        assert_eq!(h["kubeless-dead-letter-reason"], "rejected");
+        assert_eq!(h["kubeless-original-topic"], "in");
+    }
+    eprintln!("{} letters for {N} messages", letters.len());
+}

@@ -285,15 +285,7 @@ async fn an_unreachable_function_is_retried_not_dropped() {
 
 #[tokio::test]
 async fn an_attempt_dropped_mid_request_leaves_the_in_flight_gauge_where_it_was() {
-    // A function that accepts connections and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/", listener.local_addr().expect("addr"));
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            open.push(socket);
-        }
-    });
+    let (url, held) = silent_function().await;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let metrics = metrics::with_local_recorder(&recorder, || ConsumerMetrics::new("KafkaTrigger", "ns/t", "f"));

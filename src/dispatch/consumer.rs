@@ -141,7 +141,8 @@ impl Services {
 /// Runs one consumer, restarting it with backoff if its source fails, until `stop`.
 pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, stop: CancellationToken) {
     let metrics = ConsumerMetrics::new(spec.kind.as_str(), &spec.trigger, &spec.function);
-    let lag_task = tokio::spawn({
+    // The source's health, as gauges and counters, once a second.
+    let health_metrics = tokio::spawn({
         let (health, metrics, stop) = (health.clone(), metrics.clone(), stop.clone());
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -177,7 +178,7 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
         }
         backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
     }
-    lag_task.abort();
+    health_metrics.abort();
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -64,7 +64,8 @@ impl Dispatcher {
         Self { task, abort: abort.drop_guard() }
     }
 
-    /// Stops what still runs (unacknowledged, so delivered again) and waits for the task.
+    /// Stops what still runs (each message released unfinished, so delivered again) and waits for
+    /// the task.
     pub async fn abort(self) {
         let Self { task, abort } = self;
         drop(abort);

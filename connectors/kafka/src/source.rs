@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -97,7 +97,7 @@ fn consume(
     runtime: tokio::runtime::Handle,
 ) -> Result<(), KafkaSourceError> {
     let (ack_tx, ack_rx) = std_mpsc::channel();
-    let live = Arc::new(Mutex::new(HashSet::new()));
+    let live = Arc::new(RwLock::new(HashSet::new()));
     let acker: Arc<dyn Acker> = Arc::new(ChannelAcker { acks: ack_tx, live: live.clone() });
     let shared = Arc::new(Shared {
         group: config.group_id.clone(),
@@ -218,7 +218,8 @@ fn consume(
 struct ChannelAcker {
     acks: std_mpsc::Sender<(Position, Outcome)>,
     /// Generations of the partitions owned now (each assignment of a partition gets a new one).
-    live: Arc<Mutex<HashSet<u32>>>,
+    /// Read before every delivery attempt, written only on rebalances.
+    live: Arc<RwLock<HashSet<u32>>>,
 }
 
 impl Acker for ChannelAcker {
@@ -229,7 +230,7 @@ impl Acker for ChannelAcker {
     }
 
     fn is_current(&self, position: Position) -> bool {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).contains(&position.generation)
+        self.live.read().unwrap_or_else(|p| p.into_inner()).contains(&position.generation)
     }
 }
 
@@ -281,7 +282,7 @@ impl Slot {
 struct Inner {
     health: Health,
     max_uncommitted: usize,
-    live: Arc<Mutex<HashSet<u32>>>,
+    live: Arc<RwLock<HashSet<u32>>>,
     /// Owned partitions; `Position::slot` indexes this. A revoked partition leaves `None` so the
     /// indices of the others stay valid. Partitions per consumer are few, so lookup is a scan.
     slots: Vec<Option<Slot>>,
@@ -459,7 +460,7 @@ impl Inner {
                 tracker: PartitionTracker::default(),
                 capped: false,
             };
-            self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(generation);
+            self.live.write().unwrap_or_else(|p| p.into_inner()).insert(generation);
             match self.slots.iter().position(Option::is_none) {
                 Some(free) => self.slots[free] = Some(slot),
                 None => self.slots.push(Some(slot)),
@@ -524,7 +525,7 @@ impl Inner {
             self.health.set_oldest_unfinished(i as i64, None);
             if let Some(slot) = self.slots[i].take() {
                 // Whatever of it is still queued or retrying in the dispatcher is dropped there now.
-                self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot.generation);
+                self.live.write().unwrap_or_else(|p| p.into_inner()).remove(&slot.generation);
                 if let Some(next) = slot.tracker.committable() {
                     let _ = tpl.add_partition_offset(&slot.topic, slot.partition, Offset::Offset(next));
                 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::{ShardIteratorType, StreamDescriptionSummary, StreamStatus};
 use aws_sdk_kinesis::Client;
 use bytes::Bytes;
 use kubeless_connector::{
@@ -212,7 +212,11 @@ pub async fn run_source_with(
 /// The stream's identity (ARN and creation time), if it exists and is readable.
 async fn identity(client: &Client, stream: &str) -> Option<String> {
     let out = client.describe_stream_summary().stream_name(stream).send().await.ok()?;
-    let s = out.stream_description_summary()?;
+    out.stream_description_summary().and_then(active_identity)
+}
+
+/// The identity of a described stream, if it is readable (ACTIVE or UPDATING).
+fn active_identity(s: &StreamDescriptionSummary) -> Option<String> {
     matches!(s.stream_status(), StreamStatus::Active | StreamStatus::Updating)
         .then(|| format!("{}@{}", s.stream_arn(), s.stream_creation_timestamp().to_millis().unwrap_or(0)))
 }
@@ -224,14 +228,10 @@ async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &Source
     loop {
         let why = match client.describe_stream_summary().stream_name(&config.stream).send().await {
             Ok(out) => match out.stream_description_summary() {
-                Some(s) if matches!(s.stream_status(), StreamStatus::Active | StreamStatus::Updating) => {
-                    return Some(format!(
-                        "{}@{}",
-                        s.stream_arn(),
-                        s.stream_creation_timestamp().to_millis().unwrap_or(0)
-                    ));
-                }
-                Some(s) => format!("stream {} is {}, not ACTIVE yet", config.stream, s.stream_status()),
+                Some(s) => match active_identity(s) {
+                    Some(identity) => return Some(identity),
+                    None => format!("stream {} is {}, not ACTIVE yet", config.stream, s.stream_status()),
+                },
                 None => format!("stream {} has no status", config.stream),
             },
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {

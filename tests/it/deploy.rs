@@ -2,13 +2,11 @@
 //! and 1.33, and a server-side dry run on the real 1.20 API server where it serves the kind), and
 //! what the manifests say agrees with the code (flags, ports, probes, drain time, metric names).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::kubeapi::KubeApi;
 use clap::Parser;
-use common::kubeapi::KubeApi;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 

@@ -2,12 +2,10 @@
 //! length limit. Each is delivered (headers within the forwarding limits), and none disturbs the
 //! daemon.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10_mib_message_1000_headers_and_a_binary_key_on_a_249_character_topic_are_delivered() {

@@ -1,11 +1,9 @@
 //! NATS and JetStream → functions through a real nats-server on loopback.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn counts(f: &Function) -> HashMap<String, usize> {
     let mut c = HashMap::new();

@@ -1,12 +1,10 @@
 //! Standalone mode's directory: edits move consumers without a restart, and bad manifests are
 //! reported while everything else keeps flowing.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 async fn groups(daemon: &Daemon) -> Vec<String> {
     let status = daemon.status().await;

@@ -1,11 +1,9 @@
 //! CronJobTrigger through the built-in scheduler, end to end (seconds-field schedules).
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::NaiveDateTime;
-use common::*;
 
 fn cron_yaml(name: &str, function: &str, schedule: &str, extra: &str) -> String {
     format!(

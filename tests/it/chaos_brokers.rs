@@ -3,12 +3,10 @@
 //! with its streams on disk. Delivery resumes by itself, nothing is lost, and the duplicates (counted)
 //! come only from the window that was not yet committed.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// How many times each body arrived.
 fn counts(f: &Function) -> HashMap<String, usize> {

@@ -1,10 +1,8 @@
 //! A slow function with a large backlog: consumption pauses, memory stays bounded, delivery goes on.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_function_with_100k_backlog_keeps_memory_bounded_and_delivery_going() {

@@ -1,13 +1,11 @@
 //! The daemon dies or is stopped mid-stream: nothing is lost; a clean stop leaves no duplicates.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const MESSAGES: usize = 6_000;
 

@@ -1,12 +1,10 @@
 //! Kinesis → functions through emulators on loopback: every shard and checkpoints on moto_server,
 //! resharding on kinesalite (which, unlike moto, closes a split parent and routes to its children).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn counts(f: &Function) -> HashMap<String, usize> {
     let mut c = HashMap::new();

@@ -1,11 +1,9 @@
 //! Kafka → functions through a real tansu broker: fan-out, ordering, retries and dead letters.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_function_receives_every_message_exactly_once_in_key_order() {

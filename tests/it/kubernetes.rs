@@ -2,13 +2,11 @@
 //! etcd, driven with kubectl as a user would: resources applied through the API move consumers,
 //! status and Events come back, and the API server going away does not stop delivery.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::kubeapi::KubeApi;
-use common::*;
+use crate::common::kubeapi::KubeApi;
+use crate::common::*;
 
 fn bodies(f: &Function) -> Vec<String> {
     f.received().into_iter().map(|r| r.body).collect()
@@ -440,7 +438,7 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
     }
 
     // The daemon as its ServiceAccount, with its namespace from the downward API's env.
-    let broker = api.kubeconfig_for(common::kubeapi::BROKER_TOKEN, "kubeless");
+    let broker = api.kubeconfig_for(crate::common::kubeapi::BROKER_TOKEN, "kubeless");
     let env = [("POD_NAME", "kubeless-broker-0"), ("POD_NAMESPACE", "kubeless")];
     let daemon = Daemon::start_kube(&broker, &kafka.brokers, &[], &env);
     daemon.wait_ready().await;

@@ -1,8 +1,6 @@
 //! Test harness: a real tansu broker on loopback, HTTP functions with scripted behaviour, and the
 //! daemon binary run as a child process (so it can be killed with -9 or SIGTERM).
 
-#![allow(dead_code)] // each test binary uses part of the harness
-
 pub mod kubeapi;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,15 +56,6 @@ impl Server {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the server with SIGTERM (a clean shutdown) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let _ = child.wait();
         }
     }
@@ -589,11 +578,6 @@ impl Nats {
     /// Kills the server; JetStream's store stays on disk for [`Nats::restart`].
     pub fn kill(&mut self) {
         self.server.kill();
-    }
-
-    /// Stops the server cleanly (SIGTERM); JetStream's store stays on disk for [`Nats::restart`].
-    pub fn stop(&mut self) {
-        self.server.stop();
     }
 
     pub async fn restart(&mut self) {

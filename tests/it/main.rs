@@ -1,0 +1,15 @@
+//! Every integration test in one binary: one link instead of one per file (each is several hundred
+//! megabytes with the AWS SDK, rdkafka and kube), so a cold build fits a small disk and links once.
+mod chaos_brokers;
+mod chaos_function;
+mod common;
+mod cron;
+mod deploy;
+mod hostile_messages;
+mod kafka_backpressure;
+mod kafka_delivery;
+mod kafka_restarts;
+mod kinesis;
+mod kubernetes;
+mod manifest_changes;
+mod nats;

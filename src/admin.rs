@@ -126,6 +126,7 @@ mod tests {
             state: if ready { "Ready".into() } else { "Starting".into() },
             ready,
             lag: 0,
+            checkpoint_error: None,
         }
     }
 

@@ -50,6 +50,10 @@ pub struct ConsumerStatus {
     pub state: String,
     pub ready: bool,
     pub lag: i64,
+    /// Why the position could not be saved to the state directory (the last good one stays), until
+    /// a save succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_error: Option<String>,
 }
 
 impl ConsumerStatus {
@@ -159,6 +163,7 @@ impl Supervisor {
                         SourceState::Failed(why) => format!("Failed: {why}"),
                     },
                     lag: r.health.lag(),
+                    checkpoint_error: r.health.checkpoint_error(),
                 }
             })
             .collect()

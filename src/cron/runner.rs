@@ -44,6 +44,7 @@ struct Runner {
     source: CronSource,
     deliverer: Arc<Deliverer>,
     ticks: Arc<dyn TickStore>,
+    health: Health,
     metrics: CronMetrics,
     outcomes: Arc<dyn Acker>,
     body: Bytes,
@@ -80,6 +81,7 @@ pub async fn run(
         source: source.clone(),
         deliverer,
         ticks: scheduling.ticks,
+        health: health.clone(),
         outcomes: Arc::new(TickOutcomes(metrics.clone())),
         metrics,
         body,
@@ -140,14 +142,29 @@ impl Runner {
 
     /// Records the tick as fired before the call — after a restart or a change of leader it is
     /// never fired again — and fires it unless someone already has.
+    ///
+    /// A state file that cannot be written (read-only or full state directory) does not stop the
+    /// schedule: this process alone owns it and remembers what it fired, so the tick is fired
+    /// anyway and the failure shown in `/status` (the file keeps the last tick it could record; a
+    /// restart may fire the ticks since then again, within `startingDeadlineSeconds`). A claim on
+    /// the API that fails is not fired: another replica may be firing it.
     async fn claim_and_fire(&mut self, tick: DateTime<Utc>) {
         match self.ticks.claim(&self.trigger, tick).await {
-            Ok(true) => self.fire(tick),
+            Ok(true) => {
+                self.health.note_checkpoint_saved();
+                self.fire(tick);
+            }
             Ok(false) => {
                 info!(trigger = %self.trigger, %tick, "Tick already fired by another replica.");
             }
+            Err(e) if e.is_local() => {
+                error!(trigger = %self.trigger, %tick, error = %e, "Cannot record the tick; firing it anyway (only this process fires it).");
+                self.health.note_checkpoint_failed(e.to_string());
+                self.fire(tick);
+            }
             Err(e) => {
-                error!(trigger = %self.trigger, %tick, error = %e, "Cannot record the tick, so it is not fired (it could fire twice otherwise).");
+                error!(trigger = %self.trigger, %tick, error = %e, "Cannot record the tick, so it is not fired (another replica could fire it too).");
+                self.health.note_checkpoint_failed(e.to_string());
                 self.metrics.skipped.increment(1);
             }
         }

@@ -3,7 +3,7 @@
 //! (`crate::kubernetes::ticks`), where claiming a tick is a resourceVersion-checked write, so
 //! two replicas can never both fire it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -24,6 +24,13 @@ pub enum StateError {
     },
     #[error("cron trigger {trigger}: {reason}")]
     Api { trigger: String, reason: String },
+}
+
+impl StateError {
+    /// A state file of this process's own, not a record other replicas share.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Read { .. } | Self::Write { .. })
+    }
 }
 
 /// Remembers the last fired tick of each trigger (`namespace/name`).
@@ -53,18 +60,6 @@ impl FileStateStore {
     }
 }
 
-fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 impl FileStateStore {
     fn read(&self, trigger: &str) -> Result<Option<DateTime<Utc>>, StateError> {
         let path = self.path(&format!("cron/{trigger}"));
@@ -77,7 +72,8 @@ impl FileStateStore {
 
     fn write(&self, trigger: &str, tick: DateTime<Utc>) -> Result<(), StateError> {
         let path = self.path(&format!("cron/{trigger}"));
-        write_atomically(&path, &tick.to_rfc3339()).map_err(|source| StateError::Write { path, source })
+        kubeless_connector::write_atomically(&path, tick.to_rfc3339().as_bytes())
+            .map_err(|source| StateError::Write { path, source })
     }
 }
 

@@ -146,7 +146,7 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
         let (health, metrics, stop) = (health.clone(), metrics.clone(), stop.clone());
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut abandoned = 0;
+            let (mut abandoned, mut checkpoint_failures) = (0, 0);
             while !stop.is_cancelled() {
                 tick.tick().await;
                 metrics.lag.set(health.lag() as f64);
@@ -154,6 +154,9 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
                 let now = health.abandoned();
                 metrics.abandoned.increment(now.saturating_sub(abandoned));
                 abandoned = now;
+                let now = health.checkpoint_failures();
+                metrics.checkpoint_failures.increment(now.saturating_sub(checkpoint_failures));
+                checkpoint_failures = now;
             }
         }
     });

@@ -12,6 +12,7 @@ fn consumer(function: &str, state: &str, lag: i64) -> ConsumerStatus {
         state: state.into(),
         ready: state == "Ready",
         lag,
+        checkpoint_error: None,
     }
 }
 

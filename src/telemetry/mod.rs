@@ -20,6 +20,7 @@ pub const CONSUMER_LAG: &str = "kubeless_consumer_lag";
 pub const OLDEST_UNACKED: &str = "kubeless_oldest_unacked_seconds";
 pub const MESSAGES_ABANDONED: &str = "kubeless_messages_abandoned_total";
 pub const MESSAGES_STALE: &str = "kubeless_messages_stale_total";
+pub const CHECKPOINT_FAILURES: &str = "kubeless_checkpoint_failures_total";
 pub const CONSUMERS: &str = "kubeless_consumers";
 pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
@@ -40,6 +41,7 @@ pub const ALL: &[&str] = &[
     OLDEST_UNACKED,
     MESSAGES_ABANDONED,
     MESSAGES_STALE,
+    CHECKPOINT_FAILURES,
     CONSUMERS,
     MANIFEST_ERRORS,
     CONSUMER_RESTARTS,
@@ -90,6 +92,11 @@ pub fn describe() {
         Unit::Count,
         "Messages not delivered because their partition was revoked and drained (the new owner delivers them)."
     );
+    describe_counter!(
+        CHECKPOINT_FAILURES,
+        Unit::Count,
+        "Failed saves of a position to the state directory (cron ticks, Kinesis checkpoints): the last good one stays."
+    );
     describe_gauge!(CONSUMERS, Unit::Count, "Consumers running.");
     describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
     describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error.");
@@ -117,6 +124,7 @@ pub struct ConsumerMetrics {
     pub oldest_unacked: Gauge,
     pub abandoned: Counter,
     pub stale: Counter,
+    pub checkpoint_failures: Counter,
     pub restarts: Counter,
 }
 
@@ -138,6 +146,7 @@ impl ConsumerMetrics {
             oldest_unacked: gauge!(OLDEST_UNACKED, &labels),
             abandoned: counter!(MESSAGES_ABANDONED, &labels),
             stale: counter!(MESSAGES_STALE, &labels),
+            checkpoint_failures: counter!(CHECKPOINT_FAILURES, &labels),
             restarts: counter!(CONSUMER_RESTARTS, &labels),
         }
     }

@@ -3,36 +3,27 @@
 //! with its streams on disk. Delivery resumes by itself, nothing is lost, and the duplicates (counted)
 //! come only from the window that was not yet committed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
 
-/// How many times each body arrived.
-fn counts(f: &Function) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for r in f.received() {
-        *c.entry(r.body).or_default() += 1;
-    }
-    c
-}
-
 /// Deliveries beyond the first of each body.
 fn duplicates(f: &Function) -> usize {
-    counts(f).values().map(|n| n - 1).sum()
+    f.counts().values().map(|n| n - 1).sum()
 }
 
 /// Duplicates come only from the window the fault left uncommitted: every body delivered twice had
 /// been delivered before `recovered` (what had arrived when the bus came back), and none published
 /// afterwards was.
 fn assert_duplicates_only_from_before(f: &Function, recovered: &HashSet<String>) {
-    let twice: Vec<String> = counts(f).into_iter().filter(|(_, n)| *n > 1).map(|(b, _)| b).collect();
+    let twice: Vec<String> = f.counts().into_iter().filter(|(_, n)| *n > 1).map(|(b, _)| b).collect();
     let late: Vec<&String> = twice.iter().filter(|b| !recovered.contains(*b)).collect();
     assert!(late.is_empty(), "delivered twice though first delivered after the recovery: {late:?}");
 }
 
 fn bodies(f: &Function) -> HashSet<String> {
-    counts(f).into_keys().collect()
+    f.counts().into_keys().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +48,7 @@ async fn the_kafka_broker_killed_and_restarted_twice_mid_stream_loses_nothing() 
 
     let mut recovered = HashSet::new();
     for (round, mark) in [(1, FIRST / 5), (2, FIRST / 2)] {
-        wait_for("deliveries before the kill", Duration::from_secs(120), || counts(&f).len() >= mark).await;
+        wait_for("deliveries before the kill", Duration::from_secs(120), || f.counts().len() >= mark).await;
         kafka.kill();
         let during = f.delivered();
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -65,10 +56,10 @@ async fn the_kafka_broker_killed_and_restarted_twice_mid_stream_loses_nothing() 
         kafka.restart().await;
         recovered = bodies(&f);
     }
-    wait_for("every message after two broker restarts", Duration::from_secs(180), || counts(&f).len() == FIRST).await;
+    wait_for("every message after two broker restarts", Duration::from_secs(180), || f.counts().len() == FIRST).await;
     // The consumer is still live: what is published now arrives too.
     kafka.publish_all("chaos", records(FIRST, LATER)).await;
-    wait_for("messages published after the restarts", Duration::from_secs(120), || counts(&f).len() == FIRST + LATER)
+    wait_for("messages published after the restarts", Duration::from_secs(120), || f.counts().len() == FIRST + LATER)
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dups = duplicates(&f);
@@ -97,20 +88,24 @@ async fn nats_server_restarted_with_jetstream_on_disk_loses_nothing() {
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
     daemon.wait_ready().await;
 
-    wait_for("deliveries before the restart", Duration::from_secs(60), || counts(&f).len() >= FIRST / 4).await;
+    wait_for("deliveries before the restart", Duration::from_secs(60), || f.counts().len() >= FIRST / 4).await;
     nats.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     nats.restart().await;
     let recovered = bodies(&f);
-    wait_for("every message after the restart", Duration::from_secs(180), || counts(&f).len() == FIRST).await;
+    wait_for("every message after the restart", Duration::from_secs(180), || f.counts().len() == FIRST).await;
     nats.publish_all("chaos", (FIRST..FIRST + LATER).map(|i| format!("m{i:05}")), true).await;
-    wait_for("messages published after the restart", Duration::from_secs(120), || counts(&f).len() == FIRST + LATER)
+    wait_for("messages published after the restart", Duration::from_secs(120), || f.counts().len() == FIRST + LATER)
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dups = duplicates(&f);
     eprintln!("{} deliveries of {} messages: {dups} duplicates", f.received().len(), FIRST + LATER);
-    // What the server had handed out and not recorded as acknowledged when it died.
+    // What the server had handed out and not recorded as acknowledged when it died: at most its
+    // ack-pending window (2 × maxInFlight) unacknowledged, plus acks it had received but not yet
+    // written to its consumer store (15–32 duplicates in all, measured here).
     assert_duplicates_only_from_before(&f, &recovered);
+    let max_ack_pending = 2 * MAX_IN_FLIGHT;
+    assert!(dups <= 4 * max_ack_pending, "{dups} duplicates, more than the ack-pending window allows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,19 +129,19 @@ async fn the_kinesis_emulator_restarted_loses_nothing() {
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
     daemon.wait_ready().await;
 
-    wait_for("deliveries before the restart", Duration::from_secs(60), || counts(&f).len() >= FIRST / 4).await;
+    wait_for("deliveries before the restart", Duration::from_secs(60), || f.counts().len() >= FIRST / 4).await;
     kinesis.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     kinesis.restart().await;
     let recovered = bodies(&f);
-    wait_for("every record after the restart", Duration::from_secs(180), || counts(&f).len() == FIRST).await;
+    wait_for("every record after the restart", Duration::from_secs(180), || f.counts().len() == FIRST).await;
     let client = kinesis.client().await;
     for i in FIRST..FIRST + LATER {
         kubeless_kinesis::put_record(&client, "chaos", &format!("pk{}", i % 10), format!("m{i:05}").as_bytes())
             .await
             .expect("put");
     }
-    wait_for("records put after the restart", Duration::from_secs(120), || counts(&f).len() == FIRST + LATER).await;
+    wait_for("records put after the restart", Duration::from_secs(120), || f.counts().len() == FIRST + LATER).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dups = duplicates(&f);
     eprintln!("{} deliveries of {} records: {dups} duplicates", f.received().len(), FIRST + LATER);

@@ -23,14 +23,6 @@ async fn setup(kafka: &Kafka, f: &Function, extra: &str) -> (tempfile::TempDir, 
 }
 
 /// How often each body arrived with a 2xx.
-fn counts(f: &Function) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for r in f.received() {
-        *c.entry(r.body).or_default() += 1;
-    }
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_mid_stream_then_restart_loses_no_message() {
     let kafka = Kafka::start().await;
@@ -42,13 +34,13 @@ async fn kill_dash_nine_mid_stream_then_restart_loses_no_message() {
     // Requests the daemon sent before it died may still be in the function's handler (5 ms each);
     // they count as delivered before the kill.
     wait_for("requests in flight at the kill to finish", Duration::from_secs(10), || f.in_flight() == 0).await;
-    let before_kill = counts(&f);
+    let before_kill = f.counts();
     assert!(before_kill.len() < MESSAGES, "the kill must land mid-stream");
 
     daemon.restart().await;
-    wait_for("every message after the restart", Duration::from_secs(180), || counts(&f).len() == MESSAGES).await;
+    wait_for("every message after the restart", Duration::from_secs(180), || f.counts().len() == MESSAGES).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = counts(&f);
+    let after = f.counts();
     assert_eq!(after.len(), MESSAGES, "no message lost");
     // Duplicates come only from the window that was delivered but not yet committed at the kill:
     // every duplicated message was delivered before the kill, and at most once more after it.
@@ -72,9 +64,9 @@ async fn sigterm_then_restart_delivers_every_message_with_zero_duplicates() {
     let before = f.delivered();
     assert!(before < MESSAGES, "the stop must land mid-stream");
     daemon.restart().await;
-    wait_for("every message after the restart", Duration::from_secs(180), || counts(&f).len() == MESSAGES).await;
+    wait_for("every message after the restart", Duration::from_secs(180), || f.counts().len() == MESSAGES).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = counts(&f);
+    let after = f.counts();
     let dups: Vec<(&String, &usize)> = after.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "{} duplicates after SIGTERM, e.g. {:?}", dups.len(), dups.first());
     assert_eq!(after.len(), MESSAGES);
@@ -112,10 +104,10 @@ async fn a_second_daemon_joining_mid_stream_takes_partitions_without_loss_or_dup
     .await;
     stop.store(true, Ordering::Relaxed);
     let published = producer.await.expect("producer task");
-    wait_for("every message", Duration::from_secs(180), || counts(&f).len() == published).await;
+    wait_for("every message", Duration::from_secs(180), || f.counts().len() == published).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let after = counts(&f);
+    let after = f.counts();
     assert_eq!(after.len(), published, "no message lost");
     let dups: Vec<(&String, &usize)> = after.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "{} duplicates across the rebalance, e.g. {:?}", dups.len(), dups.first());
@@ -150,4 +142,84 @@ async fn produce_until(publisher: kubeless_kafka::Publisher, stop: Arc<AtomicBoo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sent
+}
+
+/// Consumer-group churn: a second and a third daemon join and leave (SIGTERM) five times while the
+/// producer publishes. All three run the same trigger and function names — one consumer group —
+/// but each calls its own copy of the function, so each copy's requests are one owner's deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_joining_and_leaving_five_times_lose_nothing_and_keep_key_order_per_owner() {
+    const ROUNDS: usize = 5;
+    const MAX_IN_FLIGHT: usize = 4;
+    let kafka = Kafka::start().await;
+    kafka.create_topic("stream", 4).await;
+    let mut owners = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..3 {
+        let f = Function::start(Behaviour::Slow(Duration::from_millis(2))).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifests = [
+            function_yaml("f", "{function: f}", &f.url),
+            trigger_yaml("t", "stream", "{function: f}", &format!("  delivery:\n    maxInFlight: {MAX_IN_FLIGHT}\n")),
+        ];
+        std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+        owners.push(f);
+        dirs.push(dir);
+    }
+    let args = ["--drain-timeout", "10s"];
+    let first = Daemon::start(dirs[0].path(), &kafka.brokers, &args).await;
+    first.wait_ready().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = tokio::spawn(produce_until(kafka.publisher(), stop.clone()));
+    wait_for("the first daemon to deliver", Duration::from_secs(120), || owners[0].delivered() >= 500).await;
+
+    let owns_partitions =
+        |d: &Daemon| d.log_text().lines().any(|l| l.contains("Partitions assigned.") && !l.contains("partitions=0"));
+    for round in 1..=ROUNDS {
+        let before = (owners[1].delivered(), owners[2].delivered());
+        let mut joined = [
+            Daemon::start(dirs[1].path(), &kafka.brokers, &args).await,
+            Daemon::start(dirs[2].path(), &kafka.brokers, &args).await,
+        ];
+        wait_for(&format!("round {round}: both to own partitions and deliver"), Duration::from_secs(120), || {
+            joined.iter().all(owns_partitions) && owners[1].delivered() > before.0 && owners[2].delivered() > before.1
+        })
+        .await;
+        for d in &mut joined {
+            d.terminate(); // exit code 0, asserted
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let published = producer.await.expect("producer task");
+
+    let all = || {
+        let mut c: HashMap<String, usize> = HashMap::new();
+        for f in &owners {
+            for (body, n) in f.counts() {
+                *c.entry(body).or_default() += n;
+            }
+        }
+        c
+    };
+    wait_for("every message", Duration::from_secs(180), || all().len() == published).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = all();
+    assert_eq!(counts.len(), published, "no message lost");
+    // Each owner delivers a key's messages in the order they were published (m{i}: i grows).
+    for (owner, f) in owners.iter().enumerate() {
+        let mut last: HashMap<String, usize> = HashMap::new();
+        for r in f.received() {
+            let i: usize = r.body.trim_start_matches('m').parse().expect("body m{i}");
+            if let Some(prev) = last.insert(r.key.clone(), i) {
+                assert!(i > prev, "daemon {owner} delivered key {} out of order: m{prev} then m{i}", r.key);
+            }
+        }
+    }
+    // Every leave is a SIGTERM: the leaving member drains and commits before its partitions move,
+    // so a duplicate can only come from what was in flight at a membership change — at most
+    // maxInFlight per partition at each of the 4 changes a round makes (two joins, two leaves).
+    let dups: usize = counts.values().map(|n| n - 1).sum();
+    let bound = ROUNDS * 4 * 4 * MAX_IN_FLIGHT;
+    eprintln!("{published} messages, {dups} duplicates over {ROUNDS} rounds (bound {bound})");
+    assert!(dups <= bound, "{dups} duplicates over {ROUNDS} rounds of churn (bound {bound})");
 }

@@ -1,18 +1,10 @@
 //! Kinesis → functions through emulators on loopback: every shard and checkpoints on moto_server,
 //! resharding on kinesalite (which, unlike moto, closes a split parent and routes to its children).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use crate::common::*;
-
-fn counts(f: &Function) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for r in f.received() {
-        *c.entry(r.body).or_default() += 1;
-    }
-    c
-}
 
 /// Puts `n` records over `keys` partition keys; returns the shards they landed on.
 async fn put_all(
@@ -48,7 +40,7 @@ async fn records_of_a_2_shard_stream_arrive_and_a_kill_9_resumes_from_the_checkp
     daemon.wait_ready().await;
 
     put_all(&client, "clicks", "a", 3000, 20).await;
-    wait_for("3000 records", Duration::from_secs(120), || counts(&f).len() == 3000).await;
+    wait_for("3000 records", Duration::from_secs(120), || f.counts().len() == 3000).await;
     let h = &f.received()[0].headers;
     assert_eq!(h["event-namespace"], "kinesistriggers.kubeless.io");
     assert!(h.contains_key("event-sequence-number") && h.contains_key("event-key"));
@@ -62,7 +54,7 @@ async fn records_of_a_2_shard_stream_arrive_and_a_kill_9_resumes_from_the_checkp
     put_all(&client, "clicks", "b", 3000, 20).await;
     daemon.restart().await;
     daemon.wait_ready().await;
-    wait_for("3000 more after the restart", Duration::from_secs(120), || counts(&f).len() == 6000).await;
+    wait_for("3000 more after the restart", Duration::from_secs(120), || f.counts().len() == 6000).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let replayed = f.received().len() - before - 3000;
     assert!(replayed < 1000, "{replayed} records replayed: the restart must resume from the checkpoint, not the start");
@@ -105,9 +97,9 @@ async fn resharding_2_to_4_while_reading_loses_no_record_and_keeps_partition_key
     assert!(after.is_disjoint(&parents), "records after the split go to the children, not to {parents:?}");
     assert!(after.len() >= 2, "the records after the split spread over the children: {after:?}");
 
-    wait_for("every record across the reshard", Duration::from_secs(120), || counts(&f).len() == 2000).await;
+    wait_for("every record across the reshard", Duration::from_secs(120), || f.counts().len() == 2000).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(counts(&f).values().all(|n| *n == 1), "no duplicates in a clean run");
+    assert!(f.counts().values().all(|n| *n == 1), "no duplicates in a clean run");
     let read_from: HashSet<String> =
         f.received().iter().filter_map(|r| r.headers.get("event-shard-id").cloned()).collect();
     assert!(after.is_subset(&read_from), "the children were read: {read_from:?}");
@@ -158,7 +150,7 @@ async fn a_stream_deleted_and_created_again_is_read_from_its_start_not_from_the_
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
     daemon.wait_ready().await;
     put_all(&client, "again", "old", 500, 5).await;
-    wait_for("the old stream's records", Duration::from_secs(60), || counts(&f).len() == 500).await;
+    wait_for("the old stream's records", Duration::from_secs(60), || f.counts().len() == 500).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // its checkpoint is written
 
     // Same name, new stream: its sequence numbers start again, below the old checkpoint.
@@ -167,7 +159,7 @@ async fn a_stream_deleted_and_created_again_is_read_from_its_start_not_from_the_
     kubeless_kinesis::create_stream(&client, "again", 1).await.expect("stream again");
     put_all(&client, "again", "new", 500, 5).await;
     wait_for("every record of the new stream", Duration::from_secs(90), || {
-        counts(&f).keys().filter(|b| b.starts_with("new")).count() == 500
+        f.counts().keys().filter(|b| b.starts_with("new")).count() == 500
     })
     .await;
     assert!(daemon.log_text().contains("deleted and created again"), "the recreation is reported");

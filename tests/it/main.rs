@@ -2,6 +2,7 @@
 //! megabytes with the AWS SDK, rdkafka and kube), so a cold build fits a small disk and links once.
 mod chaos_brokers;
 mod chaos_function;
+mod chaos_state;
 mod common;
 mod cron;
 mod deploy;

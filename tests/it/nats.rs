@@ -1,17 +1,8 @@
 //! NATS and JetStream → functions through a real nats-server on loopback.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
-
-fn counts(f: &Function) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for r in f.received() {
-        *c.entry(r.body).or_default() += 1;
-    }
-    c
-}
 
 /// A Function whose requests time out after 5 s, so JetStream redelivers unacknowledged messages
 /// 10 s (timeout + margin) after a crash.
@@ -43,7 +34,7 @@ async fn core_nats_and_jetstream_each_deliver_3000_messages() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (f, prefix) in [(&core_fn, "c"), (&js_fn, "j")] {
-        let c = counts(f);
+        let c = f.counts();
         assert_eq!(c.len(), N, "every {prefix} message arrived");
         assert!(c.values().all(|n| *n == 1), "each exactly once");
         let h = &f.received()[0].headers;
@@ -72,8 +63,8 @@ async fn jetstream_messages_published_while_the_daemon_is_down_arrive_after_kill
     nats.publish_all("orders", (0..3000).map(|i| format!("b{i}")), true).await;
     daemon.restart().await;
     daemon.wait_ready().await;
-    wait_for("every message, after the restart", Duration::from_secs(120), || counts(&f).len() == 4000).await;
-    let c = counts(&f);
+    wait_for("every message, after the restart", Duration::from_secs(120), || f.counts().len() == 4000).await;
+    let c = f.counts();
     assert!((0..3000).all(|i| c.contains_key(&format!("b{i}"))), "messages published while down arrived");
 }
 
@@ -92,9 +83,9 @@ async fn two_daemons_share_one_durable_jetstream_consumer_without_loss_or_duplic
     a.wait_ready().await;
     b.wait_ready().await;
     nats.publish_all("work", (0..N).map(|i| format!("w{i}")), true).await;
-    wait_for("every message", Duration::from_secs(120), || counts(&f).len() == N).await;
+    wait_for("every message", Duration::from_secs(120), || f.counts().len() == N).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let c = counts(&f);
+    let c = f.counts();
     assert!(c.values().all(|n| *n == 1), "no message delivered twice");
     let (da, db) =
         (a.metric("kubeless_messages_delivered_total").await, b.metric("kubeless_messages_delivered_total").await);
@@ -243,6 +234,6 @@ async fn jetstream_messages_held_past_ack_wait_are_not_redelivered_behind_the_co
     wait_for("all 10 delivered", Duration::from_secs(60), || f.delivered() == 10).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(runs(&f), sent, "in order");
-    let c = counts(&f);
+    let c = f.counts();
     assert!(sent[1..].iter().all(|m| c[m] == 1), "a held message was redelivered: {c:?}");
 }

@@ -27,6 +27,10 @@ pub struct Health {
     /// Per partition or shard (keyed by the source's own index): when its oldest unfinished
     /// message was handed out.
     oldest_unfinished: Arc<Mutex<BTreeMap<i64, SystemTime>>>,
+    /// Why the last attempt to save the source's position (a checkpoint file) failed; none once a
+    /// save succeeds.
+    checkpoint_error: Arc<Mutex<Option<String>>>,
+    checkpoint_failures: Arc<AtomicU64>,
 }
 
 impl Default for Health {
@@ -42,6 +46,8 @@ impl Health {
             lag: Arc::new(AtomicI64::new(0)),
             abandoned: Arc::new(AtomicU64::new(0)),
             oldest_unfinished: Arc::default(),
+            checkpoint_error: Arc::default(),
+            checkpoint_failures: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -96,6 +102,27 @@ impl Health {
     /// Forgets every partition's entry (the source stopped or lost its assignment).
     pub fn clear_oldest_unfinished(&self) {
         self.oldest_unfinished.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Records that the source's position could not be saved, and why (the last good one stays).
+    pub fn note_checkpoint_failed(&self, why: String) {
+        self.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+        *self.checkpoint_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Records that the source's position was saved: any earlier failure is over.
+    pub fn note_checkpoint_saved(&self) {
+        self.checkpoint_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Why the last save of the source's position failed, unless one has succeeded since.
+    pub fn checkpoint_error(&self) -> Option<String> {
+        self.checkpoint_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Failed saves of the source's position since it started.
+    pub fn checkpoint_failures(&self) -> u64 {
+        self.checkpoint_failures.load(Ordering::Relaxed)
     }
 
     /// How long the oldest unfinished message of this source has been out, if any is.

@@ -39,3 +39,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Replaces `path` with `contents` so that a crash or a full disk never leaves it half written:
+/// a temporary file beside it is written and synced, then renamed over it. On failure the old
+/// file stays as it was and the temporary one is removed.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.sync_all()
+    });
+    match written {
+        Ok(()) => std::fs::rename(&tmp, path),
+        Err(e) => {
+            // A full disk leaves a partial temporary file: give its space back.
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

@@ -134,18 +134,8 @@ impl CheckpointStore for FileCheckpointStore {
         };
         all.insert(shard.to_string(), checkpoint);
         let json = serde_json::to_string_pretty(all).unwrap_or_default();
-        let err = |e: std::io::Error| CheckpointError::Write { path: self.path.clone(), reason: e.to_string() };
-        if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent).map_err(err)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
-            f.write_all(json.as_bytes()).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        kubeless_connector::write_atomically(&self.path, json.as_bytes())
+            .map_err(|e| CheckpointError::Write { path: self.path.clone(), reason: e.to_string() })
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::checkpoint::{FileCheckpointStore, ShardCheckpoint, ShardLeases};
+use crate::checkpoint::{CheckpointError, FileCheckpointStore, ShardCheckpoint, ShardLeases};
 use crate::config::{KinesisSourceConfig, StartingPosition};
 
 #[derive(Debug, thiserror::Error)]
@@ -410,7 +410,7 @@ async fn read_shard(
                 started_at_ms: Some(ms),
                 stream: Some(stream_id.to_string()),
             };
-            store.save(shard, first).await.map_err(|e| e.to_string())?;
+            save_checkpoint(store, shard, first, ctx).await?;
             Some(ms)
         }
         _ => None,
@@ -429,17 +429,19 @@ async fn read_shard(
         _ => None,
     };
     let mut last_save = Instant::now();
+    // A checkpoint that could not be written is tried again at the next interval.
+    let mut unsaved = false;
     let save = |saved: Option<String>, finished: bool| {
         let stream = Some(stream_id.to_string());
-        store.save(shard, ShardCheckpoint { sequence: saved, finished, started_at_ms, stream })
+        save_checkpoint(store, shard, ShardCheckpoint { sequence: saved, finished, started_at_ms, stream }, ctx)
     };
     let closed = loop {
         if stop.is_cancelled() {
             break false;
         }
         if last_save.elapsed() >= CHECKPOINT_INTERVAL {
-            if state.advance(&mut saved) {
-                save(saved.clone(), false).await.map_err(|e| e.to_string())?;
+            if state.advance(&mut saved) || unsaved {
+                unsaved = !save(saved.clone(), false).await?;
             }
             last_save = Instant::now();
         }
@@ -550,10 +552,35 @@ async fn read_shard(
     }
     ctx.health.set_oldest_unfinished(health_key, None);
     let finished = closed && state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
-    if state.advance(&mut saved) || finished {
-        save(saved, finished).await.map_err(|e| e.to_string())?;
+    if state.advance(&mut saved) || finished || unsaved {
+        save(saved, finished).await?;
     }
     Ok(finished)
+}
+
+/// Saves a shard's checkpoint: true if saved. A checkpoint file that cannot be written (a
+/// read-only or full state directory) is not fatal: the file keeps the last good checkpoint,
+/// reading and delivery go on, the failure shows in the source's health (`/status`) until a save
+/// succeeds, and a restart meanwhile reads again from the last good one. A lost lease, or leases
+/// that cannot be reached, stop the reader.
+async fn save_checkpoint(
+    store: &dyn ShardLeases,
+    shard: &str,
+    checkpoint: ShardCheckpoint,
+    ctx: &SourceContext,
+) -> Result<bool, String> {
+    match store.save(shard, checkpoint).await {
+        Ok(()) => {
+            ctx.health.note_checkpoint_saved();
+            Ok(true)
+        }
+        Err(e @ CheckpointError::Write { .. }) => {
+            warn!(shard, error = %e, "Cannot save the checkpoint; the last good one stays, and reading goes on.");
+            ctx.health.note_checkpoint_failed(e.to_string());
+            Ok(false)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn sequence_id(seq: &str) -> i64 {

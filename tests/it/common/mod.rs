@@ -319,6 +319,15 @@ impl Function {
         self.state.received.lock().expect("lock").clone()
     }
 
+    /// How many times each body arrived.
+    pub fn counts(&self) -> HashMap<String, usize> {
+        let mut c = HashMap::new();
+        for r in self.state.received.lock().expect("lock").iter() {
+            *c.entry(r.body.clone()).or_default() += 1;
+        }
+        c
+    }
+
     /// Requests that arrived and are not yet answered (or abandoned).
     pub fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::SeqCst)
@@ -416,6 +425,11 @@ impl Daemon {
             .spawn()
             .expect("start kubeless-broker");
         self.child = Some(child);
+    }
+
+    /// The daemon's `--state-dir`.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
     }
 
     pub async fn restart(&mut self) {

@@ -104,6 +104,7 @@ fn consume(
         health: ctx.health.clone(),
         drain_timeout: config.drain_timeout,
         assigned: AtomicBool::new(false),
+        rebalancing: AtomicBool::new(false),
         inner: Mutex::new(Inner {
             health: ctx.health.clone(),
             max_uncommitted: config.max_uncommitted.max(1),
@@ -201,12 +202,27 @@ fn consume(
         }
     }
 
+    // A stop in the middle of a rebalance (partitions revoked and drained, the new assignment not
+    // yet received) lets the rebalance finish before leaving, within the drain timeout: a member
+    // leaving mid-join makes the group start its join over, and tansu 0.6 never completes a join
+    // whose leader left during it. Nothing polled meanwhile is handed out, so none of it is
+    // delivered or committed.
+    let deadline = Instant::now() + shared.drain_timeout;
+    if shared.rebalancing.load(Ordering::Relaxed) {
+        info!(group = %config.group_id, "Kafka consumer stopping during a rebalance: waiting for it to finish before leaving.");
+        while shared.rebalancing.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Some(Err(err)) = consumer.poll(POLL_INTERVAL) {
+                shared.report_error(&err);
+            }
+        }
+    }
     info!(group = %config.group_id, "Kafka consumer stopping: draining in-flight messages.");
     {
         let mut inner = shared.lock();
         inner.pause(&consumer, true);
         let all: Vec<usize> = (0..inner.slots.len()).collect();
-        inner.release(&consumer, &all, Instant::now() + shared.drain_timeout, &shared.group);
+        // One deadline for the whole stop, so it stays within the drain timeout.
+        inner.release(&consumer, &all, deadline, &shared.group);
     }
     ctx.health.clear_oldest_unfinished();
     // Dropping the consumer leaves the group; its revoke callback finds nothing left to drain.
@@ -241,6 +257,8 @@ struct Shared {
     /// Set by the first assignment; errors before it mean "not connected", after it they are
     /// transient and only logged.
     assigned: AtomicBool,
+    /// Between a revocation and the assignment that ends its rebalance.
+    rebalancing: AtomicBool,
     /// Touched only by the consumer thread (the loop and the callbacks librdkafka runs inside its
     /// `poll`), so it is never contended; the mutex is what lets the callback context be `Sync`.
     inner: Mutex<Inner>,
@@ -636,6 +654,7 @@ impl ConsumerContext for SourceCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.shared.rebalancing.store(true, Ordering::Relaxed);
                 let mut inner = self.shared.lock();
                 let slots = inner.slots_of(tpl);
                 info!(group = %self.shared.group, partitions = tpl.count(), "Partitions revoked: draining before release.");
@@ -650,6 +669,7 @@ impl ConsumerContext for SourceCtx {
         if let Rebalance::Assign(tpl) = rebalance {
             self.shared.lock().assign(tpl);
             self.shared.assigned.store(true, Ordering::Relaxed);
+            self.shared.rebalancing.store(false, Ordering::Relaxed);
             self.shared.health.set(SourceState::Ready);
             info!(group = %self.shared.group, partitions = tpl.count(), "Partitions assigned.");
         }

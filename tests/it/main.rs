@@ -14,3 +14,4 @@ mod kinesis;
 mod kubernetes;
 mod manifest_changes;
 mod nats;
+mod runtimes;

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""The Python 3 function server: runs a Kubeless function, `handler(event, context)`, over HTTP.
+
+The contract is Kubeless's runtime contract, so functions written for Kubeless run unchanged:
+
+- `GET /healthz` answers "OK", `GET /metrics` serves Prometheus metrics
+  (`function_calls_total`, `function_failures_total`, `function_duration_seconds`, label `method`).
+- Any other request calls the function with `event` = {`data` (the body, JSON-parsed when the
+  request says `application/json`, else bytes), `event-id`, `event-type`, `event-time`,
+  `event-namespace`, `extensions.request` (a bottle request)} and `context` = {`function-name`,
+  `timeout`, `runtime`, `memory-limit`}. What it returns is the answer (a str, bytes, a dict as JSON,
+  or a bottle `HTTPResponse`).
+- Each call runs in a process of its own, forked from a server that has already imported the
+  function, so a call that outlives `FUNC_TIMEOUT` is killed and answered 408 while the server and
+  every other call go on; an exception is answered 500 and logged.
+
+Settings (environment): `MOD_NAME`, `FUNC_HANDLER`, `FUNC_PORT` (8080), `FUNC_TIMEOUT` (180 s),
+`FUNC_RUNTIME`, `FUNC_MEMORY_LIMIT`, `FUNC_MEMFILE_MAX` (largest body kept in memory, 100 MiB),
+`MP_CONTEXT` (`forkserver` or `spawn`), `CHERRYPY_NUMTHREADS` (calls served at once, 50), and
+`KUBELESS_DIR` (where the code and its installed dependencies are: `/kubeless`).
+
+The file name starts with an underscore so that it cannot collide with the function's module.
+"""
+
+import glob
+import importlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import sys
+import time
+
+import bottle
+import prometheus_client as prom
+
+THIS_MODULE = os.path.splitext(os.path.basename(__file__))[0]
+CODE_DIR = os.getenv("KUBELESS_DIR", "/kubeless")
+
+
+def _setting(name, default, convert):
+    """An environment setting, converted; a bad value stops the server with a clear message."""
+    raw = os.getenv(name, default)
+    try:
+        return convert(raw)
+    except ValueError:
+        sys.exit(f"{name}={raw!r} is not a valid {convert.__name__}")
+
+
+def _load_function():
+    mod_name, handler = os.getenv("MOD_NAME"), os.getenv("FUNC_HANDLER")
+    if not mod_name or not handler:
+        sys.exit("MOD_NAME and FUNC_HANDLER must name the function's module and handler")
+    if mod_name == THIS_MODULE:
+        sys.exit(f"MOD_NAME cannot be {THIS_MODULE}: that is the runtime's own module")
+    # The code, then what the install step put beside it (`pip install --prefix` or `--target`).
+    sys.path.append(CODE_DIR)
+    sys.path.extend(sorted(glob.glob(os.path.join(CODE_DIR, "lib", "python3*", "site-packages"))))
+    module = importlib.import_module(mod_name)
+    try:
+        return getattr(module, handler)
+    except AttributeError:
+        sys.exit(f"{mod_name}.py has no function {handler}")
+
+
+FUNCTION = _load_function()
+TIMEOUT = _setting("FUNC_TIMEOUT", "180", float)
+bottle.BaseRequest.MEMFILE_MAX = _setting("FUNC_MEMFILE_MAX", str(100 * 1024 * 1024), int)
+CONTEXT = {
+    "function-name": FUNCTION.__name__,
+    "timeout": TIMEOUT,
+    "runtime": os.getenv("FUNC_RUNTIME"),
+    "memory-limit": os.getenv("FUNC_MEMORY_LIMIT"),
+}
+
+app = application = bottle.Bottle()
+# Set in main(), in the server's process only: the multiprocessing context calls run in, and the
+# metrics (registered once: this module is imported again where calls run).
+calls = None
+CALLS = FAILURES = DURATION = None
+
+
+class DetachedRequest(bottle.BaseRequest):
+    """A bottle request that can travel to the call's process: the WSGI environment's plain values
+    (the request line, headers, server and client addresses) and the body, read into memory.
+    Streams, the server's objects and bottle's caches stay behind."""
+
+    PLAIN = (str, bytes, int, float, bool, tuple, type(None))
+
+    def __init__(self, body, environ):
+        plain = {k: v for k, v in environ.items() if isinstance(v, self.PLAIN) and not k.startswith("bottle.")}
+        super().__init__(plain)
+        self.environ["bottle.request.body"] = io.BytesIO(body)
+
+    def __getstate__(self):
+        return self.environ
+
+    def __setstate__(self, environ):
+        self.environ = environ
+
+
+def _call(results, event):
+    """Runs in the call's own process: the function's answer, or the exception it raised."""
+    try:
+        results.put(FUNCTION(event, CONTEXT))
+    except Exception as e:  # noqa: BLE001 - any failure of the function is its answer
+        try:
+            results.put(e)
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
+            results.put(RuntimeError(repr(e)))
+
+
+@app.get("/healthz")
+def healthz():
+    return "OK"
+
+
+@app.get("/metrics")
+def metrics():
+    bottle.response.content_type = prom.CONTENT_TYPE_LATEST
+    return prom.generate_latest(prom.REGISTRY)
+
+
+@app.route("/<:re:.*>", method=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+def invoke():
+    request = bottle.request
+    body = request.body.read()
+    data = body
+    if request.content_type.split(";")[0].strip().lower() == "application/json" and body:
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            return bottle.HTTPError(400, f"The body is declared application/json but is not JSON: {e}")
+    event = {
+        "data": data,
+        "event-id": request.get_header("event-id"),
+        "event-type": request.get_header("event-type"),
+        "event-time": request.get_header("event-time"),
+        "event-namespace": request.get_header("event-namespace"),
+        "extensions": {"request": DetachedRequest(body, request.environ)},
+    }
+    method = request.method
+    CALLS.labels(method).inc()
+    with DURATION.labels(method).time():
+        results = calls.Queue()
+        process = calls.Process(target=_call, args=(results, event))
+        process.start()
+        try:
+            answer = results.get(timeout=TIMEOUT)
+        except queue.Empty:
+            process.kill()
+            process.join()
+            FAILURES.labels(method).inc()
+            logging.error("The function ran past its timeout of %ss and was stopped.", TIMEOUT)
+            return bottle.HTTPError(408, "Timeout while processing the function")
+        process.join()
+    if isinstance(answer, bottle.HTTPResponse):
+        return answer
+    if isinstance(answer, Exception):
+        FAILURES.labels(method).inc()
+        logging.error("The function raised %s: %s", type(answer).__name__, answer)
+        return bottle.HTTPError(500, "Internal Server Error")
+    return answer
+
+
+def _access_log(wsgi_app):
+    """One line per request on stdout: method, path, status, seconds."""
+
+    def logged(environ, start_response):
+        started, status = time.monotonic(), ["-"]
+
+        def start(s, headers, exc_info=None):
+            status[0] = s.split(" ", 1)[0]
+            return start_response(s, headers, exc_info)
+
+        try:
+            return wsgi_app(environ, start)
+        finally:
+            path = environ.get("PATH_INFO", "")
+            took = time.monotonic() - started
+            print(f'{environ.get("REQUEST_METHOD")} {path} {status[0]} {took:.3f}s', flush=True)
+
+    return logged
+
+
+def _preload():
+    """Nothing: starting a process starts the fork server, which imports the function once."""
+
+
+def main():
+    global calls, CALLS, FAILURES, DURATION
+    CALLS = prom.Counter("function_calls_total", "Number of calls to user function", ["method"])
+    FAILURES = prom.Counter("function_failures_total", "Number of exceptions in user function", ["method"])
+    DURATION = prom.Histogram("function_duration_seconds", "Duration of user function in seconds", ["method"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    start = os.getenv("MP_CONTEXT", "forkserver")
+    if start not in ("forkserver", "spawn"):
+        sys.exit(f'MP_CONTEXT={start!r}: use "forkserver" or "spawn" (the server is threaded, so not "fork")')
+    try:
+        calls = multiprocessing.get_context(start)
+    except ValueError:
+        logging.warning("%s is not available here; calls are started with spawn.", start)
+        calls = multiprocessing.get_context("spawn")
+    if calls.get_start_method() == "forkserver":
+        # Every call is forked from a server that imported this module, and so the function,
+        # once: module-level setup in the function's code runs once, not per call.
+        calls.set_forkserver_preload([THIS_MODULE])
+        warm = calls.Process(target=_preload)
+        warm.start()
+        warm.join()
+    port = _setting("FUNC_PORT", "8080", int)
+    threads = _setting("CHERRYPY_NUMTHREADS", "50", int)
+    logging.info("Serving %s on port %d (%d calls at once, timeout %ss).", FUNCTION.__name__, port, threads, TIMEOUT)
+    bottle.run(_access_log(app), server="cheroot", host="0.0.0.0", port=port, numthreads=threads, quiet=True)
+
+
+if __name__ == "__main__":
+    # Serve from this file imported under its own name, so that the calls' processes find the
+    # function and `_call` by that name.
+    import _kubeless
+
+    _kubeless.main()

@@ -1,0 +1,186 @@
+//! The function runtimes (`runtimes/`), run as local processes as their images would run them, against
+//! Kubeless's runtime contract: one suite for Python and Node. And Kafka messages delivered by the
+//! daemon to the Python runtime running a function written for Kubeless.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// Calls past this are answered 408.
+const TIMEOUT_S: u64 = 8;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A runtime serving `file` (from tests/data/runtimes) as module `module`, handler `handler`, from
+/// a ConfigMap-shaped directory of its own.
+struct Runtime {
+    _server: Server,
+    _code: tempfile::TempDir,
+    url: String,
+}
+
+impl Runtime {
+    async fn start(runtime: &str, file: &str, module: &str, extra_env: &[(&str, &str)]) -> Self {
+        let code = tempfile::tempdir().expect("code dir");
+        let ext = Path::new(file).extension().and_then(|e| e.to_str()).unwrap_or_default();
+        std::fs::copy(root().join("tests/data/runtimes").join(file), code.path().join(format!("{module}.{ext}")))
+            .expect("copy the function");
+        let port = free_port();
+        let mut env: Vec<(String, String)> = [
+            ("MOD_NAME", module),
+            ("FUNC_HANDLER", "handler"),
+            ("FUNC_PORT", &port.to_string()),
+            ("FUNC_TIMEOUT", &TIMEOUT_S.to_string()),
+            ("FUNC_RUNTIME", if runtime == "python" { "python3.9" } else { "nodejs14" }),
+            ("FUNC_MEMORY_LIMIT", "128Mi"),
+            ("KUBELESS_DIR", &code.path().display().to_string()),
+        ]
+        .iter()
+        .chain(extra_env)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.sort();
+        let command = vec![root().join("runtimes/run").display().to_string(), runtime.to_string()];
+        let server = Server::start(&format!("runtime-{runtime}"), command, env, port).await;
+        Self { _server: server, _code: code, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+async fn post(url: &str, content_type: &str, body: String, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = reqwest::Client::new().post(url).header("content-type", content_type).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    (resp.status().as_u16(), resp.text().await.expect("body"))
+}
+
+async fn call(url: &str, op: Value) -> (u16, String) {
+    post(url, "application/json", op.to_string(), &[]).await
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.expect("request");
+    (resp.status().as_u16(), resp.text().await.expect("body"))
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name}{{method=\"POST\"}} ");
+    text.lines().filter_map(|l| l.strip_prefix(&prefix)).filter_map(|v| v.parse::<f64>().ok()).sum()
+}
+
+async fn contract(runtime: &str, file: &str) {
+    let rt = Runtime::start(runtime, file, "contract", &[]).await;
+    let url = rt.url.as_str();
+    assert_eq!(get(&format!("{url}/healthz")).await, (200, "OK".to_string()));
+
+    // The event: JSON parsed, the event headers, the context, the request itself.
+    let headers = [
+        ("event-id", "id-1"),
+        ("event-type", "application/json"),
+        ("event-time", "2026-11-23 10:00:00 +0000 UTC"),
+        ("event-namespace", "kafkatriggers.kubeless.io"),
+    ];
+    let (status, body) = post(
+        &format!("{url}/some/path?a=1"),
+        "application/json",
+        json!({"op": "echo", "n": [1, 2]}).to_string(),
+        &headers,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let event: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(event["data"], json!({"op": "echo", "n": [1, 2]}), "JSON bodies are parsed");
+    for (k, v) in headers {
+        assert_eq!(event[k], v, "{k}");
+    }
+    let runtime_id = if runtime == "python" { "python3.9" } else { "nodejs14" };
+    let context = &event["context"];
+    assert_eq!(context["function-name"], "handler");
+    assert_eq!(context["timeout"].as_f64(), Some(TIMEOUT_S as f64));
+    assert_eq!((context["runtime"].as_str(), context["memory-limit"].as_str()), (Some(runtime_id), Some("128Mi")));
+    assert_eq!((event["method"].as_str(), event["path"].as_str()), (Some("POST"), Some("/some/path")));
+    assert_eq!(event["query"], json!({"a": "1"}));
+    // Other bodies arrive as they are; a body that says JSON but is not is refused.
+    let (status, body) = post(url, "text/plain", "hello".into(), &[]).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).ok()), (200, Some(json!({"text": "hello"}))));
+    assert_eq!(post(url, "application/json", "{not json".into(), &[]).await.0, 400);
+
+    // An exception is a 500; a call past the timeout a 408 — a sleeping one and a spinning one —
+    // and the server goes on.
+    assert_eq!(call(url, json!({"op": "raise"})).await.0, 500);
+    assert_eq!(call(url, json!({"op": "sleep", "seconds": 60})).await.0, 408);
+    assert_eq!(call(url, json!({"op": "spin"})).await.0, 408);
+    assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
+    assert_eq!(call(url, json!({"op": "echo"})).await.0, 200, "served after the timeouts");
+
+    // 50 calls at once are all inside the function together (each waits, up to 7 s, for the other 49).
+    let barrier = tempfile::tempdir().expect("barrier dir");
+    let op = json!({"op": "barrier", "dir": barrier.path(), "n": 50, "wait": TIMEOUT_S - 1});
+    let answers = futures::future::join_all((0..50).map(|_| call(url, op.clone()))).await;
+    let met = answers.iter().filter(|a| **a == (200, "met".to_string())).count();
+    assert_eq!(met, 50, "calls served concurrently: {answers:?}");
+
+    // Every call of the function above was counted (56: not the refused body, which never reached
+    // it); the exception and the two timeouts as failures.
+    let (_, metrics) = get(&format!("{url}/metrics")).await;
+    assert_eq!(metric(&metrics, "function_calls_total"), 56.0, "{metrics}");
+    assert_eq!(metric(&metrics, "function_failures_total"), 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "function_duration_seconds_count"), 56.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_runtime_keeps_kubeless_runtime_contract() {
+    contract("python", "contract.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runtime_keeps_kubeless_runtime_contract() {
+    contract("nodejs", "contract.js").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_messages_reach_a_kubeless_python_function_as_parsed_json_with_their_event_id() {
+    const N: usize = 20;
+    let record_dir = tempfile::tempdir().expect("record dir");
+    let record = record_dir.path().display().to_string();
+    let rt = Runtime::start("python", "record.py", "record", &[("RECORD_DIR", &record)]).await;
+    let kafka = Kafka::start().await;
+    kafka.create_topic("orders", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests =
+        [function_yaml("record", "{function: record}", &rt.url), trigger_yaml("t", "orders", "{function: record}", "")];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    daemon.wait_ready().await;
+    let records =
+        (0..N).map(|i| (Some(format!("k{i}")), json!({"order": i, "item": "book"}).to_string().into_bytes())).collect();
+    kafka.publish_all("orders", records).await;
+
+    let calls_file: PathBuf = record_dir.path().join("calls.jsonl");
+    let calls = || -> Vec<Value> {
+        std::fs::read_to_string(&calls_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    wait_for("every message at the function", Duration::from_secs(60), || calls().len() >= N).await;
+    let calls = calls();
+    let mut orders: Vec<i64> = calls.iter().filter_map(|c| c["data"]["order"].as_i64()).collect();
+    orders.sort_unstable();
+    assert_eq!(orders, (0..N as i64).collect::<Vec<_>>(), "each message once, as parsed JSON: {calls:?}");
+    for c in &calls {
+        assert_eq!(c["type"], "dict", "event['data'] is the parsed JSON: {c}");
+        assert_eq!(c["data"]["item"], "book");
+        assert_eq!(c["namespace"], "kafkatriggers.kubeless.io");
+        assert!(c["id"].as_str().is_some_and(|id| !id.is_empty()), "an event-id: {c}");
+    }
+    let ids: std::collections::HashSet<&str> = calls.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids.len(), N, "one event-id per message");
+}

@@ -9,12 +9,19 @@ use crate::common::*;
 
 const MESSAGES: usize = 6_000;
 
-/// Publishes the stream and starts a daemon on it; `extra` is added to the trigger's spec.
-async fn setup(kafka: &Kafka, f: &Function, extra: &str) -> (tempfile::TempDir, Daemon) {
-    kafka.create_topic("stream", 4).await;
+/// A manifests directory: function `f` at `f`'s URL and trigger `t` on `stream`, with `extra` added
+/// to the trigger's spec.
+fn manifests(f: &Function, extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = [function_yaml("f", "{function: f}", &f.url), trigger_yaml("t", "stream", "{function: f}", extra)];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    dir
+}
+
+/// Publishes the stream and starts a daemon on it; `extra` is added to the trigger's spec.
+async fn setup(kafka: &Kafka, f: &Function, extra: &str) -> (tempfile::TempDir, Daemon) {
+    kafka.create_topic("stream", 4).await;
+    let dir = manifests(f, extra);
     let daemon = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "10s"]).await;
     daemon.wait_ready().await;
     let records = (0..MESSAGES).map(|i| (Some(format!("k{}", i % 50)), format!("m{i}").into_bytes())).collect();
@@ -77,13 +84,8 @@ async fn a_second_daemon_joining_mid_stream_takes_partitions_without_loss_or_dup
     let kafka = Kafka::start().await;
     kafka.create_topic("stream", 4).await;
     let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = [
-        function_yaml("f", "{function: f}", &f.url),
-        // Few requests in flight (~800 msg/s) so the first daemon falls behind the producer below.
-        trigger_yaml("t", "stream", "{function: f}", "  delivery:\n    maxInFlight: 4\n"),
-    ];
-    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    // Few requests in flight (~800 msg/s) so the first daemon falls behind the producer below.
+    let dir = manifests(&f, "  delivery:\n    maxInFlight: 4\n");
     let first = Daemon::start(dir.path(), &kafka.brokers, &["--drain-timeout", "10s"]).await;
     first.wait_ready().await;
 
@@ -157,14 +159,8 @@ async fn daemons_joining_and_leaving_five_times_lose_nothing_and_keep_key_order_
     let mut dirs = Vec::new();
     for _ in 0..3 {
         let f = Function::start(Behaviour::Slow(Duration::from_millis(2))).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let manifests = [
-            function_yaml("f", "{function: f}", &f.url),
-            trigger_yaml("t", "stream", "{function: f}", &format!("  delivery:\n    maxInFlight: {MAX_IN_FLIGHT}\n")),
-        ];
-        std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+        dirs.push(manifests(&f, &format!("  delivery:\n    maxInFlight: {MAX_IN_FLIGHT}\n")));
         owners.push(f);
-        dirs.push(dir);
     }
     let args = ["--drain-timeout", "10s"];
     let first = Daemon::start(dirs[0].path(), &kafka.brokers, &args).await;
@@ -234,12 +230,7 @@ async fn a_sigterm_during_a_rebalance_exits_cleanly_and_the_survivor_delivers_th
     kafka.create_topic("stream", 4).await;
     // Slow enough that the revoked partitions' drain is still running when the signal lands.
     let f = Function::start(Behaviour::Slow(Duration::from_millis(20))).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = [
-        function_yaml("f", "{function: f}", &f.url),
-        trigger_yaml("t", "stream", "{function: f}", "  delivery:\n    maxInFlight: 16\n"),
-    ];
-    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let dir = manifests(&f, "  delivery:\n    maxInFlight: 16\n");
     let args = ["--drain-timeout", "10s"];
     let mut first = Daemon::start(dir.path(), &kafka.brokers, &args).await;
     first.wait_ready().await;

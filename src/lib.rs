@@ -20,6 +20,7 @@ pub mod control;
 pub mod cron;
 pub mod delivery;
 pub mod dispatch;
+pub mod functions;
 pub mod kubernetes;
 pub mod resources;
 pub mod shutdown;

@@ -127,50 +127,25 @@ impl Catalogue {
     /// Kubeless's Python 3 and Node runtime ids, served by this project's runtimes: Python code
     /// written for 3.6–3.9 runs on 3.12, Node code written for 8–14 on 20.
     pub fn builtin() -> Self {
-        let version = |image: &str, install: &str, prefix: &str, v: &str| RuntimeVersion {
-            name: format!("{prefix}{}", v.replace('.', "")),
-            version: v.to_string(),
-            images: vec![
-                PhaseImage {
-                    phase: PHASE_INSTALLATION.to_string(),
-                    image: image.to_string(),
-                    command: Some(install.to_string()),
-                    env: BTreeMap::new(),
-                    secrets: Vec::new(),
-                },
-                PhaseImage {
-                    phase: PHASE_RUNTIME.to_string(),
-                    image: image.to_string(),
-                    command: None,
-                    env: BTreeMap::new(),
-                    secrets: Vec::new(),
-                },
-            ],
-            image_pull_secrets: Vec::new(),
-        };
         let pip = "pip install --prefix=$KUBELESS_INSTALL_VOLUME -r $KUBELESS_DEPS_FILE";
         let npm = "cd $KUBELESS_INSTALL_VOLUME && npm install --omit=dev --no-audit --no-fund";
         Self(vec![
-            RuntimeInfo {
-                id: "python".to_string(),
-                versions: ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12"]
-                    .iter()
-                    .map(|v| version(PYTHON_IMAGE, pip, "python", v))
-                    .collect(),
-                liveness_probe: None,
-                dep_name: "requirements.txt".to_string(),
-                file_name_suffix: ".py".to_string(),
-            },
-            RuntimeInfo {
-                id: "nodejs".to_string(),
-                versions: ["8", "10", "12", "14", "16", "18", "20"]
-                    .iter()
-                    .map(|v| version(NODEJS_IMAGE, npm, "node", v))
-                    .collect(),
-                liveness_probe: None,
-                dep_name: "package.json".to_string(),
-                file_name_suffix: ".js".to_string(),
-            },
+            builtin_language(
+                "python",
+                &["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12"],
+                PYTHON_IMAGE,
+                pip,
+                "requirements.txt",
+                ".py",
+            ),
+            builtin_language(
+                "nodejs",
+                &["8", "10", "12", "14", "16", "18", "20"],
+                NODEJS_IMAGE,
+                npm,
+                "package.json",
+                ".js",
+            ),
         ])
     }
 
@@ -194,6 +169,40 @@ impl Catalogue {
                 Some(Resolved { info, version })
             })
             .ok_or_else(|| CatalogueError::Unknown { runtime: runtime.to_string(), known: self.known() })
+    }
+}
+
+/// One language of the built-in catalogue: every version runs on `image`, which also installs the
+/// dependencies with `install`.
+fn builtin_language(
+    id: &str,
+    versions: &[&str],
+    image: &str,
+    install: &str,
+    dep_name: &str,
+    suffix: &str,
+) -> RuntimeInfo {
+    let phase = |phase: &str, command: Option<&str>| PhaseImage {
+        phase: phase.to_string(),
+        image: image.to_string(),
+        command: command.map(str::to_string),
+        env: BTreeMap::new(),
+        secrets: Vec::new(),
+    };
+    RuntimeInfo {
+        id: id.to_string(),
+        versions: versions
+            .iter()
+            .map(|v| RuntimeVersion {
+                name: format!("{id}{}", v.replace('.', "")),
+                version: v.to_string(),
+                images: vec![phase(PHASE_INSTALLATION, Some(install)), phase(PHASE_RUNTIME, None)],
+                image_pull_secrets: Vec::new(),
+            })
+            .collect(),
+        liveness_probe: None,
+        dep_name: dep_name.to_string(),
+        file_name_suffix: suffix.to_string(),
     }
 }
 

@@ -44,12 +44,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn cron_yaml(name: &str, function: &str) -> String {
-    format!(
-        "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  schedule: '* * * * * *'\n"
-    )
-}
-
 /// The `checkpoint_error` of each consumer in `/status`, by function ("" where there is none).
 async fn checkpoint_errors(daemon: &Daemon) -> Vec<(String, String)> {
     let status = daemon.status().await;
@@ -117,7 +111,7 @@ async fn a_read_only_then_full_state_directory_is_reported_and_keeps_the_last_go
         function_yaml("f", "{function: f}", &f.url),
         function_yaml("tick", "{function: tick}", &tick.url),
         kinesis_yaml("clicks", "f", "clicks", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
-        cron_yaml("every1s", "tick"),
+        cron_yaml("every1s", "tick", "* * * * * *", ""),
     ];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
 

@@ -5,12 +5,6 @@ use std::time::Duration;
 use crate::common::*;
 use chrono::NaiveDateTime;
 
-fn cron_yaml(name: &str, function: &str, schedule: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  schedule: '{schedule}'\n{extra}"
-    )
-}
-
 fn tick_time(r: &Received) -> i64 {
     let t = &r.headers["event-time"];
     NaiveDateTime::parse_from_str(t.trim_end_matches("+00:00"), "%Y-%m-%d %H:%M:%S")

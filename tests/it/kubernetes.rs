@@ -248,12 +248,6 @@ async fn the_api_server_down_for_20s_mid_stream_loses_nothing_and_later_changes_
     wait_jsonpath(&api, &["get", "kafkatrigger", "later"], "{.status.conditions[0].status}", |s| s == "True").await;
 }
 
-fn cron_yaml(name: &str, function: &str, schedule: &str) -> String {
-    format!(
-        "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  function-name: {function}\n  schedule: '{schedule}'\n"
-    )
-}
-
 /// The tick a cron call was for, in seconds since the epoch (from its `event-time` header).
 fn tick_of(r: &Received) -> i64 {
     let t = &r.headers["event-time"];
@@ -285,7 +279,7 @@ async fn two_daemons_fire_each_cron_tick_once_and_the_survivor_takes_over_a_kill
     let api = cluster_with_crds().await;
     let f = Function::start(Behaviour::Ok).await;
     api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
-    api.apply_ok(&cron_yaml("every2s", "f", "*/2 * * * * *"));
+    api.apply_ok(&cron_yaml("every2s", "f", "*/2 * * * * *", ""));
     let mut daemons = two_replicas(&api).await;
     wait_for("a leader", Duration::from_secs(30), || !lease_holder(&api, "kubeless-broker-leader").is_empty()).await;
     let leader = usize::from(lease_holder(&api, "kubeless-broker-leader") == "broker-b");
@@ -431,7 +425,7 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
         function_yaml("f", "{function: f}", &f.url),
         trigger_yaml("t", "r-orders", "{function: f}", ""),
         trigger_yaml("bad", "r-orders", "{function: f}", "  delivery:\n    timeout: soon\n"),
-        cron_yaml("tick", "f", "*/2 * * * * *"),
+        cron_yaml("tick", "f", "*/2 * * * * *", ""),
         kinesis_yaml("clicks", "f", "r-clicks", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
     ] {
         api.apply_ok(&yaml);
@@ -547,10 +541,10 @@ async fn deleting_a_function_deletes_the_triggers_that_name_it_as_kubeless_did()
     let api = cluster_with_crds().await;
     let f = Function::start(Behaviour::Ok).await;
     api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
-    api.apply_ok(&cron_yaml("tick", "f", "@hourly"));
+    api.apply_ok(&cron_yaml("tick", "f", "@hourly", ""));
     api.apply_ok(&trigger_yaml("orders", "o", "{function: f}", ""));
     // Applied before its Function exists: not an orphan, never deleted.
-    api.apply_ok(&cron_yaml("early", "later", "@hourly"));
+    api.apply_ok(&cron_yaml("early", "later", "@hourly", ""));
     let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &[], &[]);
     wait_jsonpath(&api, &["get", "cronjobtrigger", "tick"], "{.status.conditions[0].status}", |s| s == "True").await;
 

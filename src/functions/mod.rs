@@ -1,4 +1,5 @@
-//! The Function reconciler's building blocks: which image runs a Function's runtime (the
-//! catalogue), and — to come — the objects each Function becomes.
+//! The Function reconciler: which image runs a Function's runtime (the catalogue), the objects
+//! each Function becomes, and the controller that keeps them so (Kubernetes mode, leader only).
 
 pub mod catalogue;
+pub mod objects;

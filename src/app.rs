@@ -135,9 +135,24 @@ pub async fn run(
             side_tasks.push(tokio::spawn(kubernetes::cleanup::run(
                 client.clone(),
                 snapshot_rx.clone(),
-                leading,
+                leading.clone(),
                 stop.clone(),
             )));
+            if k.function_controller {
+                let functions = crate::functions::reconciler::Settings {
+                    field_manager: k.field_manager.clone(),
+                    namespaces: k.namespaces.clone(),
+                    url_template: settings.index.url_template.clone(),
+                    config_namespace: k.config_namespace.clone(),
+                    config_name: k.config_name.clone(),
+                };
+                side_tasks.push(tokio::spawn(crate::functions::reconciler::run(
+                    client.clone(),
+                    functions,
+                    leading,
+                    stop.clone(),
+                )));
+            }
             tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
         Source::Directory(manifests, scan_interval) => {

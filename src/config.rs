@@ -49,6 +49,11 @@ pub struct Args {
     #[arg(long)]
     pub leader_election_namespace: Option<String>,
 
+    /// Run the Function reconciler (Kubernetes mode, on the leader): each Function's ConfigMap,
+    /// Deployment, Service and HPA. Turn off while Kubeless's own controller still runs.
+    #[arg(long, env = "KUBELESS_FUNCTION_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub function_controller: bool,
+
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/status`).
     #[arg(long, env = "KUBELESS_ADMIN_ADDR", default_value = "0.0.0.0:9095")]
     pub admin_addr: SocketAddr,
@@ -116,6 +121,11 @@ pub struct KubeSettings {
     pub identity: String,
     /// Where Leases live; none: the client's default namespace.
     pub lease_namespace: Option<String>,
+    /// Run the Function reconciler.
+    pub function_controller: bool,
+    /// Where `kubeless-config` is (env `KUBELESS_NAMESPACE`, `KUBELESS_CONFIG`), if set.
+    pub config_namespace: Option<String>,
+    pub config_name: Option<String>,
 }
 
 /// Settings checked and ready to run.
@@ -135,6 +145,7 @@ impl Args {
             namespaces,
             field_manager,
             leader_election_namespace,
+            function_controller,
             admin_addr: _,
             function_url_template,
             kafka_brokers,
@@ -172,6 +183,9 @@ impl Args {
                     field_manager: field_manager.clone(),
                     identity,
                     lease_namespace,
+                    function_controller: *function_controller,
+                    config_namespace: env("KUBELESS_NAMESPACE").filter(|v| !v.is_empty()),
+                    config_name: env("KUBELESS_CONFIG").filter(|v| !v.is_empty()),
                 })
             }
         };

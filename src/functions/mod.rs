@@ -3,3 +3,5 @@
 
 pub mod catalogue;
 pub mod objects;
+pub mod readiness;
+pub mod reconciler;

@@ -21,9 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::catalogue::{
-    Catalogue, CatalogueError, Resolved, PHASE_COMPILATION, PHASE_INSTALLATION, PHASE_RUNTIME,
-};
+use super::catalogue::{Catalogue, CatalogueError, Resolved, PHASE_COMPILATION, PHASE_INSTALLATION, PHASE_RUNTIME};
 use crate::resources::{Function, DEFAULT_FUNCTION_PORT};
 
 /// The label every object Kubeless made carries; an object without it is never touched.
@@ -80,8 +78,8 @@ impl FunctionConfig {
         let mut config = Self::default();
         let get = |key: &str| data.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
         if let Some(images) = get("runtime-images") {
-            config.catalogue = Catalogue::parse(images)
-                .map_err(|e| ConfigError { key: "runtime-images", message: e.to_string() })?;
+            config.catalogue =
+                Catalogue::parse(images).map_err(|e| ConfigError { key: "runtime-images", message: e.to_string() })?;
         }
         if let Some(image) = get("provision-image") {
             config.provision_image = image.to_string();
@@ -532,7 +530,10 @@ fn build_deployment(
     if spec.strategy.is_none() {
         spec.strategy = Some(DeploymentStrategy {
             type_: Some("RollingUpdate".to_string()),
-            rolling_update: Some(RollingUpdateDeployment { max_unavailable: Some(IntOrString::Int(0)), max_surge: None }),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_unavailable: Some(IntOrString::Int(0)),
+                max_surge: None,
+            }),
         });
     }
     let template = &mut spec.template;
@@ -559,7 +560,8 @@ fn build_deployment(
     }
     let init_resources = pod_spec.init_containers.as_ref().and_then(|c| c.first()).and_then(|c| c.resources.clone());
     let user_env = pod_spec.containers[0].env.clone().unwrap_or_default();
-    let runtime_mount = VolumeMount { name: name.clone(), mount_path: RUNTIME_DIR.to_string(), ..VolumeMount::default() };
+    let runtime_mount =
+        VolumeMount { name: name.clone(), mount_path: RUNTIME_DIR.to_string(), ..VolumeMount::default() };
     let mut volumes = pod_spec.volumes.take().unwrap_or_default();
     let mut pull_secrets: Vec<String> = pod_spec
         .image_pull_secrets

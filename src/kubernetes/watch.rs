@@ -141,14 +141,21 @@ fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
 /// An object being deleted (`deletionTimestamp` set) is gone as far as consumers go: its consumers
 /// stop now, not when its finalizers are done. Objects migrated from a Kubeless cluster may still
 /// carry Kubeless's finalizers (`kubeless.io/kafkatrigger`, …), which nothing removes once Kubeless's
-/// controllers are gone: the object would hang in Terminating, so say how to release it.
+/// controllers are gone: the object would hang in Terminating, so say how to release it. The
+/// Function finalizer is the Function reconciler's to release (with it turned off, Kubeless's own
+/// controller is still running and releases it).
 fn terminating_as_deleted(event: Event<DynamicObject>) -> Option<Event<DynamicObject>> {
     let terminating = |o: &DynamicObject| {
         if o.metadata.deletion_timestamp.is_none() {
             return false;
         }
-        let kubeless: Vec<&String> =
-            o.metadata.finalizers.iter().flatten().filter(|f| f.starts_with("kubeless.io/")).collect();
+        let kubeless: Vec<&String> = o
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| f.starts_with("kubeless.io/") && *f != crate::functions::reconciler::KUBELESS_FINALIZER)
+            .collect();
         if !kubeless.is_empty() {
             let kind = o.types.as_ref().map(|t| t.kind.to_lowercase()).unwrap_or_default();
             let (ns, name) =

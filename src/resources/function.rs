@@ -9,6 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::status::Condition;
 use super::validate::{check_object_name, Errors, FieldError};
 
 /// Annotation holding the full URL of a function, winning over the URL template.
@@ -28,8 +29,13 @@ pub const DEFAULT_FUNCTION_PORT: i32 = 8080;
     derive = "PartialEq"
 )]
 #[kube(doc = "A Kubeless function: code, runtime and the Deployment/Service that run it.")]
+#[kube(status = "FunctionStatus")]
 #[kube(printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#)]
 #[kube(printcolumn = r#"{"name":"Handler","type":"string","jsonPath":".spec.handler"}"#)]
+#[kube(
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[kube(printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
 pub struct FunctionSpec {
     /// `file.function`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -69,6 +75,21 @@ pub struct FunctionSpec {
     pub legacy_topic: String,
     #[serde(rename = "schedule", default, skip_serializing_if = "String::is_empty")]
     pub legacy_schedule: String,
+}
+
+/// Written by the Function reconciler (Kubernetes mode).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    /// `Ready`: the Deployment is available; else why not (unknown runtime, bad checksum, a
+    /// conflicting object, image pull, crash loop, rolling out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where triggers deliver to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 pub(super) fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

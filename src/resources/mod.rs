@@ -15,7 +15,9 @@ pub use cronjob::{ConcurrencyPolicy, CronJobTrigger, CronJobTriggerSpec};
 pub use delivery::{
     DeadLetterSpec, DeadLetterTarget, DeliveryPolicy, DeliverySpec, Ordering, RateLimitSpec, RetryPolicy, RetrySpec,
 };
-pub use function::{Function, FunctionSpec, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION};
+pub use function::{
+    Function, FunctionSpec, FunctionStatus, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION,
+};
 pub use http::{HTTPTrigger, HTTPTriggerSpec};
 pub use kafka::{InitialOffsetSpec, KafkaTrigger, KafkaTriggerSpec};
 pub use kinesis::{KinesisTrigger, KinesisTriggerSpec, StartingPositionSpec};

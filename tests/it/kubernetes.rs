@@ -12,27 +12,6 @@ fn bodies(f: &Function) -> Vec<String> {
     f.received().into_iter().map(|r| r.body).collect()
 }
 
-/// Polls `kubectl get <args> -o jsonpath=<path>` until `done` holds for its output.
-async fn wait_jsonpath(api: &KubeApi, args: &[&str], path: &str, done: impl Fn(&str) -> bool) -> String {
-    let start = Instant::now();
-    let jsonpath = format!("jsonpath={path}");
-    loop {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["-o", &jsonpath]);
-        let out = api.kubectl(&all);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && done(&text) {
-            return text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "kubectl get {args:?} {path}: {text:?} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 async fn groups(daemon: &Daemon) -> Vec<String> {
     let status = daemon.status().await;
     let mut g: Vec<String> = status["consumers"]
@@ -95,7 +74,7 @@ async fn kubectl_apply_edit_and_delete_move_consumers_and_kubectl_get_shows_read
 
     // `kubectl get kafkatriggers` shows the status the daemon wrote.
     let generation = api.kubectl_ok(&["get", "kafkatrigger", "t", "-o", "jsonpath={.metadata.generation}"]);
-    wait_jsonpath(&api, &["get", "kafkatrigger", "t"], "{.status.conditions[0].status}", |s| s == "True").await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "t"], "{.status.conditions[0].status}", |s| s == "True").await;
     let observed = api.kubectl_ok(&["get", "kafkatrigger", "t", "-o", "jsonpath={.status.observedGeneration}"]);
     assert_eq!(observed, generation);
     let table = api.kubectl_ok(&["get", "kafkatriggers"]);
@@ -121,7 +100,7 @@ async fn kubectl_apply_edit_and_delete_move_consumers_and_kubectl_get_shows_read
     wait_for("delivery on the edited topic", Duration::from_secs(30), || bodies(&f1).contains(&"second".into())).await;
     let new_generation = api.kubectl_ok(&["get", "kafkatrigger", "t", "-o", "jsonpath={.metadata.generation}"]);
     assert_ne!(new_generation, generation);
-    wait_jsonpath(&api, &["get", "kafkatrigger", "t"], "{.status.observedGeneration}", |g| g == new_generation).await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "t"], "{.status.observedGeneration}", |g| g == new_generation).await;
 
     // Deleting the trigger stops its consumer.
     api.kubectl_ok(&["delete", "kafkatrigger", "t"]);
@@ -148,9 +127,9 @@ async fn an_invalid_trigger_gets_ready_false_naming_the_field_and_a_warning_even
     api.apply_ok(&trigger_yaml("lonely", "v-good", "{function: nobody}", ""));
 
     let condition = "{.status.conditions[0].status}/{.status.conditions[0].reason}/{.status.conditions[0].message}";
-    let got = wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], condition, |s| !s.is_empty()).await;
+    let got = api.wait_jsonpath(&["get", "kafkatrigger", "bad"], condition, |s| !s.is_empty()).await;
     assert!(got.starts_with(r#"False/InvalidSpec/spec.delivery.timeout: "ten seconds" is not a duration"#), "{got}");
-    let got = wait_jsonpath(&api, &["get", "kafkatrigger", "lonely"], condition, |s| !s.is_empty()).await;
+    let got = api.wait_jsonpath(&["get", "kafkatrigger", "lonely"], condition, |s| !s.is_empty()).await;
     assert_eq!(got, "False/NoFunctionSelected/spec.functionSelector matches no Function in namespace default");
 
     // A Warning Event on the object, reason InvalidSpec, with the same message.
@@ -184,7 +163,7 @@ async fn an_invalid_trigger_gets_ready_false_naming_the_field_and_a_warning_even
     // Fixing the spec through the API makes it run.
     let fixed = trigger_yaml("bad", "v-good", "{function: f}", "  delivery:\n    timeout: 10s\n");
     api.apply_ok(&fixed);
-    wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], "{.status.conditions[0].status}", |s| s == "True").await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "bad"], "{.status.conditions[0].status}", |s| s == "True").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +224,7 @@ async fn the_api_server_down_for_20s_mid_stream_loses_nothing_and_later_changes_
         assert!(got.contains(&format!("m{i}")), "m{i} was lost");
     }
     assert!(got.contains(&"after-restart".to_string()));
-    wait_jsonpath(&api, &["get", "kafkatrigger", "later"], "{.status.conditions[0].status}", |s| s == "True").await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "later"], "{.status.conditions[0].status}", |s| s == "True").await;
 }
 
 /// The tick a cron call was for, in seconds since the epoch (from its `event-time` header).
@@ -405,6 +384,13 @@ fn received_from(f: &Function, event_namespace: &str) -> Vec<Received> {
     f.received().into_iter().filter(|r| r.headers["event-namespace"] == event_namespace).collect()
 }
 
+/// A Kubeless Python Function with inline code, for the reconciler.
+fn python_function_yaml(name: &str, extra_meta: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata:\n  name: {name}\n  namespace: default\n{extra_meta}spec: {{runtime: python3.9, handler: h.f, function: \"def f(event, context):\\n    return 1\\n\"}}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refused() {
     let api = KubeApi::start().await;
@@ -427,6 +413,9 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
         trigger_yaml("bad", "r-orders", "{function: f}", "  delivery:\n    timeout: soon\n"),
         cron_yaml("tick", "f", "*/2 * * * * *", ""),
         kinesis_yaml("clicks", "f", "r-clicks", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"),
+        // A Function the reconciler deploys, and one left with Kubeless's finalizer, deleted below.
+        python_function_yaml("deployed", ""),
+        python_function_yaml("legacy", "  finalizers: [kubeless.io/function]\n"),
     ] {
         api.apply_ok(&yaml);
     }
@@ -447,11 +436,10 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
     .await;
 
     // Its writes went through: status, the InvalidSpec Event, cron ticks, the leader and shard Leases.
-    wait_jsonpath(&api, &["get", "kafkatrigger", "t"], "{.status.conditions[0].status}", |s| s == "True").await;
-    wait_jsonpath(&api, &["get", "kafkatrigger", "bad"], "{.status.conditions[0].reason}", |s| s == "InvalidSpec")
-        .await;
-    wait_jsonpath(&api, &["get", "cronjobtrigger", "tick"], "{.status.lastScheduleTime}", |s| !s.is_empty()).await;
-    wait_jsonpath(&api, &["get", "kinesistrigger", "clicks"], "{.status.conditions[0].status}", |s| s == "True").await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "t"], "{.status.conditions[0].status}", |s| s == "True").await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "bad"], "{.status.conditions[0].reason}", |s| s == "InvalidSpec").await;
+    api.wait_jsonpath(&["get", "cronjobtrigger", "tick"], "{.status.lastScheduleTime}", |s| !s.is_empty()).await;
+    api.wait_jsonpath(&["get", "kinesistrigger", "clicks"], "{.status.conditions[0].status}", |s| s == "True").await;
     let events = api.kubectl_ok(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);
     assert!(events.contains("InvalidSpec"), "{events}");
     let holder = api.kubectl_ok(&[
@@ -467,6 +455,13 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
     let shards =
         api.kubectl_ok(&["get", "leases", "-n", "kubeless", "-l", "kubeless.io/lease-for=shard", "-o", "name"]);
     assert_eq!(shards.lines().count(), 2, "{shards}");
+    // The Function reconciler's writes: children, status, releasing Kubeless's finalizer.
+    api.wait_jsonpath(&["get", "function", "deployed"], "{.status.conditions[0].reason}", |s| s == "Deploying").await;
+    for kind in ["configmap", "service", "deployment"] {
+        api.kubectl_ok(&["get", kind, "deployed"]);
+    }
+    api.wait_jsonpath(&["get", "deployment", "legacy"], "{.metadata.name}", |s| s == "legacy").await;
+    api.kubectl_ok(&["delete", "function", "legacy", "--timeout=60s"]);
     // Nothing it tried was refused.
     let log = daemon.log_text();
     assert!(!log.to_lowercase().contains("forbidden"), "the daemon was refused something:\n{log}");
@@ -475,7 +470,7 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
     for args in [
         vec!["delete", "kafkatrigger", "t", "-n", "default"],
         vec!["patch", "kafkatrigger", "t", "-n", "default", "--type", "merge", "-p", r#"{"spec":{"topic":"x"}}"#],
-        vec!["create", "configmap", "x", "-n", "default"],
+        vec!["create", "serviceaccount", "x", "-n", "default"],
         vec!["create", "secret", "generic", "x", "-n", "default"],
         vec!["delete", "lease", "kubeless-broker-leader", "-n", "kubeless"],
         vec!["get", "leases", "-n", "default"],
@@ -546,7 +541,7 @@ async fn deleting_a_function_deletes_the_triggers_that_name_it_as_kubeless_did()
     // Applied before its Function exists: not an orphan, never deleted.
     api.apply_ok(&cron_yaml("early", "later", "@hourly", ""));
     let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &[], &[]);
-    wait_jsonpath(&api, &["get", "cronjobtrigger", "tick"], "{.status.conditions[0].status}", |s| s == "True").await;
+    api.wait_jsonpath(&["get", "cronjobtrigger", "tick"], "{.status.conditions[0].status}", |s| s == "True").await;
 
     api.kubectl_ok(&["delete", "function", "f"]);
     wait_for("the cron trigger of the deleted Function to go", Duration::from_secs(30), || {

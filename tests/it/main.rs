@@ -6,6 +6,7 @@ mod chaos_state;
 mod common;
 mod cron;
 mod deploy;
+mod functions;
 mod hostile_messages;
 mod kafka_backpressure;
 mod kafka_delivery;

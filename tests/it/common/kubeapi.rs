@@ -166,6 +166,36 @@ impl KubeApi {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Polls `kubectl get <args> -o jsonpath=<path>` until `done` holds for its output (60 s).
+    pub async fn wait_jsonpath(&self, args: &[&str], path: &str, done: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        let jsonpath = format!("jsonpath={path}");
+        loop {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(["-o", &jsonpath]);
+            let out = self.kubectl(&all);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && done(&text) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kubectl get {args:?} {path}: {text:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `kubectl get <args> -o json`, parsed; `None` if kubectl fails (e.g. not found).
+    pub fn get_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all: Vec<&str> = vec!["get"];
+        all.extend(args);
+        all.extend(["-o", "json"]);
+        let out = self.kubectl(&all);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("kubectl's JSON"))
+    }
+
     /// `kubectl apply -f -` with `yaml`; returns the output (stdout and stderr) and whether it succeeded.
     pub fn apply(&self, yaml: &str) -> (bool, String) {
         self.kubectl_stdin(&["apply", "-f", "-"], yaml)

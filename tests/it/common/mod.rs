@@ -350,7 +350,6 @@ pub fn function_yaml(name: &str, labels: &str, url: &str) -> String {
     )
 }
 
-/// A KafkaTrigger manifest; `extra` is added to its spec (YAML lines indented by two spaces).
 /// A CronJobTrigger on `schedule` (seconds field first) calling `function`; `extra` is added to its spec.
 pub fn cron_yaml(name: &str, function: &str, schedule: &str, extra: &str) -> String {
     format!(
@@ -358,6 +357,7 @@ pub fn cron_yaml(name: &str, function: &str, schedule: &str, extra: &str) -> Str
     )
 }
 
+/// A KafkaTrigger manifest; `extra` is added to its spec (YAML lines indented by two spaces).
 pub fn trigger_yaml(name: &str, topic: &str, selector: &str, extra: &str) -> String {
     format!(
         "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  topic: {topic}\n  functionSelector:\n    matchLabels: {selector}\n{extra}"

@@ -1,0 +1,461 @@
+//! The Function reconciler (Kubernetes mode, leader only): a kube-runtime `Controller` over
+//! Functions that also watches the ConfigMaps, Services, Deployments and HPAs they own, so a
+//! child edited or deleted by hand is put back. Every write is server-side apply with one field
+//! manager, forced (this controller owns what it sets); a child that exists without
+//! `created-by: kubeless` is reported and never touched, as Kubeless did.
+//!
+//! Functions still carrying Kubeless's finalizer are released when deleted: their children are
+//! deleted and the finalizer dropped, so the delete does not hang. New Functions get no
+//! finalizer: ownerReferences (`controller: true`) let the garbage collector cascade.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::core::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::objects::{build, Children, FunctionConfig, CREATED_BY};
+use super::readiness::{readiness, Readiness};
+use crate::resources::{Condition, Function, FunctionStatus, API_VERSION, URL_ANNOTATION};
+
+/// Kubeless's finalizer on the Functions its controller managed.
+pub const KUBELESS_FINALIZER: &str = "kubeless.io/function";
+/// Where `kubeless-config` is when neither the environment nor the CRD says.
+pub const DEFAULT_CONFIG: (&str, &str) = ("kubeless", "kubeless-config");
+/// A Function not yet ready is looked at again this often (pods can get stuck without the
+/// Deployment changing).
+const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
+/// A ready one, this often.
+const READY_RECHECK: Duration = Duration::from_secs(300);
+
+/// What the reconciler is told at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub field_manager: String,
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    /// The broker's function URL template, for `status.url`.
+    pub url_template: String,
+    /// `KUBELESS_NAMESPACE` and `KUBELESS_CONFIG`, where set.
+    pub config_namespace: Option<String>,
+    pub config_name: Option<String>,
+}
+
+/// An API error: a 4xx other than a conflict or throttling will not pass on retry.
+fn is_permanent(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+}
+
+/// The API server's own words for a refusal, without the debug dump.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("the API server refused a write ({} {}): {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// The controller's shared state.
+struct Ctx {
+    client: Client,
+    manager: String,
+    url_template: String,
+    config: (String, String),
+    /// `autoscaling/v2`, or `v2beta2` where the server has no v2 (before 1.23).
+    hpa: ApiResource,
+}
+
+/// Runs the reconciler whenever this replica leads, until `stop`.
+pub async fn run(client: Client, settings: Settings, mut leading: watch::Receiver<bool>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            led = leading.wait_for(|l| *l) => if led.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        let term = stop.child_token();
+        let follower = tokio::spawn({
+            let (term, mut leading) = (term.clone(), leading.clone());
+            async move {
+                tokio::select! {
+                    _ = leading.wait_for(|l| !*l) => {}
+                    () = term.cancelled() => {}
+                }
+                term.cancel();
+            }
+        });
+        let ctx = Arc::new(Ctx::new(client.clone(), &settings).await);
+        info!(hpa = %ctx.hpa.api_version, config = %format!("{}/{}", ctx.config.0, ctx.config.1), "Function reconciler starting (this replica leads).");
+        let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+            vec![None]
+        } else {
+            settings.namespaces.iter().cloned().map(Some).collect()
+        };
+        futures::future::join_all(scopes.into_iter().map(|ns| controller(ctx.clone(), ns, term.clone()))).await;
+        term.cancel();
+        let _ = follower.await;
+        if stop.is_cancelled() {
+            return;
+        }
+        info!("Function reconciler stopped (leadership lost); waiting to lead again.");
+    }
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) {
+    let client = ctx.client.clone();
+    let ns = ns.as_deref();
+    let owned = watcher::Config::default().labels(&format!("{}={}", CREATED_BY.0, CREATED_BY.1));
+    let hpas: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ctx.hpa),
+        None => Api::all_with(client.clone(), &ctx.hpa),
+    };
+    // A change of kubeless-config (catalogue, template) re-reconciles every Function.
+    let config_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.config.0);
+    let config_changes =
+        watcher(config_api, watcher::Config::default().fields(&format!("metadata.name={}", ctx.config.1)))
+            .touched_objects()
+            .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    Controller::new(scoped::<Function>(&client, ns), watcher::Config::default())
+        .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
+        .owns(scoped::<Service>(&client, ns), owned.clone())
+        .owns(scoped::<Deployment>(&client, ns), owned.clone())
+        .owns_with(hpas, ctx.hpa.clone(), owned)
+        .reconcile_all_on(config_changes)
+        .graceful_shutdown_on(term.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "Function reconcile");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn error_policy(function: Arc<Function>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    warn!(function = %format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any()), %error, "Function reconcile failed; retrying in 5s.");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(function: Arc<Function>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if function.metadata.deletion_timestamp.is_some() {
+        if function.finalizers().iter().any(|f| f == KUBELESS_FINALIZER) {
+            ctx.release(&function).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let readiness = match ctx.ensure(&function).await {
+        Ok(r) => r,
+        Err(Error::Kube(e)) if is_permanent(&e) => Readiness::not("ApplyFailed", api_message(&e)),
+        Err(e) => return Err(e),
+    };
+    let recheck = if readiness.ready { READY_RECHECK } else { NOT_READY_RECHECK };
+    ctx.write_status(&function, &readiness).await?;
+    Ok(Action::requeue(recheck))
+}
+
+impl Ctx {
+    async fn new(client: Client, settings: &Settings) -> Self {
+        let config = config_location(&client, settings).await;
+        let hpa = autoscaling_version(&client).await;
+        Self {
+            client,
+            manager: settings.field_manager.clone(),
+            url_template: settings.url_template.clone(),
+            config,
+            hpa,
+        }
+    }
+
+    fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn hpa_api(&self, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), ns, &self.hpa)
+    }
+
+    /// `kubeless-config`'s settings; without the ConfigMap (or the right to read it), the defaults.
+    async fn function_config(&self) -> Result<FunctionConfig, Readiness> {
+        let (ns, name) = &self.config;
+        match self.api::<ConfigMap>(ns).get_opt(name).await {
+            Ok(Some(cm)) => FunctionConfig::from_data(&cm.data.unwrap_or_default())
+                .map_err(|e| Readiness::not("InvalidConfig", format!("ConfigMap {ns}/{name} key {e}"))),
+            Ok(None) => Ok(FunctionConfig::default()),
+            Err(e) => {
+                debug!(error = %e, "cannot read {ns}/{name}; using the built-in runtime catalogue");
+                Ok(FunctionConfig::default())
+            }
+        }
+    }
+
+    /// Applies a Function's children and says how ready it is; refusals come back as readiness.
+    async fn ensure(&self, function: &Function) -> Result<Readiness, Error> {
+        if let Some(url) = function.annotations().get(URL_ANNOTATION) {
+            return Ok(Readiness {
+                ready: true,
+                reason: "External".to_string(),
+                message: format!("the function runs at {url} ({URL_ANNOTATION}); nothing is deployed for it"),
+            });
+        }
+        let ns = function.namespace().unwrap_or_default();
+        let name = function.name_any();
+        let config = match self.function_config().await {
+            Ok(c) => c,
+            Err(not) => return Ok(not),
+        };
+        let owner = owner_reference(function);
+        let mut children = match build(function, &config, &owner) {
+            Ok(c) => c,
+            Err(e) => return Ok(Readiness::not(e.reason(), e.to_string())),
+        };
+        // Nothing is touched if any child exists that kubeless did not create.
+        let existing_cm = self.api::<ConfigMap>(&ns).get_opt(&name).await?;
+        let existing_svc = self.api::<Service>(&ns).get_opt(&name).await?;
+        let existing_dep = self.api::<Deployment>(&ns).get_opt(&name).await?;
+        let existing_hpa = self.hpa_api(&ns).get_opt(&name).await?;
+        let conflicts = [
+            ("ConfigMap", existing_cm.as_ref().map(|o| o.labels())),
+            ("Service", existing_svc.as_ref().map(|o| o.labels())),
+            ("Deployment", existing_dep.as_ref().map(|o| o.labels())),
+            (
+                "HorizontalPodAutoscaler",
+                existing_hpa.as_ref().filter(|_| children.autoscaler.is_some()).map(|o| o.labels()),
+            ),
+        ];
+        for (kind, labels) in conflicts {
+            if labels.is_some_and(|l| l.get(CREATED_BY.0).map(String::as_str) != Some(CREATED_BY.1)) {
+                return Ok(Readiness::not(
+                    "Conflict",
+                    format!("{kind} {ns}/{name} exists and was not created by kubeless (no label {}={}); it is left untouched", CREATED_BY.0, CREATED_BY.1),
+                ));
+            }
+        }
+        // A Deployment's selector is immutable: keep the one it was created with.
+        if let Some(selector) = existing_dep.as_ref().and_then(|d| d.spec.as_ref()).map(|s| s.selector.clone()) {
+            if let Some(spec) = children.deployment.spec.as_mut() {
+                let pod_labels = spec
+                    .template
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .labels
+                    .get_or_insert_with(BTreeMap::new);
+                pod_labels.extend(selector.match_labels.clone().unwrap_or_default());
+                spec.selector = selector;
+            }
+        }
+        let Children { config_map, service, deployment, autoscaler } = children;
+        let params = PatchParams::apply(&self.manager).force();
+        self.api::<ConfigMap>(&ns).patch(&name, &params, &Patch::Apply(&config_map)).await?;
+        self.api::<Service>(&ns).patch(&name, &params, &Patch::Apply(&service)).await?;
+        let deployment = self.api::<Deployment>(&ns).patch(&name, &params, &Patch::Apply(&deployment)).await?;
+        match autoscaler {
+            Some(mut hpa) => {
+                hpa["apiVersion"] = json!(self.hpa.api_version);
+                hpa["kind"] = json!(self.hpa.kind);
+                self.hpa_api(&ns).patch(&name, &params, &Patch::Apply(&hpa)).await?;
+            }
+            None => {
+                if existing_hpa.as_ref().is_some_and(|h| owned_by(h.meta().owner_references.as_deref(), function)) {
+                    ignore_not_found(self.hpa_api(&ns).delete(&name, &DeleteParams::default()).await.map(|_| ()))?;
+                }
+            }
+        }
+        let pods = self
+            .api::<Pod>(&ns)
+            .list(&ListParams::default().labels(&format!("function={name},{}={}", CREATED_BY.0, CREATED_BY.1)))
+            .await?;
+        Ok(readiness(&deployment, &pods.items))
+    }
+
+    /// Writes `status` (server-side apply on the status subresource) if it changed.
+    async fn write_status(&self, function: &Function, readiness: &Readiness) -> Result<(), Error> {
+        let previous = function.status.clone().unwrap_or_default();
+        let status_text = if readiness.ready { "True" } else { "False" };
+        let previous_ready = previous.conditions.iter().find(|c| c.type_ == "Ready");
+        let since = previous_ready
+            .filter(|c| c.status == status_text)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            });
+        let url = (readiness.reason != "External" || function.annotations().contains_key(URL_ANNOTATION))
+            .then(|| crate::control::index::function_url(function, &self.url_template));
+        let status = FunctionStatus {
+            conditions: vec![Condition {
+                type_: "Ready".to_string(),
+                status: status_text.to_string(),
+                reason: readiness.reason.clone(),
+                message: readiness.message.clone(),
+                last_transition_time: Some(since),
+            }],
+            observed_generation: function.metadata.generation,
+            url,
+        };
+        if status == previous {
+            return Ok(());
+        }
+        if status.conditions != previous.conditions {
+            let who = format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any());
+            if readiness.ready || readiness.reason == "Deploying" {
+                info!(function = %who, reason = %readiness.reason, "{}", readiness.message);
+            } else {
+                warn!(function = %who, reason = %readiness.reason, "Function not ready: {}", readiness.message);
+            }
+        }
+        let patch = json!({"apiVersion": API_VERSION, "kind": "Function", "status": status});
+        let api: Api<Function> = self.api(&function.namespace().unwrap_or_default());
+        let params = PatchParams::apply(&self.manager).force();
+        ignore_not_found(api.patch_status(&function.name_any(), &params, &Patch::Apply(&patch)).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// A Function deleted with Kubeless's finalizer: delete its children as Kubeless did, then
+    /// drop the finalizer so the delete completes.
+    async fn release(&self, function: &Function) -> Result<(), Error> {
+        let ns = function.namespace().unwrap_or_default();
+        let name = function.name_any();
+        let background =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+        delete_if_ours(self.api::<Deployment>(&ns), &name, function, &background).await?;
+        delete_if_ours(self.api::<Service>(&ns), &name, function, &background).await?;
+        delete_if_ours(self.api::<ConfigMap>(&ns), &name, function, &background).await?;
+        delete_if_ours(self.hpa_api(&ns), &name, function, &background).await?;
+        let finalizers: Vec<&String> = function.finalizers().iter().filter(|f| *f != KUBELESS_FINALIZER).collect();
+        // The resourceVersion read makes this a checked write: a finalizer changed meanwhile by
+        // another controller fails it (409), and it is retried from a fresh read.
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": function.resource_version(),
+        }});
+        let api: Api<Function> = self.api(&ns);
+        ignore_not_found(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()))?;
+        info!(function = %format!("{ns}/{name}"), "Released a Function deleted with Kubeless's finalizer: its children are deleted.");
+        Ok(())
+    }
+}
+
+/// Deletes child `name` if it is labelled `created-by: kubeless` and is this Function's (by
+/// ownerReference, or by the `function` label for objects Kubeless made before it set them).
+async fn delete_if_ours<K>(api: Api<K>, name: &str, function: &Function, params: &DeleteParams) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(child) = api.get_opt(name).await? else { return Ok(()) };
+    let labels = child.labels();
+    let ours = labels.get(CREATED_BY.0).map(String::as_str) == Some(CREATED_BY.1)
+        && (owned_by(child.meta().owner_references.as_deref(), function)
+            || labels.get("function").map(String::as_str) == Some(name));
+    if ours {
+        ignore_not_found(api.delete(name, params).await.map(|_| ()))?;
+    }
+    Ok(())
+}
+
+fn owned_by(refs: Option<&[OwnerReference]>, function: &Function) -> bool {
+    let uid = function.metadata.uid.as_deref().unwrap_or_default();
+    refs.unwrap_or_default().iter().any(|r| r.kind == "Function" && r.uid == uid)
+}
+
+fn ignore_not_found<T: Default>(r: Result<T, kube::Error>) -> Result<T, Error> {
+    match r {
+        Err(e) if is_not_found(&e) => Ok(T::default()),
+        other => Ok(other?),
+    }
+}
+
+/// The children's owner: this Function, as their controller, blocking its foreground deletion.
+pub fn owner_reference(function: &Function) -> OwnerReference {
+    OwnerReference {
+        api_version: API_VERSION.to_string(),
+        kind: "Function".to_string(),
+        name: function.name_any(),
+        uid: function.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Where `kubeless-config` is, as Kubeless looked: the environment, then the Function CRD's
+/// `kubeless.io/namespace` and `kubeless.io/config` annotations, then `kubeless/kubeless-config`.
+async fn config_location(client: &Client, settings: &Settings) -> (String, String) {
+    let crd = if settings.config_namespace.is_some() && settings.config_name.is_some() {
+        None
+    } else {
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        api.get_opt("functions.kubeless.io").await.ok().flatten()
+    };
+    let annotation = |key: &str| crd.as_ref().and_then(|c| c.annotations().get(key).cloned()).filter(|v| !v.is_empty());
+    let namespace = settings
+        .config_namespace
+        .clone()
+        .or_else(|| annotation("kubeless.io/namespace"))
+        .unwrap_or_else(|| DEFAULT_CONFIG.0.to_string());
+    let name = settings
+        .config_name
+        .clone()
+        .or_else(|| annotation("kubeless.io/config"))
+        .unwrap_or_else(|| DEFAULT_CONFIG.1.to_string());
+    (namespace, name)
+}
+
+/// `autoscaling/v2` if the server serves it, else `autoscaling/v2beta2` (Kubernetes < 1.23).
+async fn autoscaling_version(client: &Client) -> ApiResource {
+    let served = |version: &str| {
+        let client = client.clone();
+        let version = version.to_string();
+        async move {
+            client
+                .list_api_group_resources(&format!("autoscaling/{version}"))
+                .await
+                .is_ok_and(|list| list.resources.iter().any(|r| r.name == "horizontalpodautoscalers"))
+        }
+    };
+    let version = if served("v2").await { "v2" } else { "v2beta2" };
+    ApiResource {
+        group: "autoscaling".to_string(),
+        version: version.to_string(),
+        api_version: format!("autoscaling/{version}"),
+        kind: "HorizontalPodAutoscaler".to_string(),
+        plural: "horizontalpodautoscalers".to_string(),
+    }
+}

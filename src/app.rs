@@ -125,7 +125,10 @@ pub async fn run(
     let source = match source {
         Source::Api(kube) => {
             let Kube { settings: k, client, leading, .. } = *kube;
-            let writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
+            let mut writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
+            if k.function_controller {
+                writer = writer.without_http_status();
+            }
             side_tasks.push(tokio::spawn(writer.run(
                 snapshot_rx.clone(),
                 supervisor.clone(),
@@ -145,6 +148,7 @@ pub async fn run(
                     url_template: settings.index.url_template.clone(),
                     config_namespace: k.config_namespace.clone(),
                     config_name: k.config_name.clone(),
+                    acme_cluster_issuer: k.acme_cluster_issuer.clone(),
                 };
                 side_tasks.push(tokio::spawn(crate::functions::reconciler::run(
                     client.clone(),

@@ -49,10 +49,17 @@ pub struct Args {
     #[arg(long)]
     pub leader_election_namespace: Option<String>,
 
-    /// Run the Function reconciler (Kubernetes mode, on the leader): each Function's ConfigMap,
-    /// Deployment, Service and HPA. Turn off while Kubeless's own controller still runs.
+    /// Run the Function and HTTPTrigger reconcilers (Kubernetes mode, on the leader): each
+    /// Function's ConfigMap, Deployment, Service and HPA, each HTTPTrigger's Ingress. Turn off
+    /// while Kubeless's own controllers still run.
     #[arg(long, env = "KUBELESS_FUNCTION_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
     pub function_controller: bool,
+
+    /// cert-manager ClusterIssuer named on the Ingress of an HTTPTrigger with `tls: true`
+    /// (`cert-manager.io/cluster-issuer`). Without it, `kubernetes.io/tls-acme` alone asks
+    /// cert-manager's default issuer, as with Kubeless.
+    #[arg(long, env = "KUBELESS_ACME_CLUSTER_ISSUER")]
+    pub acme_cluster_issuer: Option<String>,
 
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/status`).
     #[arg(long, env = "KUBELESS_ADMIN_ADDR", default_value = "0.0.0.0:9095")]
@@ -126,6 +133,8 @@ pub struct KubeSettings {
     /// Where `kubeless-config` is (env `KUBELESS_NAMESPACE`, `KUBELESS_CONFIG`), if set.
     pub config_namespace: Option<String>,
     pub config_name: Option<String>,
+    /// `--acme-cluster-issuer`.
+    pub acme_cluster_issuer: Option<String>,
 }
 
 /// Settings checked and ready to run.
@@ -146,6 +155,7 @@ impl Args {
             field_manager,
             leader_election_namespace,
             function_controller,
+            acme_cluster_issuer,
             admin_addr: _,
             function_url_template,
             kafka_brokers,
@@ -186,6 +196,7 @@ impl Args {
                     function_controller: *function_controller,
                     config_namespace: env("KUBELESS_NAMESPACE").filter(|v| !v.is_empty()),
                     config_name: env("KUBELESS_CONFIG").filter(|v| !v.is_empty()),
+                    acme_cluster_issuer: acme_cluster_issuer.clone().filter(|v| !v.is_empty()),
                 })
             }
         };

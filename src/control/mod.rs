@@ -112,6 +112,6 @@ fn log_news(before: &Desired, now: &Desired) {
     }
     let old: BTreeSet<_> = before.unserved.iter().collect();
     for u in now.unserved.iter().filter(|u| !old.contains(u)) {
-        warn!(resource = %u, "Valid, but this build does not run this kind yet.");
+        info!(resource = %u, "Valid; no consumer runs for this kind (an HTTPTrigger becomes an Ingress, made by the reconciler in Kubernetes mode).");
     }
 }

@@ -12,14 +12,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
@@ -29,9 +31,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::ingress::build_ingress;
 use super::objects::{build, Children, FunctionConfig, CREATED_BY};
 use super::readiness::{readiness, Readiness};
-use crate::resources::{Condition, Function, FunctionStatus, API_VERSION, URL_ANNOTATION};
+use crate::resources::{Condition, Function, FunctionStatus, HTTPTrigger, TriggerStatus, API_VERSION, URL_ANNOTATION};
 
 /// Kubeless's finalizer on the Functions its controller managed.
 pub const KUBELESS_FINALIZER: &str = "kubeless.io/function";
@@ -54,6 +57,8 @@ pub struct Settings {
     /// `KUBELESS_NAMESPACE` and `KUBELESS_CONFIG`, where set.
     pub config_namespace: Option<String>,
     pub config_name: Option<String>,
+    /// `--acme-cluster-issuer`, for HTTPTriggers with `tls: true`.
+    pub acme_cluster_issuer: Option<String>,
 }
 
 /// An API error: a 4xx other than a conflict or throttling will not pass on retry.
@@ -85,6 +90,7 @@ struct Ctx {
     manager: String,
     url_template: String,
     config: (String, String),
+    acme_cluster_issuer: Option<String>,
     /// `autoscaling/v2`, or `v2beta2` where the server has no v2 (before 1.23).
     hpa: ApiResource,
 }
@@ -114,7 +120,9 @@ pub async fn run(client: Client, settings: Settings, mut leading: watch::Receive
         } else {
             settings.namespaces.iter().cloned().map(Some).collect()
         };
-        futures::future::join_all(scopes.into_iter().map(|ns| controller(ctx.clone(), ns, term.clone()))).await;
+        let functions = scopes.iter().map(|ns| controller(ctx.clone(), ns.clone(), term.clone()).boxed());
+        let triggers = scopes.iter().map(|ns| http_controller(ctx.clone(), ns.clone(), term.clone()).boxed());
+        futures::future::join_all(functions.chain(triggers)).await;
         term.cancel();
         let _ = follower.await;
         if stop.is_cancelled() {
@@ -165,8 +173,78 @@ async fn controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) 
         .await;
 }
 
-fn error_policy(function: Arc<Function>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    warn!(function = %format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any()), %error, "Function reconcile failed; retrying in 5s.");
+async fn http_controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) {
+    let client = ctx.client.clone();
+    let ns = ns.as_deref();
+    let owned = watcher::Config::default().labels(&format!("{}={}", CREATED_BY.0, CREATED_BY.1));
+    let controller = Controller::new(scoped::<HTTPTrigger>(&client, ns), watcher::Config::default());
+    let triggers = controller.store();
+    // A Function appearing, or its port changing, re-reconciles the triggers naming it.
+    let naming = move |f: Function| {
+        let (namespace, name) = (f.namespace(), f.name_any());
+        triggers
+            .state()
+            .into_iter()
+            .filter(|t| t.namespace() == namespace && t.spec.function_name == name)
+            .map(|t| ObjectRef::from_obj(&*t))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns(scoped::<Ingress>(&client, ns), owned)
+        .watches(scoped::<Function>(&client, ns), watcher::Config::default(), naming)
+        .graceful_shutdown_on(term.cancelled_owned())
+        .run(reconcile_http, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "HTTPTrigger reconcile");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+async fn reconcile_http(trigger: Arc<HTTPTrigger>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if trigger.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let readiness = match ctx.ensure_ingress(&trigger).await {
+        Ok(r) => r,
+        Err(Error::Kube(e)) if is_permanent(&e) => Readiness::not("ApplyFailed", api_message(&e)),
+        Err(e) => return Err(e),
+    };
+    let previous = trigger.status.clone().unwrap_or_default();
+    let status = TriggerStatus {
+        conditions: vec![ready_condition(&readiness, &previous.conditions)],
+        observed_generation: trigger.metadata.generation,
+        ..TriggerStatus::default()
+    };
+    if status != previous {
+        ctx.apply_status(&*trigger, &status, status.conditions != previous.conditions, &readiness).await?;
+    }
+    Ok(if readiness.ready { Action::requeue(READY_RECHECK) } else { Action::requeue(NOT_READY_RECHECK) })
+}
+
+/// The `Ready` condition for `readiness`, keeping the previous transition time while it holds.
+fn ready_condition(readiness: &Readiness, previous: &[Condition]) -> Condition {
+    let status = if readiness.ready { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Condition {
+        type_: "Ready".to_string(),
+        status: status.to_string(),
+        reason: readiness.reason.clone(),
+        message: readiness.message.clone(),
+        last_transition_time: Some(since),
+    }
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    let who = format!("{} {}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any());
+    warn!(object = %who, %error, "Reconcile failed; retrying in 5s.");
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -196,6 +274,7 @@ impl Ctx {
             manager: settings.field_manager.clone(),
             url_template: settings.url_template.clone(),
             config,
+            acme_cluster_issuer: settings.acme_cluster_issuer.clone(),
             hpa,
         }
     }
@@ -307,46 +386,97 @@ impl Ctx {
     /// Writes `status` (server-side apply on the status subresource) if it changed.
     async fn write_status(&self, function: &Function, readiness: &Readiness) -> Result<(), Error> {
         let previous = function.status.clone().unwrap_or_default();
-        let status_text = if readiness.ready { "True" } else { "False" };
-        let previous_ready = previous.conditions.iter().find(|c| c.type_ == "Ready");
-        let since = previous_ready
-            .filter(|c| c.status == status_text)
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| {
-                k8s_openapi::jiff::Timestamp::now()
-                    .round(k8s_openapi::jiff::Unit::Second)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default()
-            });
-        let url = (readiness.reason != "External" || function.annotations().contains_key(URL_ANNOTATION))
-            .then(|| crate::control::index::function_url(function, &self.url_template));
+        let url = Some(crate::control::index::function_url(function, &self.url_template));
         let status = FunctionStatus {
-            conditions: vec![Condition {
-                type_: "Ready".to_string(),
-                status: status_text.to_string(),
-                reason: readiness.reason.clone(),
-                message: readiness.message.clone(),
-                last_transition_time: Some(since),
-            }],
+            conditions: vec![ready_condition(readiness, &previous.conditions)],
             observed_generation: function.metadata.generation,
             url,
         };
         if status == previous {
             return Ok(());
         }
-        if status.conditions != previous.conditions {
-            let who = format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any());
+        self.apply_status(function, &status, status.conditions != previous.conditions, readiness).await
+    }
+
+    /// Applies `status` to `object`'s status subresource, logging a change of condition.
+    async fn apply_status<K, S>(
+        &self,
+        object: &K,
+        status: &S,
+        changed: bool,
+        readiness: &Readiness,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        S: serde::Serialize,
+    {
+        let kind = K::kind(&());
+        if changed {
+            let who = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
             if readiness.ready || readiness.reason == "Deploying" {
-                info!(function = %who, reason = %readiness.reason, "{}", readiness.message);
+                info!(object = %format!("{kind} {who}"), reason = %readiness.reason, "{}", readiness.message);
             } else {
-                warn!(function = %who, reason = %readiness.reason, "Function not ready: {}", readiness.message);
+                warn!(object = %format!("{kind} {who}"), reason = %readiness.reason, "Not ready: {}", readiness.message);
             }
         }
-        let patch = json!({"apiVersion": API_VERSION, "kind": "Function", "status": status});
-        let api: Api<Function> = self.api(&function.namespace().unwrap_or_default());
+        let patch = json!({"apiVersion": API_VERSION, "kind": kind, "status": status});
+        let api: Api<K> = self.api(&object.namespace().unwrap_or_default());
         let params = PatchParams::apply(&self.manager).force();
-        ignore_not_found(api.patch_status(&function.name_any(), &params, &Patch::Apply(&patch)).await.map(|_| ()))?;
+        ignore_not_found(api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// Applies an HTTPTrigger's Ingress and says whether it is exposed.
+    async fn ensure_ingress(&self, trigger: &HTTPTrigger) -> Result<Readiness, Error> {
+        if let Err(errors) = trigger.validate() {
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            return Ok(Readiness::not("InvalidSpec", message));
+        }
+        let ns = trigger.namespace().unwrap_or_default();
+        let name = trigger.name_any();
+        let function_name = &trigger.spec.function_name;
+        let Some(function) = self.api::<Function>(&ns).get_opt(function_name).await? else {
+            return Ok(Readiness::not(
+                "FunctionNotFound",
+                format!("Function {ns}/{function_name} does not exist; the Ingress is made when it does"),
+            ));
+        };
+        let owner = OwnerReference {
+            api_version: API_VERSION.to_string(),
+            kind: "HTTPTrigger".to_string(),
+            name: name.clone(),
+            uid: trigger.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let ingress = match build_ingress(trigger, &function, self.acme_cluster_issuer.as_deref(), &owner) {
+            Ok(i) => i,
+            Err(e) => return Ok(Readiness::not("InvalidSpec", e.to_string())),
+        };
+        let api = self.api::<Ingress>(&ns);
+        if let Some(existing) = api.get_opt(&name).await? {
+            if existing.labels().get(CREATED_BY.0).map(String::as_str) != Some(CREATED_BY.1) {
+                return Ok(Readiness::not(
+                    "Conflict",
+                    format!("Ingress {ns}/{name} exists and was not created by kubeless (no label {}={}); it is left untouched", CREATED_BY.0, CREATED_BY.1),
+                ));
+            }
+        }
+        api.patch(&name, &PatchParams::apply(&self.manager).force(), &Patch::Apply(&ingress)).await?;
+        let scheme = if ingress.spec.as_ref().is_some_and(|s| s.tls.is_some()) { "https" } else { "http" };
+        let host = if trigger.spec.host_name.is_empty() { "*" } else { trigger.spec.host_name.as_str() };
+        Ok(Readiness {
+            ready: true,
+            reason: "Exposed".to_string(),
+            message: format!(
+                "Ingress {ns}/{name} routes {scheme}://{host}/{} to Service {function_name} port {}",
+                trigger.spec.path.trim_start_matches('/'),
+                function.port()
+            ),
+        })
     }
 
     /// A Function deleted with Kubeless's finalizer: delete its children as Kubeless did, then

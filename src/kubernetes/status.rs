@@ -97,7 +97,11 @@ fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
         return ("False", p.reason.as_str(), p.problem.clone());
     }
     if facts.unserved {
-        return ("Unknown", "NotServed", "valid; this build does not act on this kind yet".to_string());
+        return (
+            "Unknown",
+            "NotServed",
+            "valid; the Ingress reconciler is off (--function-controller=false)".to_string(),
+        );
     }
     if facts.consumers.is_empty() {
         return ("False", "Starting", "consumers are being started".to_string());
@@ -149,6 +153,8 @@ pub struct StatusWriter {
     written: BTreeMap<ObjectRef, Written>,
     /// (object, generation, message) already reported by an Event.
     evented: BTreeSet<(ObjectRef, Option<i64>, String)>,
+    /// HTTPTriggers' status is the Ingress reconciler's to write.
+    skip_http: bool,
 }
 
 impl StatusWriter {
@@ -162,7 +168,15 @@ impl StatusWriter {
             limiter: RateLimiter::direct(Quota::per_second(per_second)),
             written: BTreeMap::new(),
             evented: BTreeSet::new(),
+            skip_http: false,
         }
+    }
+
+    /// Leaves HTTPTriggers' status to the Ingress reconciler (it still reports invalid specs
+    /// as Events).
+    pub fn without_http_status(mut self) -> Self {
+        self.skip_http = true;
+        self
     }
 
     /// Writes until `stop`: on every new snapshot and every [`TICK`] (consumer states move).
@@ -214,6 +228,9 @@ impl StatusWriter {
             };
             if let Some(why) = facts.invalid {
                 self.event_invalid(object, uid, *generation, why).await;
+            }
+            if self.skip_http && object.kind == Kind::HTTPTrigger {
+                continue;
             }
             let previous = self.written.get(object);
             let status = trigger_status(object.kind, facts, previous.map(|w| &w.status), &now);

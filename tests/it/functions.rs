@@ -336,3 +336,80 @@ async fn a_function_left_with_kubeless_finalizer_deletes_cleanly_with_its_childr
     })
     .await;
 }
+
+fn http_trigger(name: &str, function: &str, gateway: &str) -> String {
+    format!(
+        "apiVersion: kubeless.io/v1beta1\nkind: HTTPTrigger\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{created-by: kubeless}}\n  annotations: {{team: shop}}\nspec:\n  function-name: {function}\n  host-name: example.com\n  path: echo\n  tls-secret: example-cert\n  basic-auth-secret: users\n  gateway: {gateway}\n"
+    )
+}
+
+/// The keys of a JSON object whose values differ between `a` and `b` (present in either).
+fn changed_keys(a: &Value, b: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
+    let mut keys: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_trigger_becomes_the_ingress_nginx_expects_and_a_gateway_change_changes_only_what_it_must() {
+    let (api, _daemon) = cluster_and_daemon().await;
+    // The trigger first: its Function does not exist yet.
+    api.apply_ok(&http_trigger("web", "get-python", "nginx"));
+    let condition = |field: &str| format!("{{.status.conditions[?(@.type==\"Ready\")].{field}}}");
+    api.wait_jsonpath(&["get", "httptrigger", "web"], &condition("reason"), |r| r == "FunctionNotFound").await;
+    assert!(api.get_json(&["ingress", "web"]).is_none());
+
+    // The Function appearing makes the Ingress.
+    api.apply_ok(&kubeless_function("get-python", CODE, &sha256(CODE), ""));
+    let nginx = wait_object(&api, "the Ingress", &["ingress.v1.networking.k8s.io", "web"], |_| true).await;
+    assert_eq!(nginx["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        nginx["spec"]["rules"],
+        json!([{"host": "example.com", "http": {"paths": [{"path": "/echo", "pathType": "Prefix",
+            "backend": {"service": {"name": "get-python", "port": {"number": 8080}}}}]}}])
+    );
+    assert_eq!(nginx["spec"]["tls"], json!([{"hosts": ["example.com"], "secretName": "example-cert"}]));
+    let a = &nginx["metadata"]["annotations"];
+    assert_eq!(a["nginx.ingress.kubernetes.io/auth-type"], "basic");
+    assert_eq!(a["nginx.ingress.kubernetes.io/auth-secret"], "users");
+    assert_eq!(a["nginx.ingress.kubernetes.io/rewrite-target"], "/");
+    assert_eq!(a["team"], "shop", "the trigger's annotations are copied");
+    let uid = api.kubectl_ok(&["get", "httptrigger", "web", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(nginx["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+    assert_eq!(nginx["metadata"]["ownerReferences"][0]["controller"], true);
+    api.wait_jsonpath(&["get", "httptrigger", "web"], &condition("status"), |s| s == "True").await;
+    let message = api.kubectl_ok(&["get", "httptrigger", "web", "-o", &format!("jsonpath={}", condition("message"))]);
+    assert_eq!(message, "Ingress default/web routes https://example.com/echo to Service get-python port 8080");
+
+    // nginx → traefik: the class and the gateway's own annotations change; nothing else does.
+    api.apply_ok(&http_trigger("web", "get-python", "traefik"));
+    let traefik = wait_object(&api, "the traefik Ingress", &["ingress.v1.networking.k8s.io", "web"], |i| {
+        i["spec"]["ingressClassName"] == "traefik"
+    })
+    .await;
+    assert_eq!(changed_keys(&nginx["spec"], &traefik["spec"]), ["ingressClassName"]);
+    assert_eq!(
+        changed_keys(&nginx["metadata"]["annotations"], &traefik["metadata"]["annotations"]),
+        [
+            "ingress.kubernetes.io/auth-secret",
+            "ingress.kubernetes.io/auth-type",
+            "nginx.ingress.kubernetes.io/auth-secret",
+            "nginx.ingress.kubernetes.io/auth-type",
+            "nginx.ingress.kubernetes.io/rewrite-target",
+        ]
+    );
+    let a = &traefik["metadata"]["annotations"];
+    assert!(a["nginx.ingress.kubernetes.io/auth-type"].is_null());
+    assert_eq!(a["ingress.kubernetes.io/auth-type"], "basic");
+    assert_eq!(nginx["metadata"]["labels"], traefik["metadata"]["labels"]);
+
+    // A hand-deleted Ingress is made again.
+    api.kubectl_ok(&["delete", "ingress.v1.networking.k8s.io", "web"]);
+    wait_object(&api, "the Ingress made again", &["ingress.v1.networking.k8s.io", "web"], |i| {
+        i["metadata"]["uid"] != traefik["metadata"]["uid"]
+    })
+    .await;
+}

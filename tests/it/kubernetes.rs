@@ -416,6 +416,7 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
         // A Function the reconciler deploys, and one left with Kubeless's finalizer, deleted below.
         python_function_yaml("deployed", ""),
         python_function_yaml("legacy", "  finalizers: [kubeless.io/function]\n"),
+        "apiVersion: kubeless.io/v1beta1\nkind: HTTPTrigger\nmetadata: {name: web, namespace: default}\nspec: {function-name: deployed, host-name: example.com, gateway: nginx}\n".to_string(),
     ] {
         api.apply_ok(&yaml);
     }
@@ -455,11 +456,14 @@ async fn the_daemon_runs_with_only_deploys_rbac_and_a_write_outside_it_is_refuse
     let shards =
         api.kubectl_ok(&["get", "leases", "-n", "kubeless", "-l", "kubeless.io/lease-for=shard", "-o", "name"]);
     assert_eq!(shards.lines().count(), 2, "{shards}");
-    // The Function reconciler's writes: children, status, releasing Kubeless's finalizer.
+    // The Function and HTTPTrigger reconcilers' writes: children, status, an Ingress, releasing
+    // Kubeless's finalizer.
     api.wait_jsonpath(&["get", "function", "deployed"], "{.status.conditions[0].reason}", |s| s == "Deploying").await;
     for kind in ["configmap", "service", "deployment"] {
         api.kubectl_ok(&["get", kind, "deployed"]);
     }
+    api.wait_jsonpath(&["get", "httptrigger", "web"], "{.status.conditions[0].reason}", |s| s == "Exposed").await;
+    api.kubectl_ok(&["get", "ingress.v1.networking.k8s.io", "web"]);
     api.wait_jsonpath(&["get", "deployment", "legacy"], "{.metadata.name}", |s| s == "legacy").await;
     api.kubectl_ok(&["delete", "function", "legacy", "--timeout=60s"]);
     // Nothing it tried was refused.

@@ -235,12 +235,11 @@ impl Args {
 }
 
 /// Kubeless controller settings in the environment: `BACKOFF_INTERVAL` is honoured (the longest wait
-/// between retries of triggers that set none); the ones about Kubeless's own ConfigMap and API
-/// token are reported as not used, never silently ignored.
+/// between retries of triggers that set none); `KUBELESS_NAMESPACE`/`KUBELESS_CONFIG` say where the
+/// Function reconciler finds `kubeless-config`; the API token path is reported as not used, never
+/// silently ignored.
 fn kubeless_environment(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Duration>> {
     for (name, instead) in [
-        ("KUBELESS_CONFIG", "this broker reads no kubeless-config ConfigMap; limit namespaces with --namespace"),
-        ("KUBELESS_NAMESPACE", "this broker reads no kubeless-config ConfigMap; limit namespaces with --namespace"),
         ("KUBELESS_TOKEN_FILE_PATH", "the broker uses its kubeconfig or service account"),
     ] {
         if env(name).is_some_and(|v| !v.is_empty()) {

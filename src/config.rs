@@ -239,12 +239,11 @@ impl Args {
 /// Function reconciler finds `kubeless-config`; the API token path is reported as not used, never
 /// silently ignored.
 fn kubeless_environment(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Duration>> {
-    for (name, instead) in [
-        ("KUBELESS_TOKEN_FILE_PATH", "the broker uses its kubeconfig or service account"),
-    ] {
-        if env(name).is_some_and(|v| !v.is_empty()) {
-            tracing::warn!(variable = name, "Kubeless setting not used: {instead}.");
-        }
+    if env("KUBELESS_TOKEN_FILE_PATH").is_some_and(|v| !v.is_empty()) {
+        tracing::warn!(
+            variable = "KUBELESS_TOKEN_FILE_PATH",
+            "Kubeless setting not used: the broker uses its kubeconfig or service account."
+        );
     }
     let Some(value) = env("BACKOFF_INTERVAL").filter(|v| !v.trim().is_empty()) else { return Ok(None) };
     let interval = humantime::parse_duration(value.trim())

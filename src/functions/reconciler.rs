@@ -1,6 +1,7 @@
-//! The Function reconciler (Kubernetes mode, leader only): a kube-runtime `Controller` over
-//! Functions that also watches the ConfigMaps, Services, Deployments and HPAs they own, so a
-//! child edited or deleted by hand is put back. Every write is server-side apply with one field
+//! The Function and HTTPTrigger reconcilers (Kubernetes mode, leader only): kube-runtime
+//! `Controller`s over Functions, which also watch the ConfigMaps, Services, Deployments and HPAs
+//! they own, and over HTTPTriggers, which also watch their Ingresses and the Functions they name;
+//! so a child edited or deleted by hand is put back. Every write is server-side apply with one field
 //! manager, forced (this controller owns what it sets); a child that exists without
 //! `created-by: kubeless` is reported and never touched, as Kubeless did.
 //!
@@ -113,8 +114,14 @@ pub async fn run(client: Client, settings: Settings, mut leading: watch::Receive
                 term.cancel();
             }
         });
-        let ctx = Arc::new(Ctx::new(client.clone(), &settings).await);
-        info!(hpa = %ctx.hpa.api_version, config = %format!("{}/{}", ctx.config.0, ctx.config.1), "Function reconciler starting (this replica leads).");
+        let Some(ctx) = Ctx::new(client.clone(), &settings, &term).await.map(Arc::new) else {
+            let _ = follower.await;
+            if stop.is_cancelled() {
+                return;
+            }
+            continue;
+        };
+        info!(hpa = %ctx.hpa.api_version, config = %format!("{}/{}", ctx.config.0, ctx.config.1), "Function and HTTPTrigger reconcilers starting (this replica leads).");
         let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
             vec![None]
         } else {
@@ -128,7 +135,7 @@ pub async fn run(client: Client, settings: Settings, mut leading: watch::Receive
         if stop.is_cancelled() {
             return;
         }
-        info!("Function reconciler stopped (leadership lost); waiting to lead again.");
+        info!("Function and HTTPTrigger reconcilers stopped (leadership lost); waiting to lead again.");
     }
 }
 
@@ -266,17 +273,18 @@ async fn reconcile(function: Arc<Function>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 impl Ctx {
-    async fn new(client: Client, settings: &Settings) -> Self {
+    /// `None` if `term` fires before the API server could be asked which HPA version it serves.
+    async fn new(client: Client, settings: &Settings, term: &CancellationToken) -> Option<Self> {
         let config = config_location(&client, settings).await;
-        let hpa = autoscaling_version(&client).await;
-        Self {
+        let hpa = autoscaling_version(&client, term).await?;
+        Some(Self {
             client,
             manager: settings.field_manager.clone(),
             url_template: settings.url_template.clone(),
             config,
             acme_cluster_issuer: settings.acme_cluster_issuer.clone(),
             hpa,
-        }
+        })
     }
 
     fn api<K>(&self, ns: &str) -> Api<K>
@@ -569,23 +577,28 @@ async fn config_location(client: &Client, settings: &Settings) -> (String, Strin
 }
 
 /// `autoscaling/v2` if the server serves it, else `autoscaling/v2beta2` (Kubernetes < 1.23).
-async fn autoscaling_version(client: &Client) -> ApiResource {
-    let served = |version: &str| {
-        let client = client.clone();
-        let version = version.to_string();
-        async move {
-            client
-                .list_api_group_resources(&format!("autoscaling/{version}"))
-                .await
-                .is_ok_and(|list| list.resources.iter().any(|r| r.name == "horizontalpodautoscalers"))
+/// Asked until the API server answers: guessing while it is unreachable could pick a version a
+/// newer server no longer has.
+async fn autoscaling_version(client: &Client, term: &CancellationToken) -> Option<ApiResource> {
+    let version = loop {
+        match client.list_api_group_resources("autoscaling/v2").await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "horizontalpodautoscalers") => break "v2",
+            Ok(_) => break "v2beta2",
+            Err(e) if is_not_found(&e) => break "v2beta2",
+            Err(e) => {
+                warn!(error = %e, "Cannot ask the API server which autoscaling version it serves; retrying in 2s.");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    () = term.cancelled() => return None,
+                }
+            }
         }
     };
-    let version = if served("v2").await { "v2" } else { "v2beta2" };
-    ApiResource {
+    Some(ApiResource {
         group: "autoscaling".to_string(),
         version: version.to_string(),
         api_version: format!("autoscaling/{version}"),
         kind: "HorizontalPodAutoscaler".to_string(),
         plural: "horizontalpodautoscalers".to_string(),
-    }
+    })
 }

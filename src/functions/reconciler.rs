@@ -171,13 +171,17 @@ async fn controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) 
         .reconcile_all_on(config_changes)
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                debug!(error = %e, "Function reconcile");
-            }
-            futures::future::ready(())
-        })
+        .for_each(log_outcome)
         .await;
+}
+
+/// A reconcile's outcome; failures are already logged by [`error_policy`], the rest (watch
+/// errors, objects gone meanwhile) are for debugging.
+fn log_outcome<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {
+    if let Err(e) = result {
+        debug!(error = %e, "reconcile");
+    }
+    futures::future::ready(())
 }
 
 async fn http_controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) {
@@ -201,12 +205,7 @@ async fn http_controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationTo
         .watches(scoped::<Function>(&client, ns), watcher::Config::default(), naming)
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile_http, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                debug!(error = %e, "HTTPTrigger reconcile");
-            }
-            futures::future::ready(())
-        })
+        .for_each(log_outcome)
         .await;
 }
 

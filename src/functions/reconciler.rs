@@ -41,9 +41,10 @@ use crate::resources::{Condition, Function, FunctionStatus, HTTPTrigger, Trigger
 pub const KUBELESS_FINALIZER: &str = "kubeless.io/function";
 /// Where `kubeless-config` is when neither the environment nor the CRD says.
 pub const DEFAULT_CONFIG: (&str, &str) = ("kubeless", "kubeless-config");
-/// A Function not yet ready is looked at again this often (pods can get stuck without the
-/// Deployment changing).
-const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
+/// A Function or HTTPTrigger not ready is looked at again this often. Changes of what it owns,
+/// of its pods and of `kubeless-config` trigger a reconcile at once; this catches the rest (a
+/// conflicting object, which carries no reference to the Function, deleted by hand).
+const NOT_READY_RECHECK: Duration = Duration::from_secs(60);
 /// A ready one, this often.
 const READY_RECHECK: Duration = Duration::from_secs(300);
 
@@ -153,6 +154,7 @@ async fn controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) 
     let client = ctx.client.clone();
     let ns = ns.as_deref();
     let owned = watcher::Config::default().labels(&format!("{}={}", CREATED_BY.0, CREATED_BY.1));
+    let function_pods = watcher::Config::default().labels(&format!("{}={},function", CREATED_BY.0, CREATED_BY.1));
     let hpas: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ctx.hpa),
         None => Api::all_with(client.clone(), &ctx.hpa),
@@ -168,6 +170,11 @@ async fn controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) 
         .owns(scoped::<Service>(&client, ns), owned.clone())
         .owns(scoped::<Deployment>(&client, ns), owned.clone())
         .owns_with(hpas, ctx.hpa.clone(), owned)
+        // A pod stuck (image pull, crash loop) or recovering changes the Function's readiness.
+        .watches(scoped::<Pod>(&client, ns), function_pods, |pod: Pod| {
+            let function = pod.labels().get("function").cloned();
+            function.map(|name| ObjectRef::new(&name).within(&pod.namespace().unwrap_or_default()))
+        })
         .reconcile_all_on(config_changes)
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile, error_policy, ctx)

@@ -20,11 +20,10 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::objects::CREATED_BY;
+use super::objects::{CREATED_BY, LAST_APPLIED};
 use crate::resources::{Function, HTTPTrigger};
 
 const INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Why an HTTPTrigger cannot become an Ingress.
 #[derive(Debug, thiserror::Error, PartialEq)]

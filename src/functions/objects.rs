@@ -16,7 +16,10 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, ResourceRequirements,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -36,7 +39,8 @@ const SOURCE_DIR: &str = "/src";
 const SECRETS_DIR: &str = "/var/run/secrets/kubeless";
 /// The default `provision-image`: it needs sh, base64, sha256sum, unzip, tar and wget or curl.
 pub const DEFAULT_PROVISION_IMAGE: &str = "alpine:3.20";
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// kubectl's bookkeeping annotation, never copied onto what a resource becomes.
+pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The `kubeless-config` ConfigMap's settings that shape a Function's objects.
 #[derive(Debug, Clone, PartialEq)]
@@ -485,6 +489,119 @@ fn prepare_command(function: &Function, pod: &PodInputs<'_>, file_name: &str) ->
     steps.join(" && ")
 }
 
+/// The init containers that put a Function's code (and its installed dependencies) into the
+/// pod's `/kubeless`: `prepare`, then the runtime's `install` and `compile` phases where it has them.
+struct InitSteps<'a> {
+    function: &'a Function,
+    config: &'a FunctionConfig,
+    resolved: &'a Resolved<'a>,
+    /// The emptyDir at `/kubeless`.
+    mount: &'a VolumeMount,
+    /// `spec.deployment`'s `initContainers[0].resources`, as Kubeless sized every init step.
+    resources: &'a Option<ResourceRequirements>,
+}
+
+impl InitSteps<'_> {
+    /// The init containers; the volumes they need are added to `volumes`.
+    fn build(
+        &self,
+        pod: &PodInputs<'_>,
+        file_name: &str,
+        user_env: &[EnvVar],
+        volumes: &mut Vec<Volume>,
+    ) -> Vec<Container> {
+        let name = name_of(self.function).to_string();
+        let deps_volume = format!("{name}-deps");
+        volumes.push(Volume {
+            name: name.clone(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        volumes.push(Volume {
+            name: deps_volume.clone(),
+            config_map: Some(ConfigMapVolumeSource { name, ..ConfigMapVolumeSource::default() }),
+            ..Volume::default()
+        });
+        let source_mount =
+            VolumeMount { name: deps_volume, mount_path: SOURCE_DIR.to_string(), ..VolumeMount::default() };
+        let mut init = vec![Container {
+            name: "prepare".to_string(),
+            image: Some(self.config.provision_image.clone()),
+            command: Some(vec!["sh".to_string(), "-c".to_string()]),
+            args: Some(vec![prepare_command(self.function, pod, file_name)]),
+            volume_mounts: Some(vec![self.mount.clone(), source_mount]),
+            image_pull_policy: Some("IfNotPresent".to_string()),
+            resources: self.resources.clone(),
+            ..Container::default()
+        }];
+        let spec = &self.function.spec;
+        if !spec.deps.is_empty() || pod.ct.deps_inside {
+            let deps_file = format!("{RUNTIME_DIR}/{}", self.resolved.info.dep_name);
+            let mut command = Vec::new();
+            if !spec.deps.is_empty() {
+                let hex = sha256_hex(spec.deps.as_bytes());
+                command.push(format!("echo '{hex}  {deps_file}' > /tmp/deps.sha256"));
+                command.push("sha256sum -c /tmp/deps.sha256".to_string());
+            }
+            let extra = [env("KUBELESS_INSTALL_VOLUME", RUNTIME_DIR), env("KUBELESS_DEPS_FILE", deps_file)];
+            init.extend(self.phase(PHASE_INSTALLATION, "install", command, user_env, extra, volumes));
+        }
+        if let Some((_, func_name)) = pod.handler {
+            let extra = [env("KUBELESS_INSTALL_VOLUME", RUNTIME_DIR), env("KUBELESS_FUNC_NAME", func_name)];
+            init.extend(self.phase(PHASE_COMPILATION, "compile", Vec::new(), user_env, extra, volumes));
+        }
+        init
+    }
+
+    /// The container of a runtime phase, if the runtime has that phase: `command` then the phase's
+    /// own, in its image, with the user's env, `extra` and the phase's env, and the phase's
+    /// secrets mounted read-only where Kubeless mounted them (their volumes added to `volumes`).
+    fn phase(
+        &self,
+        phase: &str,
+        name: &str,
+        mut command: Vec<String>,
+        user_env: &[EnvVar],
+        extra: [EnvVar; 2],
+        volumes: &mut Vec<Volume>,
+    ) -> Option<Container> {
+        let image = self.resolved.image(phase)?;
+        command.extend(image.command.clone());
+        let mut all_env = user_env.to_vec();
+        all_env.extend(extra);
+        all_env.extend(image.env.iter().map(|(k, v)| env(k, v.clone())));
+        let mut mounts = vec![self.mount.clone()];
+        for secret in &image.secrets {
+            volumes.push(Volume {
+                name: secret.name.clone(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.name.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: secret.name.clone(),
+                mount_path: format!("{SECRETS_DIR}/{}", secret.name),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        Some(Container {
+            name: name.to_string(),
+            image: Some(image.image.clone()),
+            command: Some(vec!["sh".to_string(), "-c".to_string()]),
+            args: Some(vec![command.join(" && ")]),
+            env: Some(unique_by(all_env, |e| e.name.clone())),
+            volume_mounts: Some(mounts),
+            image_pull_policy: Some("IfNotPresent".to_string()),
+            working_dir: Some(RUNTIME_DIR.to_string()),
+            resources: self.resources.clone(),
+            ..Container::default()
+        })
+    }
+}
+
 fn build_deployment(
     function: &Function,
     config: &FunctionConfig,
@@ -495,9 +612,8 @@ fn build_deployment(
 ) {
     use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
     use k8s_openapi::api::core::v1::{
-        Affinity, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
-        PodAffinityTerm, PodAntiAffinity, PodSecurityContext, Probe, SecretVolumeSource, Volume, VolumeMount,
-        WeightedPodAffinityTerm,
+        Affinity, ContainerPort, HTTPGetAction, LocalObjectReference, PodAffinityTerm, PodAntiAffinity,
+        PodSecurityContext, Probe, WeightedPodAffinityTerm,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -575,92 +691,8 @@ fn build_deployment(
     let mut main_mounts: Vec<VolumeMount> = Vec::new();
 
     if let (Some(file_name), Some(resolved), false) = (pod.file_name, pod.resolved.as_ref(), own_image) {
-        let deps_volume = format!("{name}-deps");
-        volumes.push(Volume {
-            name: name.clone(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        });
-        volumes.push(Volume {
-            name: deps_volume.clone(),
-            config_map: Some(ConfigMapVolumeSource { name: name.clone(), ..ConfigMapVolumeSource::default() }),
-            ..Volume::default()
-        });
-        let source_mount =
-            VolumeMount { name: deps_volume, mount_path: SOURCE_DIR.to_string(), ..VolumeMount::default() };
-        let mut init = vec![Container {
-            name: "prepare".to_string(),
-            image: Some(config.provision_image.clone()),
-            command: Some(vec!["sh".to_string(), "-c".to_string()]),
-            args: Some(vec![prepare_command(function, pod, file_name)]),
-            volume_mounts: Some(vec![runtime_mount.clone(), source_mount]),
-            image_pull_policy: Some("IfNotPresent".to_string()),
-            resources: init_resources.clone(),
-            ..Container::default()
-        }];
-        let has_deps = !function.spec.deps.is_empty() || pod.ct.deps_inside;
-        let phase_step = |phase: &str, name: &str, mut command: Vec<String>, mut env: Vec<EnvVar>| {
-            resolved.image(phase).map(|image| {
-                command.extend(image.command.clone());
-                env.extend(image.env.iter().map(|(k, v)| self::env(k, v.clone())));
-                Container {
-                    name: name.to_string(),
-                    image: Some(image.image.clone()),
-                    command: Some(vec!["sh".to_string(), "-c".to_string()]),
-                    args: Some(vec![command.join(" && ")]),
-                    env: Some(unique_by(env, |e| e.name.clone())),
-                    volume_mounts: Some(vec![runtime_mount.clone()]),
-                    image_pull_policy: Some("IfNotPresent".to_string()),
-                    working_dir: Some(RUNTIME_DIR.to_string()),
-                    resources: init_resources.clone(),
-                    ..Container::default()
-                }
-            })
-        };
-        if has_deps {
-            let deps_file = format!("{RUNTIME_DIR}/{}", resolved.info.dep_name);
-            let mut command = Vec::new();
-            if !function.spec.deps.is_empty() {
-                let hex = sha256_hex(function.spec.deps.as_bytes());
-                command.push(format!("echo '{hex}  {deps_file}' > /tmp/deps.sha256"));
-                command.push("sha256sum -c /tmp/deps.sha256".to_string());
-            }
-            let mut env = user_env.clone();
-            env.push(self::env("KUBELESS_INSTALL_VOLUME", RUNTIME_DIR));
-            env.push(self::env("KUBELESS_DEPS_FILE", deps_file));
-            init.extend(phase_step(PHASE_INSTALLATION, "install", command, env));
-        }
-        if let Some((_, func_name)) = pod.handler {
-            let mut env = user_env.clone();
-            env.push(self::env("KUBELESS_INSTALL_VOLUME", RUNTIME_DIR));
-            env.push(self::env("KUBELESS_FUNC_NAME", func_name));
-            init.extend(phase_step(PHASE_COMPILATION, "compile", Vec::new(), env));
-        }
-        // Secrets each init phase asks for, mounted read-only where Kubeless mounted them.
-        for container in &mut init {
-            let phase = match container.name.as_str() {
-                "install" => PHASE_INSTALLATION,
-                "compile" => PHASE_COMPILATION,
-                other => other,
-            };
-            for secret in resolved.image(phase).map(|i| i.secrets.clone()).unwrap_or_default() {
-                volumes.push(Volume {
-                    name: secret.name.clone(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(secret.name.clone()),
-                        ..SecretVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                });
-                container.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
-                    name: secret.name.clone(),
-                    mount_path: format!("{SECRETS_DIR}/{}", secret.name),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                });
-            }
-        }
-        pod_spec.init_containers = Some(init);
+        let steps = InitSteps { function, config, resolved, mount: &runtime_mount, resources: &init_resources };
+        pod_spec.init_containers = Some(steps.build(pod, file_name, &user_env, &mut volumes));
         pull_secrets.extend(resolved.version.image_pull_secrets.iter().map(|s| s.image_secret.clone()));
         main_mounts.push(runtime_mount);
     }

@@ -284,3 +284,30 @@ fn unique_by_keeps_the_last_value_at_the_first_place() {
     let v = unique_by(vec![("a", 1), ("b", 2), ("a", 3)], |(k, _)| (*k).to_string());
     assert_eq!(v, [("a", 3), ("b", 2)]);
 }
+
+#[test]
+fn a_phase_with_secrets_and_env_gets_them_in_its_init_container_only() {
+    let catalogue = Catalogue::parse(
+        r#"[{"ID": "python", "depName": "requirements.txt", "fileNameSuffix": ".py", "versions": [
+            {"name": "python39", "version": "3.9", "runtimeImage": [
+              {"phase": "installation", "image": "py:3.9", "command": "pip install", "env": {"PIP_INDEX_URL": "https://mirror"}, "secrets": [{"name": "pip-creds"}]},
+              {"phase": "compilation", "image": "py-compile:3.9", "command": "compile"},
+              {"phase": "runtime", "image": "py-run:3.9"}]}]}]"#,
+    )
+    .expect("catalogue");
+    let mut f = kubeless_function();
+    f.spec.runtime = "python3.9".to_string();
+    let config = FunctionConfig { catalogue, ..FunctionConfig::default() };
+    let pod =
+        build(&f, &config, &owner()).expect("build").deployment.spec.and_then(|s| s.template.spec).unwrap_or_default();
+    let init = pod.init_containers.unwrap_or_default();
+    assert_eq!(init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["prepare", "install", "compile"]);
+    let mounts = |c: &Container| c.volume_mounts.iter().flatten().map(|m| m.mount_path.clone()).collect::<Vec<_>>();
+    assert_eq!(mounts(&init[1]), ["/kubeless", "/var/run/secrets/kubeless/pip-creds"]);
+    assert_eq!(mounts(&init[2]), ["/kubeless"]);
+    assert!(env_of(&init[1]).contains(&("PIP_INDEX_URL".into(), "https://mirror".into())));
+    assert!(env_of(&init[2]).contains(&("KUBELESS_FUNC_NAME".into(), "hello".into())));
+    assert_eq!(init[2].args.clone().unwrap_or_default(), ["compile"]);
+    let volumes: Vec<String> = pod.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect();
+    assert_eq!(volumes, ["hello", "hello-deps", "pip-creds"]);
+}

@@ -240,19 +240,8 @@ async fn reconcile_http(trigger: Arc<HTTPTrigger>, ctx: Arc<Ctx>) -> Result<Acti
 /// The `Ready` condition for `readiness`, keeping the previous transition time while it holds.
 fn ready_condition(readiness: &Readiness, previous: &[Condition]) -> Condition {
     let status = if readiness.ready { "True" } else { "False" };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .filter(|c| c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    Condition {
-        type_: "Ready".to_string(),
-        status: status.to_string(),
-        reason: readiness.reason.clone(),
-        message: readiness.message.clone(),
-        last_transition_time: Some(since),
-    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Condition::ready(status, &readiness.reason, readiness.message.clone(), previous, &now)
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -333,7 +322,8 @@ impl Ctx {
             Ok(c) => c,
             Err(not) => return Ok(not),
         };
-        let owner = owner_reference(function);
+        // Objects read from the API server always have a name and a uid.
+        let owner = function.controller_owner_ref(&()).unwrap_or_default();
         let mut children = match build(function, &config, &owner) {
             Ok(c) => c,
             Err(e) => return Ok(Readiness::not(e.reason(), e.to_string())),
@@ -458,14 +448,7 @@ impl Ctx {
                 format!("Function {ns}/{function_name} does not exist; the Ingress is made when it does"),
             ));
         };
-        let owner = OwnerReference {
-            api_version: API_VERSION.to_string(),
-            kind: "HTTPTrigger".to_string(),
-            name: name.clone(),
-            uid: trigger.metadata.uid.clone().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        };
+        let owner = trigger.controller_owner_ref(&()).unwrap_or_default();
         let ingress = match build_ingress(trigger, &function, self.acme_cluster_issuer.as_deref(), &owner) {
             Ok(i) => i,
             Err(e) => return Ok(Readiness::not("InvalidSpec", e.to_string())),
@@ -544,18 +527,6 @@ fn ignore_not_found<T: Default>(r: Result<T, kube::Error>) -> Result<T, Error> {
     match r {
         Err(e) if is_not_found(&e) => Ok(T::default()),
         other => Ok(other?),
-    }
-}
-
-/// The children's owner: this Function, as their controller, blocking its foreground deletion.
-pub fn owner_reference(function: &Function) -> OwnerReference {
-    OwnerReference {
-        api_version: API_VERSION.to_string(),
-        kind: "Function".to_string(),
-        name: function.name_any(),
-        uid: function.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
     }
 }
 

@@ -54,11 +54,6 @@ pub fn trigger_status(kind: Kind, facts: Facts<'_>, previous: Option<&TriggerSta
     consumers.sort_by(|a, b| (&a.function, &a.group).cmp(&(&b.function, &b.group)));
     let facts = Facts { consumers: &consumers, ..facts };
     let (status, reason, message) = ready_condition(facts);
-    let since = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_string());
     let functions: Vec<FunctionConsumer> = facts
         .consumers
         .iter()
@@ -71,13 +66,7 @@ pub fn trigger_status(kind: Kind, facts: Facts<'_>, previous: Option<&TriggerSta
         .collect();
     let lag = (has_lag(kind) && !facts.consumers.is_empty()).then(|| facts.consumers.iter().map(|c| c.lag).sum());
     TriggerStatus {
-        conditions: vec![Condition {
-            type_: "Ready".to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
-            last_transition_time: Some(since),
-        }],
+        conditions: vec![Condition::ready(status, reason, message, previous.map_or(&[][..], |p| &p.conditions), now)],
         observed_generation: facts.generation,
         lag,
         functions,

@@ -45,6 +45,26 @@ pub struct Condition {
     pub last_transition_time: Option<String>,
 }
 
+impl Condition {
+    /// The `Ready` condition, keeping `previous`'s transition time while its status holds (else
+    /// `now`).
+    pub fn ready(status: &str, reason: &str, message: String, previous: &[Condition], now: &str) -> Self {
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.to_string());
+        Self {
+            type_: "Ready".to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time: Some(since),
+        }
+    }
+}
+
 /// One selected function's consumer.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -379,7 +379,7 @@ impl Env {
     }
 
     async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
-        kubeless_kafka::create_topic(&self.brokers, &BTreeMap::new(), topic, partitions).await?;
+        kubeless_kafka::create_topic(&self.brokers, &BTreeMap::new(), topic, partitions, 1).await?;
         Ok(())
     }
 

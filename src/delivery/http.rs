@@ -116,6 +116,57 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Sends `request` and reads the whole body (up to `limit` bytes, else an error), all within
+    /// `timeout`: for the CLI, which shows what a function answered and downloads code.
+    pub async fn fetch(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(u16, Bytes), FetchError> {
+        let work = async {
+            let response = self.inner.request(request).await.map_err(|e| FetchError::Request(error_chain(&e)))?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut out = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| FetchError::Request(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > limit {
+                        return Err(FetchError::TooLarge(limit));
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok((status, out.freeze()))
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout(timeout))?
+    }
+}
+
+/// Why [`HttpClient::fetch`] got no whole answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Request(String),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// An error and its sources ("client error (Connect): tcp connect error: Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
 /// The OS's trusted CAs, or the bundle `SSL_CERT_FILE` / `SSL_CERT_DIR` name. Certificates that
 /// cannot be read are reported and skipped; with none at all only `https://` deliveries fail.
 fn system_roots() -> rustls::RootCertStore {

@@ -270,7 +270,8 @@ async fn reconcile(function: Arc<Function>, ctx: Arc<Ctx>) -> Result<Action, Err
 impl Ctx {
     /// `None` if `term` fires before the API server could be asked which HPA version it serves.
     async fn new(client: Client, settings: &Settings, term: &CancellationToken) -> Option<Self> {
-        let config = config_location(&client, settings).await;
+        let config =
+            config_location(&client, settings.config_namespace.as_deref(), settings.config_name.as_deref()).await;
         let hpa = autoscaling_version(&client, term).await?;
         Some(Self {
             client,
@@ -532,22 +533,24 @@ fn ignore_not_found<T: Default>(r: Result<T, kube::Error>) -> Result<T, Error> {
 
 /// Where `kubeless-config` is, as Kubeless looked: the environment, then the Function CRD's
 /// `kubeless.io/namespace` and `kubeless.io/config` annotations, then `kubeless/kubeless-config`.
-async fn config_location(client: &Client, settings: &Settings) -> (String, String) {
-    let crd = if settings.config_namespace.is_some() && settings.config_name.is_some() {
+pub async fn config_location(
+    client: &Client,
+    config_namespace: Option<&str>,
+    config_name: Option<&str>,
+) -> (String, String) {
+    let crd = if config_namespace.is_some() && config_name.is_some() {
         None
     } else {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         api.get_opt("functions.kubeless.io").await.ok().flatten()
     };
     let annotation = |key: &str| crd.as_ref().and_then(|c| c.annotations().get(key).cloned()).filter(|v| !v.is_empty());
-    let namespace = settings
-        .config_namespace
-        .clone()
+    let namespace = config_namespace
+        .map(str::to_string)
         .or_else(|| annotation("kubeless.io/namespace"))
         .unwrap_or_else(|| DEFAULT_CONFIG.0.to_string());
-    let name = settings
-        .config_name
-        .clone()
+    let name = config_name
+        .map(str::to_string)
         .or_else(|| annotation("kubeless.io/config"))
         .unwrap_or_else(|| DEFAULT_CONFIG.1.to_string());
     (namespace, name)

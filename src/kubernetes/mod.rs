@@ -29,8 +29,15 @@ pub enum KubeError {
 /// A client from `--kubeconfig`/`--context`, else kube-rs's inferred configuration (in-cluster
 /// service account or the local kubeconfig).
 pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
-    let options = KubeConfigOptions { context: settings.context.clone(), ..KubeConfigOptions::default() };
-    let config = match (&settings.kubeconfig, &settings.context) {
+    let config = config(settings.kubeconfig.as_deref(), settings.context.as_deref()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// The configuration `kubeconfig` and `context` name, else kube-rs's inferred one (in-cluster
+/// service account or the local kubeconfig), as kubectl finds it.
+pub async fn config(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Config, KubeError> {
+    let options = KubeConfigOptions { context: context.map(str::to_string), ..KubeConfigOptions::default() };
+    Ok(match (kubeconfig, context) {
         (Some(path), _) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .map_err(|source| KubeError::Kubeconfig { path: path.display().to_string(), source })?;
@@ -40,8 +47,7 @@ pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
         }
         (None, Some(context)) => Config::from_kubeconfig(&options)
             .await
-            .map_err(|source| KubeError::Context { context: context.clone(), source })?,
+            .map_err(|source| KubeError::Context { context: context.to_string(), source })?,
         (None, None) => Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
+    })
 }

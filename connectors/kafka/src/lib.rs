@@ -12,7 +12,7 @@ mod config;
 mod dead_letter;
 mod source;
 
-pub use admin::{create_topic, Publisher, TopicError};
+pub use admin::{create_topic, delete_topic, list_topics, BulkPublisher, Publisher, TopicError, TopicInfo};
 pub use config::{security_properties, InitialOffset, KafkaSourceConfig, SecurityError};
 pub use dead_letter::KafkaDeadLetter;
 pub use source::{run_source, KafkaSourceError};

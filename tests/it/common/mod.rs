@@ -136,7 +136,9 @@ impl Kafka {
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        kubeless_kafka::create_topic(&self.brokers, &BTreeMap::new(), topic, partitions).await.expect("create topic");
+        kubeless_kafka::create_topic(&self.brokers, &BTreeMap::new(), topic, partitions, 1)
+            .await
+            .expect("create topic");
     }
 
     pub fn publisher(&self) -> kubeless_kafka::Publisher {

@@ -1,0 +1,287 @@
+//! `function call`, `logs` and `top`: through the API server (its service proxy, pod logs) or, with
+//! a manifest directory, straight to the function's URL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use futures::{AsyncBufReadExt as _, StreamExt as _};
+use http_body_util::BodyExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, LogParams};
+use kube::{Api, ResourceExt};
+use rand::distr::{Alphanumeric, SampleString};
+
+use super::store::Store;
+use super::{table, ListOutput};
+use crate::control::index::{function_url, DEFAULT_URL_TEMPLATE};
+use crate::resources::Function;
+
+/// How long `call` and `top` wait for a function.
+const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// The largest answer `call` prints.
+const ANSWER_LIMIT: usize = 64 << 20;
+
+/// The service-proxy path of a function's Service port (its name if it has one, as Kubeless).
+fn proxy_path(f: &Function, rest: &str) -> String {
+    let port = f
+        .spec
+        .service
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.first())
+        .map(|p| p.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| p.port.to_string()))
+        .unwrap_or_else(|| f.port().to_string());
+    format!("/api/v1/namespaces/{}/services/{}:{port}/proxy/{rest}", f.namespace().unwrap_or_default(), f.name_any())
+}
+
+/// Where a function is reached without a cluster: its `kubeless.io/url`, else the broker's URL
+/// template (`KUBELESS_FUNCTION_URL_TEMPLATE`).
+fn direct_url(f: &Function, rest: &str) -> String {
+    let template = std::env::var("KUBELESS_FUNCTION_URL_TEMPLATE").unwrap_or_else(|_| DEFAULT_URL_TEMPLATE.to_string());
+    let base = function_url(f, &template);
+    format!("{}/{rest}", base.trim_end_matches('/'))
+}
+
+/// Sends a request to the function; returns its status and body.
+async fn request(
+    store: &Store,
+    f: &Function,
+    req: http::request::Builder,
+    rest: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Bytes)> {
+    match store {
+        Store::Kube { client, server, .. } => {
+            let request = req.uri(proxy_path(f, rest)).body(kube::client::Body::from(body))?;
+            let call = async {
+                let response = client
+                    .send(request)
+                    .await
+                    .map_err(|e| anyhow!("cannot reach the Kubernetes API server at {server}: {e}"))?;
+                let status = response.status().as_u16();
+                let body =
+                    response.into_body().collect().await.map_err(|e| anyhow!("reading the answer: {e}"))?.to_bytes();
+                anyhow::Ok((status, body))
+            };
+            tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| anyhow!("no answer within {CALL_TIMEOUT:?}"))?
+        }
+        Store::Dir { .. } => {
+            let url = direct_url(f, rest);
+            let request = req.uri(&url).body(http_body_util::Full::new(Bytes::from(body)))?;
+            crate::delivery::HttpClient::new()
+                .fetch(request, CALL_TIMEOUT, ANSWER_LIMIT)
+                .await
+                .with_context(|| format!("calling function {} at {url}", f.name_any()))
+        }
+    }
+}
+
+/// `function call NAME [-d DATA]`: GET without data, POST with it and Kubeless's event headers.
+pub async fn call(store: &Store, name: &str, data: Option<String>) -> anyhow::Result<()> {
+    let f: Function = store.need(name).await?;
+    let (req, body) = match data {
+        None => (http::Request::get("/"), Vec::new()),
+        Some(data) => {
+            let kind = if serde_json::from_str::<serde_json::Value>(&data).is_ok() {
+                "application/json"
+            } else {
+                "application/x-www-form-urlencoded"
+            };
+            let req = http::Request::post("/")
+                .header("content-type", kind)
+                .header("event-type", kind)
+                .header("event-id", Alphanumeric.sample_string(&mut rand::rng(), 11))
+                .header("event-time", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .header("event-namespace", "cli.kubeless.io");
+            (req, data.into_bytes())
+        }
+    };
+    let (status, answer) = request(store, &f, req, "", body).await?;
+    let text = String::from_utf8_lossy(&answer);
+    match status {
+        200..=299 => {
+            println!("{text}");
+            Ok(())
+        }
+        408 => bail!("Request timeout exceeded"),
+        _ => bail!("function {name} answered HTTP {status}: {}", text.trim()),
+    }
+}
+
+/// `function logs NAME [-f]`: every pod labelled `function=NAME`, prefixed by the pod when there
+/// are several.
+pub async fn logs(store: &Store, name: &str, follow: bool) -> anyhow::Result<()> {
+    let Store::Kube { client, namespace, .. } = store else {
+        bail!(
+            "function logs needs a cluster: with --manifests the function runs wherever you started it, and logs there"
+        );
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = api
+        .list(&ListParams::default().labels(&format!("function={name}")))
+        .await
+        .with_context(|| format!("listing the pods of function {name}"))?
+        .items;
+    if pods.is_empty() {
+        bail!("function {name} has no pods in namespace {namespace}");
+    }
+    let several = pods.len() > 1;
+    let mut streams = Vec::new();
+    for pod in &pods {
+        let pod_name = pod.name_any();
+        let params = LogParams { container: Some(name.to_string()), follow, ..LogParams::default() };
+        let lines = api
+            .log_stream(&pod_name, &params)
+            .await
+            .with_context(|| format!("logs of pod {pod_name}"))?
+            .lines()
+            .map(move |l| (pod_name.clone(), l));
+        streams.push(lines.boxed());
+    }
+    let mut all = futures::stream::select_all(streams);
+    while let Some((pod, line)) = all.next().await {
+        let line = line.with_context(|| format!("logs of pod {pod}"))?;
+        if several {
+            println!("[{pod}] {line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// One method's totals from a function's `/metrics`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MethodStats {
+    pub calls: f64,
+    pub failures: f64,
+    pub duration: f64,
+}
+
+/// Sums `function_calls_total`, `function_failures_total` and `function_duration_seconds_sum` by
+/// their `method` label (Kubeless's `pkg/utils/metrics.go`).
+pub fn parse_metrics(text: &str) -> BTreeMap<String, MethodStats> {
+    let mut out: BTreeMap<String, MethodStats> = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some((s, v)) => (s.trim(), v.trim()),
+            None => continue,
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let method = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == "method")
+            .map(|(_, v)| v.trim().trim_end_matches('}').trim_matches('"').to_string())
+            .unwrap_or_default();
+        let field: fn(&mut MethodStats, f64) = match name {
+            "function_calls_total" => |s: &mut MethodStats, v| s.calls += v,
+            "function_failures_total" => |s: &mut MethodStats, v| s.failures += v,
+            "function_duration_seconds_sum" => |s: &mut MethodStats, v| s.duration += v,
+            _ => continue,
+        };
+        field(out.entry(method).or_default(), value);
+    }
+    out
+}
+
+/// `function top [-f NAME]`: each function's calls, failures and durations.
+pub async fn top(store: &Store, only: Option<&str>, out: &ListOutput) -> anyhow::Result<()> {
+    let functions: Vec<Function> = match only {
+        Some(name) => vec![store.need(name).await?],
+        None => store.list().await?,
+    };
+    let mut rows = Vec::new();
+    let mut records = Vec::new();
+    for f in &functions {
+        let (name, ns) = (f.name_any(), f.namespace().unwrap_or_default());
+        let scraped = request(store, f, http::Request::get("/"), "metrics", Vec::new()).await;
+        let stats = match scraped {
+            Ok((200, body)) => Ok(parse_metrics(&String::from_utf8_lossy(&body))),
+            Ok((status, _)) => Err(format!("/metrics answered HTTP {status}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match stats {
+            Ok(methods) => {
+                for (method, s) in methods {
+                    let avg = if s.calls > 0.0 { s.duration / s.calls } else { 0.0 };
+                    records.push(serde_json::json!({
+                        "name": name, "namespace": ns, "method": method, "totalCalls": s.calls,
+                        "totalFailures": s.failures, "totalDurationSeconds": s.duration, "avgDurationSeconds": avg,
+                    }));
+                    rows.push(vec![
+                        name.clone(),
+                        ns.clone(),
+                        method,
+                        s.calls.to_string(),
+                        s.failures.to_string(),
+                        format!("{:.6}", s.duration),
+                        format!("{avg:.6}"),
+                        String::new(),
+                    ]);
+                }
+            }
+            Err(message) => {
+                records.push(serde_json::json!({"name": name, "namespace": ns, "message": message}));
+                rows.push(vec![
+                    name,
+                    ns,
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    message,
+                ]);
+            }
+        }
+    }
+    match &out.output {
+        Some(format) => print!("{}", table::format(format, &records)?),
+        None => print!(
+            "{}",
+            table::render(
+                &[
+                    "NAME",
+                    "NAMESPACE",
+                    "METHOD",
+                    "TOTAL_CALLS",
+                    "TOTAL_FAILURES",
+                    "TOTAL_DURATION_SECONDS",
+                    "AVG_DURATION_SECONDS",
+                    "MESSAGE"
+                ],
+                &rows
+            )
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_by_method() {
+        let text = r#"
+# HELP function_calls_total Number of calls to user function
+# TYPE function_calls_total counter
+function_calls_total{method="GET"} 3.0
+function_calls_total{method="POST"} 2.0
+function_failures_total{method="POST"} 1.0
+function_duration_seconds_bucket{le="0.005",method="GET"} 3.0
+function_duration_seconds_sum{method="GET"} 0.03
+function_duration_seconds_sum{method="POST"} 1.5
+function_duration_seconds_count{method="POST"} 2.0
+process_cpu_seconds_total 12
+"#;
+        let m = parse_metrics(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["GET"], MethodStats { calls: 3.0, failures: 0.0, duration: 0.03 });
+        assert_eq!(m["POST"], MethodStats { calls: 2.0, failures: 1.0, duration: 1.5 });
+    }
+}

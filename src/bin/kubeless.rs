@@ -4,5 +4,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    kubeless_broker::cli::main(kubeless_broker::cli::Cli::parse()).await
+    match kubeless_broker::cli::Cli::try_parse() {
+        Ok(cli) => kubeless_broker::cli::main(cli).await,
+        Err(e) => kubeless_broker::cli::usage_error(e),
+    }
 }

@@ -541,3 +541,20 @@ fn one_line(e: &anyhow::Error) -> String {
     }
     line.replace('\n', " ")
 }
+
+/// A command line clap refused: its first line (what is wrong) and where to look, on one line;
+/// help and version go out whole.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.exit_code() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) };
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("error: invalid command line").trim();
+    eprintln!("{first} (see `kubeless --help`)");
+    ExitCode::from(2)
+}

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -253,8 +254,11 @@ async fn open(path: &PathBuf) -> anyhow::Result<Box<dyn AsyncBufRead + Unpin + S
 pub async fn publish<S: Sink>(mut sink: S, mut source: Source, input: &Input, target: &str) -> anyhow::Result<()> {
     let progress = progress_bar(source.len_hint());
     let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
+    // After the first failure no more input is read: a broker that lost one message is not sent
+    // a million more (what was handed over is still waited for and counted).
+    let failing = Arc::new(AtomicBool::new(false));
     let collector = {
-        let progress = progress.clone();
+        let (progress, failing) = (progress.clone(), failing.clone());
         tokio::spawn(async move {
             let mut total = Outcome::default();
             while let Some(pending) = rx.recv().await {
@@ -262,6 +266,9 @@ pub async fn publish<S: Sink>(mut sink: S, mut source: Source, input: &Input, ta
                 progress.inc(o.acked);
                 total.acked += o.acked;
                 total.failed += o.failed;
+                if o.failed > 0 {
+                    failing.store(true, Ordering::Relaxed);
+                }
                 if total.error.is_none() {
                     total.error = o.error;
                 }
@@ -275,7 +282,7 @@ pub async fn publish<S: Sink>(mut sink: S, mut source: Source, input: &Input, ta
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
+    while !failing.load(Ordering::Relaxed) {
         let msg = tokio::select! {
             biased;
             _ = &mut ctrl_c => { interrupted = true; break; }
@@ -292,6 +299,7 @@ pub async fn publish<S: Sink>(mut sink: S, mut source: Source, input: &Input, ta
             Err(e) => {
                 refused += 1;
                 first_refusal.get_or_insert(e);
+                failing.store(true, Ordering::Relaxed);
             }
         }
     }

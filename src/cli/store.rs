@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
 
 use crate::control::manifests::{manifest_files, DEFAULT_NAMESPACE};
-use crate::resources::API_VERSION;
 
 /// The field manager of what the CLI applies.
 pub const FIELD_MANAGER: &str = "kubeless-cli";
@@ -200,6 +199,7 @@ impl Store {
         let Self::Dir { dir, namespace } = self else { return Ok(Vec::new()) };
         let files = manifest_files(dir).map_err(|e| file_error(dir, e))?;
         let kind = kind_of::<K>();
+        let api_version = K::api_version(&()).to_string();
         let mut found = Vec::new();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
@@ -211,7 +211,7 @@ impl Store {
             let alone = docs.len() == 1;
             for doc in docs {
                 let field = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                if field("apiVersion").as_deref() != Some(API_VERSION)
+                if field("apiVersion").as_deref() != Some(api_version.as_str())
                     || field("kind").as_deref() != Some(kind.as_str())
                 {
                     continue;

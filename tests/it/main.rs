@@ -3,6 +3,7 @@
 mod chaos_brokers;
 mod chaos_function;
 mod chaos_state;
+mod cli;
 mod common;
 mod cron;
 mod deploy;

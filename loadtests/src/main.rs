@@ -82,8 +82,9 @@ enum Cmd {
     },
 }
 
+/// One of --kafka, --nats or --kinesis (each with its topic, subject or stream).
 #[derive(clap::Args)]
-#[group(required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(false).args(["kafka", "nats", "kinesis"])))]
 struct TargetArgs {
     /// Kafka brokers; with --topic.
     #[arg(long, requires = "topic")]

@@ -422,9 +422,9 @@ async fn warn_if_unmatched(store: &Store, selector: &LabelSelector) -> anyhow::R
     Ok(())
 }
 
-async fn selector_trigger<K: SelectorTrigger>(g: &Global, c: SelectorTriggerCommand) -> anyhow::Result<()> {
+async fn selector_trigger<K: SelectorTrigger>(g: &Global, c: TriggerCrud<SelectorFlags>) -> anyhow::Result<()> {
     match c {
-        SelectorTriggerCommand::Create { name, flags } => {
+        TriggerCrud::Create { name, flags } => {
             let topic = required(&flags.trigger_topic, "--trigger-topic")?;
             let selector = objects::parse_selector(&required(&flags.function_selector, "--function-selector")?)?;
             let store = open(g).await?;
@@ -433,7 +433,7 @@ async fn selector_trigger<K: SelectorTrigger>(g: &Global, c: SelectorTriggerComm
             }
             save(&store, K::build(&name, store.namespace(), &topic, selector), &flags.out, true).await
         }
-        SelectorTriggerCommand::Update { name, flags } => {
+        TriggerCrud::Update { name, flags } => {
             let selector = flags.function_selector.as_deref().map(objects::parse_selector).transpose()?;
             let store = open(g).await?;
             let mut t: K = store.need(&name).await?;
@@ -443,8 +443,8 @@ async fn selector_trigger<K: SelectorTrigger>(g: &Global, c: SelectorTriggerComm
             t.set(flags.trigger_topic.as_deref(), selector);
             save(&store, t, &flags.out, false).await
         }
-        SelectorTriggerCommand::Delete { name } => delete::<K>(&open(g).await?, &name).await,
-        SelectorTriggerCommand::List { out } => {
+        TriggerCrud::Delete { name } => delete::<K>(&open(g).await?, &name).await,
+        TriggerCrud::List { out } => {
             let items: Vec<K> = open(g).await?.list().await?;
             list_or_print(&items, &out, &["NAME", "NAMESPACE", "TOPIC", "FUNCTION SELECTOR", "READY"], |t| {
                 vec![
@@ -475,7 +475,7 @@ fn kinesis_change(f: &KinesisFlags) -> anyhow::Result<KinesisChange> {
 
 async fn kinesis(g: &Global, c: KinesisCommand) -> anyhow::Result<()> {
     match c {
-        KinesisCommand::Create { name, flags } => {
+        KinesisCommand::Trigger(TriggerCrud::Create { name, flags }) => {
             for (v, flag) in [
                 (&flags.stream, "--stream"),
                 (&flags.aws_region, "--aws-region"),
@@ -488,7 +488,7 @@ async fn kinesis(g: &Global, c: KinesisCommand) -> anyhow::Result<()> {
             need_function(&store, flags.function_name.as_deref().unwrap_or_default()).await?;
             save(&store, objects::kinesis_trigger(&name, store.namespace(), &change), &flags.out, true).await
         }
-        KinesisCommand::Update { name, flags } => {
+        KinesisCommand::Trigger(TriggerCrud::Update { name, flags }) => {
             let change = kinesis_change(&flags)?;
             let store = open(g).await?;
             let mut t: KinesisTrigger = store.need(&name).await?;
@@ -498,8 +498,8 @@ async fn kinesis(g: &Global, c: KinesisCommand) -> anyhow::Result<()> {
             objects::update_kinesis(&mut t.spec, &change);
             save(&store, t, &flags.out, false).await
         }
-        KinesisCommand::Delete { name } => delete::<KinesisTrigger>(&open(g).await?, &name).await,
-        KinesisCommand::List { out } => {
+        KinesisCommand::Trigger(TriggerCrud::Delete { name }) => delete::<KinesisTrigger>(&open(g).await?, &name).await,
+        KinesisCommand::Trigger(TriggerCrud::List { out }) => {
             let items: Vec<KinesisTrigger> = open(g).await?.list().await?;
             list_or_print(
                 &items,
@@ -589,9 +589,9 @@ async fn cron_payload(flags: &CronJobFlags) -> anyhow::Result<Option<serde_json:
     Ok(Some(objects::parse_payload("--payload-from-file", &text)?))
 }
 
-async fn cronjob(g: &Global, c: CronJobCommand) -> anyhow::Result<()> {
+async fn cronjob(g: &Global, c: TriggerCrud<CronJobFlags>) -> anyhow::Result<()> {
     match c {
-        CronJobCommand::Create { name, flags } => {
+        TriggerCrud::Create { name, flags } => {
             let function = required(&flags.function, "--function")?;
             let schedule = required(&flags.schedule, "--schedule")?;
             check_schedule("--schedule", &schedule)?;
@@ -606,7 +606,7 @@ async fn cronjob(g: &Global, c: CronJobCommand) -> anyhow::Result<()> {
             )
             .await
         }
-        CronJobCommand::Update { name, flags } => {
+        TriggerCrud::Update { name, flags } => {
             if let Some(s) = &flags.schedule {
                 check_schedule("--schedule", s)?;
             }
@@ -625,8 +625,8 @@ async fn cronjob(g: &Global, c: CronJobCommand) -> anyhow::Result<()> {
             }
             save(&store, t, &flags.out, false).await
         }
-        CronJobCommand::Delete { name } => delete::<CronJobTrigger>(&open(g).await?, &name).await,
-        CronJobCommand::List { out } => {
+        TriggerCrud::Delete { name } => delete::<CronJobTrigger>(&open(g).await?, &name).await,
+        TriggerCrud::List { out } => {
             let items: Vec<CronJobTrigger> = open(g).await?.list().await?;
             list_or_print(&items, &out, &["NAME", "NAMESPACE", "SCHEDULE", "FUNCTION NAME", "READY"], |t| {
                 vec![
@@ -656,9 +656,9 @@ fn http_change(f: &HttpFlags) -> Result<HttpChange, FlagError> {
     Ok(change)
 }
 
-async fn http(g: &Global, c: HttpCommand) -> anyhow::Result<()> {
+async fn http(g: &Global, c: TriggerCrud<HttpFlags>) -> anyhow::Result<()> {
     match c {
-        HttpCommand::Create { name, flags } => {
+        TriggerCrud::Create { name, flags } => {
             let function = required(&flags.function_name, "--function-name")?;
             let mut change = http_change(&flags)?;
             let gateway = change.gateway.get_or_insert_with(|| "nginx".to_string()).clone();
@@ -678,7 +678,7 @@ async fn http(g: &Global, c: HttpCommand) -> anyhow::Result<()> {
             }
             save(&store, objects::http_trigger(&name, store.namespace(), &change), &flags.out, true).await
         }
-        HttpCommand::Update { name, flags } => {
+        TriggerCrud::Update { name, flags } => {
             let change = http_change(&flags)?;
             let store = open(g).await?;
             let mut t: HTTPTrigger = store.need(&name).await?;
@@ -691,8 +691,8 @@ async fn http(g: &Global, c: HttpCommand) -> anyhow::Result<()> {
             }
             save(&store, t, &flags.out, false).await
         }
-        HttpCommand::Delete { name } => delete::<HTTPTrigger>(&open(g).await?, &name).await,
-        HttpCommand::List { out } => {
+        TriggerCrud::Delete { name } => delete::<HTTPTrigger>(&open(g).await?, &name).await,
+        TriggerCrud::List { out } => {
             let items: Vec<HTTPTrigger> = open(g).await?.list().await?;
             list_or_print(&items, &out, &["NAME", "NAMESPACE", "FUNCTION NAME", "HOST", "PATH", "READY"], |t| {
                 vec![

@@ -205,16 +205,21 @@ pub enum FunctionCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TriggerCommand {
+    /// Kafka triggers: a topic delivered to the functions a selector picks.
     #[command(subcommand)]
-    Kafka(SelectorTriggerCommand),
+    Kafka(TriggerCrud<SelectorFlags>),
+    /// NATS triggers, and publishing to NATS.
     #[command(subcommand)]
     Nats(NatsCommand),
+    /// Kinesis triggers, streams and publishing.
     #[command(subcommand)]
     Kinesis(KinesisCommand),
+    /// Cron triggers: a function called on a schedule.
     #[command(subcommand)]
-    Cronjob(CronJobCommand),
+    Cronjob(TriggerCrud<CronJobFlags>),
+    /// HTTP triggers: an Ingress to a function.
     #[command(subcommand)]
-    Http(HttpCommand),
+    Http(TriggerCrud<HttpFlags>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -229,24 +234,24 @@ pub struct SelectorFlags {
     pub out: Output,
 }
 
-/// The commands Kafka and NATS triggers share.
+/// The commands every trigger kind has; `F` is its flags (all optional on `update`).
 #[derive(Debug, Subcommand)]
-pub enum SelectorTriggerCommand {
-    /// Create a trigger (--trigger-topic and --function-selector required).
+pub enum TriggerCrud<F: Args> {
+    /// Create a trigger.
     Create {
         name: String,
         #[command(flatten)]
-        flags: SelectorFlags,
+        flags: F,
     },
-    /// Change a trigger's topic or selector.
+    /// Change a trigger: only the flags given change.
     Update {
         name: String,
         #[command(flatten)]
-        flags: SelectorFlags,
+        flags: F,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a trigger.
+    Delete { name: String },
+    /// List the triggers of the namespace.
     #[command(alias = "ls")]
     List {
         #[command(flatten)]
@@ -257,7 +262,7 @@ pub enum SelectorTriggerCommand {
 #[derive(Debug, Subcommand)]
 pub enum NatsCommand {
     #[command(flatten)]
-    Trigger(SelectorTriggerCommand),
+    Trigger(TriggerCrud<SelectorFlags>),
     /// Publish to a NATS subject (JetStream when a stream captures it).
     Publish {
         /// NATS server.
@@ -310,25 +315,8 @@ pub struct AwsFlags {
 
 #[derive(Debug, Subcommand)]
 pub enum KinesisCommand {
-    /// Create a trigger (--stream, --aws-region, --function-name required).
-    Create {
-        name: String,
-        #[command(flatten)]
-        flags: KinesisFlags,
-    },
-    Update {
-        name: String,
-        #[command(flatten)]
-        flags: KinesisFlags,
-    },
-    Delete {
-        name: String,
-    },
-    #[command(alias = "ls")]
-    List {
-        #[command(flatten)]
-        out: ListOutput,
-    },
+    #[command(flatten)]
+    Trigger(TriggerCrud<KinesisFlags>),
     /// Create a stream (for trying things out).
     CreateStream {
         #[arg(long)]
@@ -373,29 +361,6 @@ pub struct CronJobFlags {
     pub out: Output,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum CronJobCommand {
-    /// Create a trigger (--function and --schedule required).
-    Create {
-        name: String,
-        #[command(flatten)]
-        flags: CronJobFlags,
-    },
-    Update {
-        name: String,
-        #[command(flatten)]
-        flags: CronJobFlags,
-    },
-    Delete {
-        name: String,
-    },
-    #[command(alias = "ls")]
-    List {
-        #[command(flatten)]
-        out: ListOutput,
-    },
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct HttpFlags {
     #[arg(long)]
@@ -420,29 +385,6 @@ pub struct HttpFlags {
     pub cors_enable: Option<bool>,
     #[command(flatten)]
     pub out: Output,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum HttpCommand {
-    /// Create a trigger (--function-name required).
-    Create {
-        name: String,
-        #[command(flatten)]
-        flags: HttpFlags,
-    },
-    Update {
-        name: String,
-        #[command(flatten)]
-        flags: HttpFlags,
-    },
-    Delete {
-        name: String,
-    },
-    #[command(alias = "ls")]
-    List {
-        #[command(flatten)]
-        out: ListOutput,
-    },
 }
 
 #[derive(Debug, Clone, Args)]

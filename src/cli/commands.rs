@@ -378,7 +378,7 @@ impl SelectorTrigger for KafkaTrigger {
         self.spec.function_selector.as_ref()
     }
     fn ready(&self) -> String {
-        table::ready(self.status.as_ref().map(|s| s.conditions.as_slice()))
+        table::trigger_ready(self.status.as_ref())
     }
 }
 
@@ -401,7 +401,7 @@ impl SelectorTrigger for NATSTrigger {
         self.spec.function_selector.as_ref()
     }
     fn ready(&self) -> String {
-        table::ready(self.status.as_ref().map(|s| s.conditions.as_slice()))
+        table::trigger_ready(self.status.as_ref())
     }
 }
 
@@ -459,10 +459,17 @@ async fn selector_trigger<K: SelectorTrigger>(g: &Global, c: TriggerCrud<Selecto
     }
 }
 
-fn kinesis_change(f: &KinesisFlags) -> anyhow::Result<KinesisChange> {
-    if let Some(e) = f.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        url::Url::parse(e).map_err(|err| FlagError::new("--endpoint", format!("{e:?} is not a URL: {err}")))?;
+fn check_endpoint(endpoint: Option<&str>) -> Result<(), FlagError> {
+    match endpoint.filter(|e| !e.is_empty()).map(url::Url::parse) {
+        Some(Err(err)) => {
+            Err(FlagError::new("--endpoint", format!("{:?} is not a URL: {err}", endpoint.unwrap_or_default())))
+        }
+        _ => Ok(()),
     }
+}
+
+fn kinesis_change(f: &KinesisFlags) -> anyhow::Result<KinesisChange> {
+    check_endpoint(f.endpoint.as_deref())?;
     Ok(KinesisChange {
         function_name: f.function_name.clone(),
         region: f.aws_region.clone(),
@@ -513,7 +520,7 @@ async fn kinesis(g: &Global, c: KinesisCommand) -> anyhow::Result<()> {
                         t.spec.stream.clone(),
                         t.spec.shard.clone().unwrap_or_else(|| "<all>".to_string()),
                         t.spec.function_name.clone(),
-                        table::ready(t.status.as_ref().map(|s| s.conditions.as_slice())),
+                        table::trigger_ready(t.status.as_ref()),
                     ]
                 },
             )
@@ -549,25 +556,17 @@ async fn kinesis_client(g: &Global, aws: &AwsFlags) -> anyhow::Result<aws_sdk_ki
         None => None,
         Some(name) => {
             let store = open(g).await?;
-            let secret: Secret = match &store {
-                Store::Kube { client, namespace, .. } => Api::<Secret>::namespaced(client.clone(), namespace)
-                    .get(name)
-                    .await
-                    .map_err(|e| anyhow!("--secret {name}: cannot read it in namespace {namespace}: {e}"))?,
-                Store::Dir { .. } => store.need::<Secret>(name).await.map_err(|e| anyhow!("--secret {name}: {e}"))?,
-            };
+            let secret: Secret = store.need(name).await.map_err(|e| anyhow!("--secret {name}: {e}"))?;
+            let data = crate::control::index::secret_data(&secret);
             let key = |k: &str| -> anyhow::Result<String> {
-                let data = secret.data.as_ref().and_then(|d| d.get(k)).map(|b| b.0.clone());
-                let text = secret.string_data.as_ref().and_then(|d| d.get(k)).map(|s| s.clone().into_bytes());
-                let bytes = data.or(text).ok_or_else(|| anyhow!("--secret {name}: has no key {k}"))?;
-                String::from_utf8(bytes).map_err(|_| anyhow!("--secret {name}: {k} is not text"))
+                let bytes = data.get(k).ok_or_else(|| anyhow!("--secret {name}: has no key {k}"))?;
+                let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("--secret {name}: {k} is not text"))?;
+                Ok(text.trim().to_string())
             };
             Some((key("aws_access_key_id")?, key("aws_secret_access_key")?))
         }
     };
-    if let Some(e) = &aws.endpoint {
-        url::Url::parse(e).map_err(|err| FlagError::new("--endpoint", format!("{e:?} is not a URL: {err}")))?;
-    }
+    check_endpoint(aws.endpoint.as_deref())?;
     Ok(kubeless_kinesis::client(
         &aws.aws_region,
         aws.endpoint.as_deref(),
@@ -634,7 +633,7 @@ async fn cronjob(g: &Global, c: TriggerCrud<CronJobFlags>) -> anyhow::Result<()>
                     t.namespace().unwrap_or_default(),
                     t.spec.schedule.clone(),
                     t.spec.function_name.clone(),
-                    table::ready(t.status.as_ref().map(|s| s.conditions.as_slice())),
+                    table::trigger_ready(t.status.as_ref()),
                 ]
             })
         }
@@ -701,7 +700,7 @@ async fn http(g: &Global, c: TriggerCrud<HttpFlags>) -> anyhow::Result<()> {
                     t.spec.function_name.clone(),
                     t.spec.host_name.clone(),
                     t.spec.path.clone(),
-                    table::ready(t.status.as_ref().map(|s| s.conditions.as_slice())),
+                    table::trigger_ready(t.status.as_ref()),
                 ]
             })
         }
@@ -721,10 +720,8 @@ fn note_kafka_namespace(k: &KafkaFlags) {
     }
 }
 
-/// Where the brokers' address came from, for errors.
-fn kafka_where(k: &KafkaFlags) -> String {
-    format!("Kafka at {} (--brokers, KAFKA_BROKERS)", k.brokers)
-}
+/// The setting that named the brokers, for errors (which themselves name the address).
+const KAFKA_SETTING: &str = "--brokers (or KAFKA_BROKERS)";
 
 async fn topic(c: TopicCommand) -> anyhow::Result<()> {
     let props = kafka_props()?;
@@ -733,20 +730,17 @@ async fn topic(c: TopicCommand) -> anyhow::Result<()> {
             note_kafka_namespace(&kafka);
             kubeless_kafka::create_topic(&kafka.brokers, &props, &topic_name, partitions, replication_factor)
                 .await
-                .with_context(|| kafka_where(&kafka))?;
+                .context(KAFKA_SETTING)?;
             eprintln!("Topic {topic_name} ready ({partitions} partitions, replication {replication_factor}).");
         }
         TopicCommand::Delete { topic_name, kafka } => {
             note_kafka_namespace(&kafka);
-            kubeless_kafka::delete_topic(&kafka.brokers, &props, &topic_name)
-                .await
-                .with_context(|| kafka_where(&kafka))?;
+            kubeless_kafka::delete_topic(&kafka.brokers, &props, &topic_name).await.context(KAFKA_SETTING)?;
             eprintln!("Topic {topic_name} deleted.");
         }
         TopicCommand::List { kafka } => {
             note_kafka_namespace(&kafka);
-            let topics =
-                kubeless_kafka::list_topics(&kafka.brokers, &props).await.with_context(|| kafka_where(&kafka))?;
+            let topics = kubeless_kafka::list_topics(&kafka.brokers, &props).await.context(KAFKA_SETTING)?;
             let rows: Vec<Vec<String>> = topics
                 .iter()
                 .map(|t| vec![t.name.clone(), t.partitions.to_string(), t.replication.to_string()])
@@ -758,7 +752,7 @@ async fn topic(c: TopicCommand) -> anyhow::Result<()> {
             let source = Source::open(&input, Vec::new()).await?;
             let publisher = kubeless_kafka::BulkPublisher::connect(&kafka.brokers, &props, &topic, input.timeout)
                 .await
-                .with_context(|| kafka_where(&kafka))?;
+                .context(KAFKA_SETTING)?;
             let headers = input.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
             let sink = KafkaSink { publisher, headers, timeout: input.timeout };
             let target = format!("Kafka topic {topic} at {}", kafka.brokers);

@@ -11,6 +11,7 @@ use kube::api::ObjectMeta;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::resources::validate::{check_selector, Errors};
 use crate::resources::{
     CronJobTrigger, CronJobTriggerSpec, Function, FunctionSpec, HTTPTrigger, HTTPTriggerSpec, KafkaTrigger,
     KafkaTriggerSpec, KinesisTrigger, KinesisTriggerSpec, NATSTrigger, NATSTriggerSpec,
@@ -64,42 +65,43 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector, FlagError> {
     let err = |problem: String| FlagError::new("--function-selector", problem);
     let mut labels = BTreeMap::new();
     let mut expressions = Vec::new();
+    let requirement = |key: &str, operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
+        key: key.trim().to_string(),
+        operator: operator.to_string(),
+        values,
+    };
     for term in split_terms(text) {
         let term = term.trim();
         if term.is_empty() {
             return Err(err(format!("{text:?} has an empty term; use key=value,key2=value2")));
         }
-        let requirement = |key: &str, operator: &str, values: Option<Vec<String>>| -> Result<_, FlagError> {
-            check_label_key(key).map_err(err)?;
-            Ok(LabelSelectorRequirement { key: key.to_string(), operator: operator.to_string(), values })
-        };
         if let Some(key) = term.strip_prefix('!') {
-            expressions.push(requirement(key.trim(), "DoesNotExist", None)?);
+            expressions.push(requirement(key, "DoesNotExist", None));
         } else if let Some((key, value)) = term.split_once("!=") {
-            expressions.push(requirement(key.trim(), "NotIn", Some(vec![checked_value(value.trim()).map_err(err)?]))?);
+            expressions.push(requirement(key, "NotIn", Some(vec![value.trim().to_string()])));
         } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            let key = key.trim();
-            check_label_key(key).map_err(err)?;
-            labels.insert(key.to_string(), checked_value(value.trim()).map_err(err)?);
+            labels.insert(key.trim().to_string(), value.trim().to_string());
         } else if let Some((key, op, values)) = set_term(term) {
-            let values =
-                values.split(',').map(|v| checked_value(v.trim())).collect::<Result<Vec<_>, _>>().map_err(err)?;
-            expressions.push(requirement(key, op, Some(values))?);
+            expressions.push(requirement(key, op, Some(values.split(',').map(|v| v.trim().to_string()).collect())));
         } else if term.contains([' ', '(', ')']) {
             return Err(err(format!(
                 "{term:?} is not key=value, key!=value, key in (a,b), key notin (a,b), key or !key"
             )));
         } else {
-            expressions.push(requirement(term, "Exists", None)?);
+            expressions.push(requirement(term, "Exists", None));
         }
     }
-    if labels.is_empty() && expressions.is_empty() {
-        return Err(err("is empty; give key=value (e.g. function=hello)".to_string()));
-    }
-    Ok(LabelSelector {
+    let selector = LabelSelector {
         match_labels: (!labels.is_empty()).then_some(labels),
         match_expressions: (!expressions.is_empty()).then_some(expressions),
-    })
+    };
+    // The keys and values are checked as the daemon checks a stored selector.
+    let mut errors = Errors::default();
+    check_selector(&mut errors, "functionSelector", &selector);
+    if let Some(e) = errors.0.into_iter().next() {
+        return Err(err(e.message));
+    }
+    Ok(selector)
 }
 
 /// Splits at commas outside parentheses.
@@ -128,21 +130,6 @@ fn set_term(term: &str) -> Option<(&str, &'static str, &str)> {
         if let Some(r) = rest.strip_prefix("notin") { ("NotIn", r) } else { ("In", rest.strip_prefix("in")?) };
     let values = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
     Some((key, op, values))
-}
-
-fn check_label_key(key: &str) -> Result<(), String> {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("{key:?} is not a label key"));
-    }
-    Ok(())
-}
-
-fn checked_value(value: &str) -> Result<String, String> {
-    if value.len() > 63 || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("{value:?} is not a label value"));
-    }
-    Ok(value.to_string())
 }
 
 /// kubectl's rendering of a selector (`a=b,c notin (d)`), for tables.

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::resources::Condition;
+use crate::resources::{Condition, TriggerStatus};
 
 /// Columns padded to the widest cell, three spaces apart; the last column is not padded.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -50,6 +50,11 @@ pub fn ready(conditions: Option<&[Condition]>) -> String {
         Some(c) if c.status == "True" => "True".to_string(),
         Some(c) => format!("{} ({})", c.status, c.reason),
     }
+}
+
+/// [`ready`] of a trigger's status.
+pub fn trigger_ready(status: Option<&TriggerStatus>) -> String {
+    ready(status.map(|s| s.conditions.as_slice()))
 }
 
 #[cfg(test)]

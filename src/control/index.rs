@@ -130,13 +130,18 @@ fn secrets_of(store: &Store) -> Secrets {
             _ => None,
         })
         .map(|s| {
-            let mut data: BTreeMap<String, Vec<u8>> =
-                s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
-            data.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
             let key = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
-            (key, data)
+            (key, secret_data(s))
         })
         .collect()
+}
+
+/// A Secret's keys: `data`, with `stringData` (as a manifest may carry it) winning, as the API
+/// server merges them.
+pub fn secret_data(s: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+    data.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
+    data
 }
 
 /// One key of a Secret as text.

@@ -22,6 +22,8 @@ pub enum TopicError {
     },
     #[error("creating topic {topic} failed: {reason}")]
     Create { topic: String, reason: String },
+    #[error("the metadata request's task failed: {0}")]
+    Task(String),
     #[error("deleting topic {topic} failed: {reason}")]
     Delete { topic: String, reason: String },
     #[error("cannot reach Kafka at {brokers}: {source}")]
@@ -120,7 +122,7 @@ async fn fetch_metadata(producer: &FutureProducer, brokers: &str) -> Result<Vec<
     let producer = producer.clone();
     let result = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(10)))
         .await
-        .map_err(|e| TopicError::Create { topic: String::new(), reason: format!("metadata task failed: {e}") })?;
+        .map_err(|e| TopicError::Task(e.to_string()))?;
     let metadata = result.map_err(|source| TopicError::Unreachable { brokers: brokers.to_string(), source })?;
     Ok(metadata
         .topics()

@@ -1,9 +1,10 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::Router;
@@ -20,6 +21,42 @@ pub struct AdminState {
     pub supervisor: Arc<Supervisor>,
     pub report: SharedReport,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// The bearer token `/status` asks of callers that are not on loopback.
+    pub token: Option<AdminToken>,
+}
+
+/// The bearer token of `/status` (`--admin-token-file`), kept as its digest and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub fn new(token: &str) -> Self {
+        use sha2::Digest as _;
+        Self(sha2::Sha256::digest(token.trim().as_bytes()).into())
+    }
+
+    /// Whether `header` (an `Authorization` value) carries this token. Digests are compared, so the
+    /// time taken says nothing about the token.
+    fn admits(&self, header: Option<&str>) -> bool {
+        let given = header.and_then(|h| h.strip_prefix("Bearer ")).map(|t| Self::new(t).0);
+        given == Some(self.0)
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([redacted])")
+    }
+}
+
+/// The admin server, told who calls (`/status` answers loopback, or the token's holder).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -35,9 +72,11 @@ async fn metrics(State(s): State<AdminState>) -> String {
     s.prometheus.render()
 }
 
-/// Why the daemon is not ready, if it is not: resources not read yet, watches of the API server
-/// failing, or consumers without their partitions (or failing).
-pub fn not_ready(report: &SourceReport, loaded: bool, consumers: &[ConsumerStatus]) -> Vec<String> {
+/// Why the daemon is not ready, if it is not: resources not read yet, or watches of the API
+/// server failing. A trigger's own trouble (a broker down, partitions not assigned, a refused
+/// spec) is in its status, Events and metrics, never here: one team's trigger must not hold up the
+/// rollout or the node drains of a daemon that serves every team.
+pub fn not_ready(report: &SourceReport, loaded: bool) -> Vec<String> {
     let mut why = Vec::new();
     if !loaded {
         why.push("resources not loaded yet".to_string());
@@ -45,16 +84,13 @@ pub fn not_ready(report: &SourceReport, loaded: bool, consumers: &[ConsumerStatu
     for (what, error) in &report.api_errors {
         why.push(format!("{what}: {error}"));
     }
-    for c in consumers.iter().filter(|c| !c.ready) {
-        why.push(format!("{} -> {} (group {}): {}", c.trigger, c.function, c.group, c.state));
-    }
     why
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     let report = lock_report(&s.report).clone();
     let loaded = s.snapshot.borrow().loaded;
-    let why = not_ready(&report, loaded, &s.supervisor.status());
+    let why = not_ready(&report, loaded);
     if why.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -85,7 +121,27 @@ struct ObjectProblem {
     problem: String,
 }
 
-async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+async fn status(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let admitted = match &s.token {
+        Some(token) => token.admits(authorization),
+        None => peer.ip().is_loopback(),
+    };
+    if !admitted {
+        let why = match &s.token {
+            Some(_) => "/status needs the bearer token of --admin-token-file\n",
+            None => "/status answers only loopback (kubectl port-forward), or callers with the bearer token of --admin-token-file\n",
+        };
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    status_body(&s).into_response()
+}
+
+fn status_body(s: &AdminState) -> Json<serde_json::Value> {
     let report = lock_report(&s.report).clone();
     let snapshot = s.snapshot.borrow().clone();
     let invalid = snapshot
@@ -115,30 +171,23 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
 mod tests {
     use super::*;
 
-    fn consumer(ready: bool) -> ConsumerStatus {
-        ConsumerStatus {
-            kind: crate::control::store::Kind::KafkaTrigger,
-            trigger: "ns/t".into(),
-            function: "f".into(),
-            group: "g".into(),
-            topics: vec!["a".into()],
-            url: "http://f".into(),
-            state: if ready { "Ready".into() } else { "Starting".into() },
-            ready,
-            lag: 0,
-            checkpoint_error: None,
-        }
+    #[test]
+    fn ready_once_resources_loaded_and_watches_healthy_whatever_the_triggers_do() {
+        let report = SourceReport::default();
+        assert_eq!(not_ready(&report, false), ["resources not loaded yet"]);
+        assert!(not_ready(&report, true).is_empty());
+        let mut failing = SourceReport::default();
+        failing.api_errors.insert("watch KafkaTrigger".into(), "connection refused".into());
+        assert_eq!(not_ready(&failing, true), ["watch KafkaTrigger: connection refused"]);
     }
 
     #[test]
-    fn ready_only_once_resources_loaded_watches_healthy_and_every_consumer_has_partitions() {
-        let report = SourceReport::default();
-        assert_eq!(not_ready(&report, false, &[]), ["resources not loaded yet"]);
-        assert!(not_ready(&report, true, &[consumer(true), consumer(true)]).is_empty());
-        let why = not_ready(&report, true, &[consumer(true), consumer(false)]);
-        assert_eq!(why, ["ns/t -> f (group g): Starting"]);
-        let mut failing = SourceReport::default();
-        failing.api_errors.insert("watch KafkaTrigger".into(), "connection refused".into());
-        assert_eq!(not_ready(&failing, true, &[]), ["watch KafkaTrigger: connection refused"]);
+    fn the_status_token_is_checked_and_never_printed() {
+        let token = AdminToken::new("s3cret\n");
+        assert!(token.admits(Some("Bearer s3cret")));
+        assert!(!token.admits(Some("Bearer s3cre")));
+        assert!(!token.admits(Some("s3cret")));
+        assert!(!token.admits(None));
+        assert!(!format!("{token:?}").contains("s3cret"));
     }
 }

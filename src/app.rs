@@ -111,14 +111,15 @@ pub async fn run(
         }
     });
     let admin = tokio::spawn({
-        let app = admin::router(AdminState {
+        let state = AdminState {
             prometheus,
             supervisor: supervisor.clone(),
             report: report.clone(),
             snapshot: snapshot_rx.clone(),
-        });
+            token: settings.admin_token.clone(),
+        };
         let stop = stop.clone();
-        async move { axum::serve(admin_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
+        async move { admin::serve(admin_listener, state, stop.cancelled_owned()).await }
     });
     let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
@@ -149,6 +150,7 @@ pub async fn run(
                     config_namespace: k.config_namespace.clone(),
                     config_name: k.config_name.clone(),
                     acme_cluster_issuer: k.acme_cluster_issuer.clone(),
+                    policy: settings.index.policy.clone(),
                 };
                 side_tasks.push(tokio::spawn(crate::functions::reconciler::run(
                     client.clone(),

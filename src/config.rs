@@ -1,6 +1,5 @@
 //! Process flags (with environment fallbacks). Pipeline settings live in the resources, not here.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::control::index::{IndexSettings, DEFAULT_URL_TEMPLATE};
+use crate::policy::PolicyArgs;
 
 /// Kubeless's default for `KAFKA_BROKERS`.
 pub const DEFAULT_KAFKA_BROKERS: &str = "kafka.kubeless:9092";
@@ -99,6 +99,15 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "KUBELESS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// A file holding the bearer token `/status` asks for. Without it, `/status` answers only
+    /// requests from loopback (e.g. through `kubectl port-forward`): it lists every tenant's
+    /// triggers, groups and functions.
+    #[arg(long, env = "KUBELESS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -142,6 +151,8 @@ pub struct KubeSettings {
 pub struct Settings {
     pub mode: Mode,
     pub index: IndexSettings,
+    /// `--admin-token-file`'s token.
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl Args {
@@ -165,7 +176,21 @@ impl Args {
             state_dir,
             scan_interval,
             log_format: _,
+            admin_token_file,
+            policy,
         } = self;
+        let admin_token = match admin_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()))?;
+                if token.trim().is_empty() {
+                    anyhow::bail!("--admin-token-file {}: the file is empty", path.display());
+                }
+                Some(crate::admin::AdminToken::new(&token))
+            }
+        };
+        let policy = policy.policy(manifests.is_some())?;
         let mode = match manifests.clone() {
             Some(manifests) => Mode::Standalone { manifests, scan_interval: *scan_interval },
             None => {
@@ -210,7 +235,7 @@ impl Args {
             None => default_state_dir(&env)?,
         };
         let default_max_backoff = kubeless_environment(&env)?;
-        let mut props: BTreeMap<String, String> = kubeless_kafka::security_properties(&env)?;
+        let mut props = kubeless_kafka::security_properties(&env)?;
         props.extend(kafka_properties.iter().cloned());
         if let Some(strategy) = props.get("partition.assignment.strategy").filter(|s| s.contains("cooperative")) {
             // Incremental assignment would need pause state per partition; the consumer keeps one
@@ -220,6 +245,7 @@ impl Args {
             );
         }
         Ok(Settings {
+            admin_token,
             mode,
             index: IndexSettings {
                 kafka_brokers: kafka_brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),
@@ -229,6 +255,7 @@ impl Args {
                 state_dir,
                 nats_url: nats_url.clone(),
                 default_max_backoff,
+                policy,
             },
         })
     }
@@ -267,6 +294,8 @@ fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Pa
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {

@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod functions;
 pub mod kubernetes;
+pub mod policy;
 pub mod resources;
 pub mod shutdown;
 pub mod telemetry;

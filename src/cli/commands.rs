@@ -708,7 +708,7 @@ async fn http(g: &Global, c: TriggerCrud<HttpFlags>) -> anyhow::Result<()> {
 }
 
 fn kafka_props() -> anyhow::Result<BTreeMap<String, String>> {
-    Ok(kubeless_kafka::security_properties(|k| std::env::var(k).ok())?)
+    Ok(kubeless_kafka::security_properties(|k| std::env::var(k).ok())?.into_inner())
 }
 
 fn note_kafka_namespace(k: &KafkaFlags) {

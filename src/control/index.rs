@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::{Selector, SelectorExt};
-use kubeless_kafka::{InitialOffset, KafkaSourceConfig};
+use kubeless_kafka::{InitialOffset, KafkaSourceConfig, Properties};
 use kubeless_kinesis::{KinesisSourceConfig, StartingPosition};
 use kubeless_nats::{NatsAuth, NatsSourceConfig};
 
@@ -14,6 +15,7 @@ pub use crate::dispatch::consumer::{ConsumerSpec, CronSource, SourceSpec};
 
 use super::manifests::Resource;
 use super::store::{Kind, ObjectRef, Store};
+use crate::policy::{broker_list, same_brokers, TenancyPolicy};
 use crate::resources::{
     CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, KinesisTrigger,
     NATSTrigger, StartingPositionSpec, URL_ANNOTATION,
@@ -40,8 +42,9 @@ pub struct IndexSettings {
     /// Brokers for triggers without `spec.brokers` (env `KAFKA_BROKERS`).
     pub kafka_brokers: String,
     pub url_template: String,
-    /// librdkafka properties for every client (security, session timeout…).
-    pub kafka_properties: BTreeMap<String, String>,
+    /// librdkafka properties for every client of the daemon's own brokers (security, session
+    /// timeout…); other brokers get only those that are not security properties.
+    pub kafka_properties: Properties,
     pub drain_timeout: Duration,
     /// Where the scheduler remembers fired ticks.
     pub state_dir: PathBuf,
@@ -50,6 +53,8 @@ pub struct IndexSettings {
     /// Kubeless's `BACKOFF_INTERVAL`: the longest wait between retries of a trigger that sets no
     /// `delivery.retry.maxBackoff`.
     pub default_max_backoff: Option<Duration>,
+    /// What trigger authors may ask of the daemon.
+    pub policy: TenancyPolicy,
 }
 
 impl IndexSettings {
@@ -77,6 +82,20 @@ pub enum Reason {
     NoFunctionSelected,
     /// The Function a Kinesis or cron trigger names does not exist (yet).
     FunctionNotFound,
+    /// Brokers or a server the admin does not let triggers name.
+    BrokersNotAllowed,
+    /// Another trigger (created first) already uses the consumer group.
+    ConsumerGroupTaken,
+    /// A dead-letter topic outside those the admin allows.
+    DeadLetterNotAllowed,
+    /// A Function's `kubeless.io/url` outside the admin's allow-list.
+    FunctionUrlNotAllowed,
+    /// The trigger must bring its own credentials (a Kinesis Secret).
+    CredentialsRequired,
+    /// An endpoint override the admin does not allow.
+    EndpointNotAllowed,
+    /// More than the admin's ceilings allow (in flight, uncommitted, topics, functions, cron rate).
+    LimitExceeded,
 }
 
 impl Reason {
@@ -87,7 +106,28 @@ impl Reason {
             Reason::SharedConsumerGroup => "SharedConsumerGroup",
             Reason::NoFunctionSelected => "NoFunctionSelected",
             Reason::FunctionNotFound => "FunctionNotFound",
+            Reason::BrokersNotAllowed => "BrokersNotAllowed",
+            Reason::ConsumerGroupTaken => "ConsumerGroupTaken",
+            Reason::DeadLetterNotAllowed => "DeadLetterNotAllowed",
+            Reason::FunctionUrlNotAllowed => "FunctionUrlNotAllowed",
+            Reason::CredentialsRequired => "CredentialsRequired",
+            Reason::EndpointNotAllowed => "EndpointNotAllowed",
+            Reason::LimitExceeded => "LimitExceeded",
         }
+    }
+
+    /// Refused by the admin's policy: worth a Warning Event on the trigger.
+    pub fn is_policy(self) -> bool {
+        matches!(
+            self,
+            Reason::BrokersNotAllowed
+                | Reason::ConsumerGroupTaken
+                | Reason::DeadLetterNotAllowed
+                | Reason::FunctionUrlNotAllowed
+                | Reason::CredentialsRequired
+                | Reason::EndpointNotAllowed
+                | Reason::LimitExceeded
+        )
     }
 
     /// Waiting for a Function rather than wrong.
@@ -181,49 +221,211 @@ pub fn desired(store: &Store, settings: &IndexSettings) -> Desired {
             _ => None,
         })
         .collect();
+    let mut created: BTreeMap<ObjectRef, Option<Time>> = BTreeMap::new();
     for (object, resource) in store.resources() {
+        let ctx = Ctx { functions: &functions, secrets: &secrets, settings };
         match resource {
             Resource::Function(_) | Resource::Secret(_) => {}
-            Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &functions, settings, &mut out),
-            Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &functions, settings, &mut out),
-            Resource::Nats(trigger, policy) => {
-                nats_consumers(trigger, policy, &functions, &secrets, settings, &mut out)
+            Resource::Kafka(trigger, policy) => {
+                created.insert(object.clone(), trigger.metadata.creation_timestamp.clone());
+                kafka_consumers(trigger, policy, &ctx, &mut out)
             }
-            Resource::Kinesis(trigger, policy) => {
-                kinesis_consumer(trigger, policy, &functions, &secrets, settings, &mut out)
-            }
+            Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &ctx, &mut out),
+            Resource::Nats(trigger, policy) => nats_consumers(trigger, policy, &ctx, &mut out),
+            Resource::Kinesis(trigger, policy) => kinesis_consumer(trigger, policy, &ctx, &mut out),
             Resource::Http(_) => out.unserved.push(object.clone()),
         }
+    }
+    if settings.policy.enforced {
+        refuse_taken_groups(&created, &mut out);
     }
     out
 }
 
-fn kafka_consumers(
-    trigger: &KafkaTrigger,
-    policy: &DeliveryPolicy,
-    functions: &[&Function],
-    settings: &IndexSettings,
-    out: &mut Desired,
-) {
+/// What every trigger's consumers are built from.
+struct Ctx<'a> {
+    functions: &'a [&'a Function],
+    secrets: &'a Secrets,
+    settings: &'a IndexSettings,
+}
+
+impl Ctx<'_> {
+    fn policy(&self) -> &TenancyPolicy {
+        &self.settings.policy
+    }
+}
+
+fn problem(trigger: &ObjectRef, reason: Reason, problem: String) -> TriggerProblem {
+    TriggerProblem { trigger: trigger.clone(), reason, problem }
+}
+
+/// A Kafka consumer group belongs to the trigger created first among those that would join it
+/// on the same brokers; the others are refused whole, and the first keeps running untouched.
+fn refuse_taken_groups(created: &BTreeMap<ObjectRef, Option<Time>>, out: &mut Desired) {
+    // (brokers, group) → (created, trigger) of the first trigger using it.
+    type GroupKey = (Vec<String>, String);
+    let mut owner: BTreeMap<GroupKey, (Option<&Time>, ObjectRef)> = BTreeMap::new();
+    for spec in out.consumers.values() {
+        let SourceSpec::Kafka(k) = &spec.source else { continue };
+        let trigger = spec.trigger_ref();
+        let candidate = (created.get(&trigger).and_then(Option::as_ref), trigger);
+        let slot = owner.entry((broker_list(&k.brokers), k.group_id.clone())).or_insert_with(|| candidate.clone());
+        if candidate < *slot {
+            *slot = candidate;
+        }
+    }
+    let mut refused: BTreeMap<ObjectRef, String> = BTreeMap::new();
+    for spec in out.consumers.values() {
+        let SourceSpec::Kafka(k) = &spec.source else { continue };
+        let trigger = spec.trigger_ref();
+        let Some((_, first)) = owner.get(&(broker_list(&k.brokers), k.group_id.clone())) else { continue };
+        if *first != trigger {
+            refused.entry(trigger).or_insert_with(|| {
+                format!(
+                    "consumer group {:?} is already used by {first}, created first; name another spec.consumerGroup",
+                    k.group_id
+                )
+            });
+        }
+    }
+    for (trigger, why) in refused {
+        out.consumers.retain(|_, c| c.trigger_ref() != trigger);
+        out.problems.push(problem(&trigger, Reason::ConsumerGroupTaken, why));
+    }
+}
+
+/// The admin's ceilings on a trigger's delivery settings.
+fn over_limits(policy: &DeliveryPolicy, tenancy: &TenancyPolicy) -> Option<String> {
+    let limits = &tenancy.limits;
+    if !tenancy.enforced {
+        return None;
+    }
+    if policy.max_in_flight > limits.max_in_flight {
+        return Some(format!(
+            "spec.delivery.maxInFlight {} is above this cluster's ceiling of {} (--max-in-flight)",
+            policy.max_in_flight, limits.max_in_flight
+        ));
+    }
+    if policy.max_uncommitted > limits.max_uncommitted {
+        return Some(format!(
+            "spec.delivery.maxUncommitted {} is above this cluster's ceiling of {} (--max-uncommitted)",
+            policy.max_uncommitted, limits.max_uncommitted
+        ));
+    }
+    None
+}
+
+/// Brokers and client properties for a Kafka client of a trigger in `ns`: the daemon's
+/// credentials go only to its own brokers; other brokers must be allowed by the admin and get the
+/// trigger's own credentials (`secret`), if any, never the daemon's.
+/// `brokers` and `secret` come with the field they are in, for the messages.
+fn kafka_client(
+    ctx: &Ctx<'_>,
+    ns: &str,
+    brokers: Option<(&str, &str)>,
+    secret: Option<(&str, &str)>,
+) -> Result<(String, Properties), (Reason, String)> {
+    let settings = ctx.settings;
+    let brokers_field = brokers.map(|(f, _)| f).unwrap_or_default();
+    let (brokers, own) = match brokers.map(|(_, b)| b) {
+        None => (settings.kafka_brokers.clone(), true),
+        Some(b) if same_brokers(b, &settings.kafka_brokers) => (settings.kafka_brokers.clone(), true),
+        Some(b) => (b.to_string(), false),
+    };
+    if !own && !ctx.policy().tenant_brokers_allowed(&brokers) {
+        return Err((
+            Reason::BrokersNotAllowed,
+            format!(
+                "{brokers_field} {brokers:?}: this cluster lets triggers name only its own Kafka brokers (or those allowed by --tenant-brokers); leave it unset to use the cluster's"
+            ),
+        ));
+    }
+    let mut props = match (own, ctx.policy().enforced) {
+        // Today's behaviour where the manifest author is the admin.
+        (true, _) | (false, false) => settings.kafka_properties.clone(),
+        (false, true) => settings.kafka_properties.without_security(),
+    };
+    if let Some((field, name)) = secret {
+        let Some(keys) = ctx.secrets.get(&(ns.to_string(), name.to_string())) else {
+            return Err((
+                Reason::SecretNotFound,
+                format!("{field}: Secret {ns}/{name} not found (in standalone mode, add a v1 Secret manifest)"),
+            ));
+        };
+        let get = |k: &str| keys.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+        let own_credentials = kubeless_kafka::secret_properties(get)
+            .map_err(|e| (Reason::SecretNotFound, format!("{field}: Secret {ns}/{name} {e}")))?;
+        props = props.without_security();
+        props.extend(own_credentials.into_inner());
+    }
+    Ok((brokers, props))
+}
+
+fn kafka_consumers(trigger: &KafkaTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>, out: &mut Desired) {
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let label = ObjectRef::new(Kind::KafkaTrigger, ns, name);
-    let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, functions, out) else {
+    let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, ctx, out) else {
         return;
     };
+    let tenancy = ctx.policy();
     let template = trigger.spec.consumer_group.clone().unwrap_or_else(|| DEFAULT_GROUP_TEMPLATE.to_string());
     if matched.len() > 1 && !template.contains("{function}") {
-        let problem = format!(
+        let why = format!(
             "spec.consumerGroup {template:?} is shared by the {} functions the selector matches, so each would get only part of the messages; add {{function}} to it",
             matched.len()
         );
-        return out.problems.push(TriggerProblem { trigger: label, reason: Reason::SharedConsumerGroup, problem });
+        return out.problems.push(problem(&label, Reason::SharedConsumerGroup, why));
     }
-    let brokers = trigger.spec.brokers.clone().unwrap_or_else(|| settings.kafka_brokers.clone());
     let topics = trigger.topics();
+    if tenancy.enforced && topics.len() > tenancy.limits.max_topics {
+        let why = format!(
+            "{} topics is above this cluster's ceiling of {} per trigger (--max-topics-per-trigger)",
+            topics.len(),
+            tenancy.limits.max_topics
+        );
+        return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    if let Some(why) = over_limits(policy, tenancy) {
+        return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    let auth = trigger.spec.auth.as_ref().map(|a| ("spec.auth.secret", a.secret.as_str()));
+    let brokers = trigger.spec.brokers.as_deref().map(|b| ("spec.brokers", b));
+    let (brokers, properties) = match kafka_client(ctx, ns, brokers, auth) {
+        Ok(client) => client,
+        Err((reason, why)) => return out.problems.push(problem(&label, reason, why)),
+    };
+    let mut delivery = policy.clone();
+    if let Some(DeadLetterTarget::Kafka { topic, brokers: dl_brokers, secret, properties: dl_props }) =
+        &mut delivery.dead_letter
+    {
+        if !tenancy.dead_letter_topic_allowed(ns, topic) {
+            let why = format!(
+                "spec.delivery.deadLetter.topic {topic:?} is not one this namespace may write (allowed: {}; --dead-letter-topics)",
+                tenancy.dead_letter_topics.join(", ").replace("{namespace}", ns)
+            );
+            return out.problems.push(problem(&label, Reason::DeadLetterNotAllowed, why));
+        }
+        match dl_brokers.clone() {
+            None => {
+                *dl_brokers = Some(brokers.clone());
+                *dl_props = Some(properties.clone());
+            }
+            Some(b) => {
+                let auth = secret.as_deref().map(|s| ("spec.delivery.deadLetter.secret", s));
+                match kafka_client(ctx, ns, Some(("spec.delivery.deadLetter.brokers", &b)), auth) {
+                    Ok((b, props)) => {
+                        *dl_brokers = Some(b);
+                        *dl_props = Some(props);
+                    }
+                    Err((reason, why)) => return out.problems.push(problem(&label, reason, why)),
+                }
+            }
+        }
+    }
     for function in matched {
         let fname = function.metadata.name.as_deref().unwrap_or_default();
-        let url = function_url(function, &settings.url_template);
+        let Some(url) = reach(function, &label, ctx, out) else { continue };
         // Topics that render to the same group share one consumer.
         let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for topic in &topics {
@@ -232,11 +434,7 @@ fn kafka_consumers(
                 .replace("{trigger}", name)
                 .replace("{function}", fname)
                 .replace("{topic}", topic);
-            groups.entry(group).or_default().insert(topic.clone());
-        }
-        let mut delivery = policy.clone();
-        if let Some(DeadLetterTarget::Kafka { brokers: dl_brokers @ None, .. }) = &mut delivery.dead_letter {
-            *dl_brokers = Some(brokers.clone());
+            groups.entry(tenancy.consumer_group(ns, &group)).or_default().insert(topic.clone());
         }
         for (group_id, topics) in groups {
             let spec = ConsumerSpec {
@@ -252,17 +450,35 @@ fn kafka_consumers(
                         InitialOffsetSpec::Earliest => InitialOffset::Earliest,
                         InitialOffsetSpec::Latest => InitialOffset::Latest,
                     },
-                    properties: settings.kafka_properties.clone(),
-                    drain_timeout: settings.drain_timeout,
+                    properties: properties.clone(),
+                    drain_timeout: ctx.settings.drain_timeout,
                     max_uncommitted: delivery.max_uncommitted as usize,
                 }),
                 url: url.clone(),
                 timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
-                delivery: settings.with_defaults(&delivery),
+                delivery: ctx.settings.with_defaults(&delivery),
             };
             out.consumers.insert(spec.key(), spec);
         }
     }
+}
+
+/// Where a trigger reaches `function`, if the policy lets it: a `kubeless.io/url` outside the
+/// admin's allow-list is reported on the trigger and the function is skipped.
+fn reach(function: &Function, trigger: &ObjectRef, ctx: &Ctx<'_>, out: &mut Desired) -> Option<String> {
+    let url = function_url(function, &ctx.settings.url_template);
+    let annotated = function.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
+    if annotated && !ctx.policy().function_url_allowed(&url) {
+        let why = format!(
+            "Function {}/{}: {URL_ANNOTATION} {} is not among the URLs this cluster lets triggers reach (--function-url-allow); without the annotation the function is reached at its Service",
+            function.metadata.namespace.as_deref().unwrap_or_default(),
+            function.metadata.name.as_deref().unwrap_or_default(),
+            kubeless_connector::redact_url(&url),
+        );
+        out.problems.push(problem(trigger, Reason::FunctionUrlNotAllowed, why));
+        return None;
+    }
+    Some(url)
 }
 
 /// The functions in the trigger's namespace that its selector matches. A bad selector is reported
@@ -271,9 +487,10 @@ fn selected<'a>(
     label: ObjectRef,
     selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     ns: &str,
-    functions: &[&'a Function],
+    ctx: &Ctx<'a>,
     out: &mut Desired,
 ) -> Option<Vec<&'a Function>> {
+    let functions = ctx.functions;
     let selector = match selector.cloned().map(Selector::try_from)? {
         Ok(s) => s,
         Err(e) => {
@@ -293,23 +510,55 @@ fn selected<'a>(
         out.problems.push(TriggerProblem { trigger: label, reason: Reason::NoFunctionSelected, problem });
         return None;
     }
+    let tenancy = ctx.policy();
+    if tenancy.enforced && matched.len() > tenancy.limits.max_functions {
+        let problem = format!(
+            "spec.functionSelector matches {} Functions; this cluster's ceiling is {} per trigger (--max-functions-per-trigger)",
+            matched.len(),
+            tenancy.limits.max_functions
+        );
+        out.problems.push(TriggerProblem { trigger: label, reason: Reason::LimitExceeded, problem });
+        return None;
+    }
     Some(matched)
 }
 
-fn nats_consumers(
-    trigger: &NATSTrigger,
-    policy: &DeliveryPolicy,
-    functions: &[&Function],
-    secrets: &Secrets,
-    settings: &IndexSettings,
-    out: &mut Desired,
-) {
+/// The `host:port` of every server of a NATS URL list (`nats://a:4222,nats://b:4222`).
+fn nats_servers(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            let with_scheme = if u.contains("://") { u.to_string() } else { format!("nats://{u}") };
+            match url::Url::parse(&with_scheme) {
+                Ok(p) => format!("{}:{}", p.host_str().unwrap_or_default(), p.port().unwrap_or(4222)),
+                Err(_) => u.to_string(),
+            }
+        })
+        .collect()
+}
+
+fn nats_consumers(trigger: &NATSTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>, out: &mut Desired) {
+    let (secrets, settings) = (ctx.secrets, ctx.settings);
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let label = ObjectRef::new(Kind::NATSTrigger, ns, name);
-    let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, functions, out) else {
+    let Some(matched) = selected(label.clone(), trigger.spec.function_selector.as_ref(), ns, ctx, out) else {
         return;
     };
+    if let Some(why) = over_limits(policy, ctx.policy()) {
+        return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    if let Some(url) = trigger.spec.url.as_deref() {
+        let own = nats_servers(url) == nats_servers(&settings.nats_url);
+        if !own && !ctx.policy().tenant_brokers_allowed(&nats_servers(url).join(",")) {
+            let why = format!(
+                "spec.url {:?}: this cluster lets triggers name only its own NATS server (or those allowed by --tenant-brokers); leave it unset to use the cluster's",
+                kubeless_connector::redact_url(url)
+            );
+            return out.problems.push(problem(&label, Reason::BrokersNotAllowed, why));
+        }
+    }
     let auth = match &trigger.spec.auth {
         None => NatsAuth::None,
         Some(a) => match nats_auth(secrets, ns, &a.secret) {
@@ -332,6 +581,7 @@ fn nats_consumers(
     let subject = &trigger.spec.topic;
     for function in matched {
         let fname = function.metadata.name.as_deref().unwrap_or_default();
+        let Some(url) = reach(function, &label, ctx, out) else { continue };
         let timeout = policy.timeout.unwrap_or_else(|| function.timeout());
         let spec = ConsumerSpec {
             kind: Kind::NATSTrigger,
@@ -351,7 +601,7 @@ fn nats_consumers(
                 ca_pem: ca_pem.clone(),
                 drain_timeout: settings.drain_timeout,
             }),
-            url: function_url(function, &settings.url_template),
+            url,
             timeout,
             delivery: settings.with_defaults(policy),
         };
@@ -361,14 +611,10 @@ fn nats_consumers(
 
 /// The Function a 1:1 trigger (Kinesis, cron) names, in the trigger's namespace; `None` (reported
 /// as idle) if it does not exist.
-fn named_function<'a>(
-    trigger: ObjectRef,
-    fname: &str,
-    functions: &[&'a Function],
-    out: &mut Desired,
-) -> Option<&'a Function> {
+fn named_function<'a>(trigger: ObjectRef, fname: &str, ctx: &Ctx<'a>, out: &mut Desired) -> Option<&'a Function> {
     let ns = trigger.namespace.as_str();
-    let found = functions
+    let found = ctx
+        .functions
         .iter()
         .copied()
         .find(|f| f.metadata.namespace.as_deref() == Some(ns) && f.metadata.name.as_deref() == Some(fname));
@@ -379,22 +625,32 @@ fn named_function<'a>(
     found
 }
 
-fn kinesis_consumer(
-    trigger: &KinesisTrigger,
-    policy: &DeliveryPolicy,
-    functions: &[&Function],
-    secrets: &Secrets,
-    settings: &IndexSettings,
-    out: &mut Desired,
-) {
+fn kinesis_consumer(trigger: &KinesisTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>, out: &mut Desired) {
+    let (secrets, settings, tenancy) = (ctx.secrets, ctx.settings, ctx.policy());
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let spec = &trigger.spec;
     let label = ObjectRef::new(Kind::KinesisTrigger, ns, name);
-    let Some(function) = named_function(label.clone(), &spec.function_name, functions, out) else {
+    let Some(function) = named_function(label.clone(), &spec.function_name, ctx, out) else {
         return;
     };
+    if let Some(why) = over_limits(policy, tenancy) {
+        return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    if let Some(endpoint) =
+        spec.endpoint.as_deref().filter(|e| tenancy.enforced && !tenancy.kinesis_endpoints.allows_url(e))
+    {
+        let why = format!(
+            "spec.endpoint {:?} is not among the Kinesis endpoints this cluster allows (--kinesis-endpoint-allow); leave it unset to use AWS's",
+            kubeless_connector::redact_url(endpoint)
+        );
+        return out.problems.push(problem(&label, Reason::EndpointNotAllowed, why));
+    }
     let credentials = match &spec.secret {
+        None if tenancy.enforced && !tenancy.kinesis_ambient_identity => {
+            let why = "spec.secret is required: name a Secret in this namespace with aws_access_key_id and aws_secret_access_key (this cluster does not lend the broker's own AWS identity; --kinesis-ambient-identity)".to_string();
+            return out.problems.push(problem(&label, Reason::CredentialsRequired, why));
+        }
         None => None,
         Some(secret) => {
             let get = |k: &str| secret_text(secrets, ns, secret, k);
@@ -413,6 +669,7 @@ fn kinesis_consumer(
             }
         }
     };
+    let Some(url) = reach(function, &label, ctx, out) else { return };
     let starting_position = match spec.starting_position.unwrap_or_default() {
         StartingPositionSpec::Latest => StartingPosition::Latest,
         StartingPositionSpec::TrimHorizon => StartingPosition::TrimHorizon,
@@ -438,26 +695,35 @@ fn kinesis_consumer(
             drain_timeout: settings.drain_timeout,
             max_uncommitted: policy.max_uncommitted as usize,
         }),
-        url: function_url(function, &settings.url_template),
+        url,
         timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
         delivery: settings.with_defaults(policy),
     };
     out.consumers.insert(consumer.key(), consumer);
 }
 
-fn cron_consumer(
-    trigger: &CronJobTrigger,
-    policy: &DeliveryPolicy,
-    functions: &[&Function],
-    settings: &IndexSettings,
-    out: &mut Desired,
-) {
+fn cron_consumer(trigger: &CronJobTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>, out: &mut Desired) {
+    let settings = ctx.settings;
     let ns = trigger.metadata.namespace.as_deref().unwrap_or_default();
     let name = trigger.metadata.name.as_deref().unwrap_or_default();
     let fname = &trigger.spec.function_name;
-    let Some(function) = named_function(ObjectRef::new(Kind::CronJobTrigger, ns, name), fname, functions, out) else {
+    let label = ObjectRef::new(Kind::CronJobTrigger, ns, name);
+    let Some(function) = named_function(label.clone(), fname, ctx, out) else {
         return;
     };
+    if let Some(why) = over_limits(policy, ctx.policy()) {
+        return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    if let Some(every) = ctx.policy().cron_too_frequent(&trigger.spec.schedule, trigger.spec.timezone.as_deref()) {
+        let why = format!(
+            "spec.schedule {:?} ticks every {}; this cluster's minimum is {} (--min-cron-interval)",
+            trigger.spec.schedule,
+            humantime::format_duration(every),
+            humantime::format_duration(ctx.policy().limits.min_cron_interval)
+        );
+        return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    let Some(url) = reach(function, &label, ctx, out) else { return };
     let spec = ConsumerSpec {
         kind: Kind::CronJobTrigger,
         trigger: format!("{ns}/{name}"),
@@ -471,7 +737,7 @@ fn cron_consumer(
             starting_deadline: trigger.spec.starting_deadline_seconds.map(Duration::from_secs),
             state_dir: settings.state_dir.clone(),
         }),
-        url: function_url(function, &settings.url_template),
+        url,
         timeout: policy.timeout.unwrap_or_else(|| function.timeout()),
         delivery: settings.with_defaults(policy),
     };

@@ -2,17 +2,19 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::control::manifests::parse_file;
+use crate::policy::TenancyPolicy;
 use crate::resources::ConcurrencyPolicy;
 
 fn settings() -> IndexSettings {
     IndexSettings {
         kafka_brokers: "k:9092".to_string(),
         url_template: DEFAULT_URL_TEMPLATE.to_string(),
-        kafka_properties: BTreeMap::new(),
+        kafka_properties: Properties::new(),
         drain_timeout: Duration::from_secs(5),
         state_dir: PathBuf::from("/state"),
         nats_url: "nats://n:4222".to_string(),
         default_max_backoff: None,
+        policy: TenancyPolicy::trusted(),
     }
 }
 
@@ -163,7 +165,12 @@ fn dead_letter_brokers_default_to_the_triggers_brokers() {
     let c = d.consumers.values().next().expect("one consumer");
     assert_eq!(
         c.delivery.dead_letter,
-        Some(DeadLetterTarget::Kafka { topic: "dlq".to_string(), brokers: Some("k:9092".to_string()) })
+        Some(DeadLetterTarget::Kafka {
+            topic: "dlq".to_string(),
+            brokers: Some("k:9092".to_string()),
+            secret: None,
+            properties: Some(Properties::new()),
+        })
     );
 }
 
@@ -187,4 +194,156 @@ fn nats_credentials_come_from_a_secret_in_the_triggers_namespace() {
     assert!(auth_of(empty).expect_err("no usable key").contains("none of the keys"));
     let elsewhere = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: other}\nstringData: {token: t}\n";
     assert!(auth_of(elsewhere).expect_err("wrong namespace").contains("Secret ns/creds not found"));
+}
+
+/// The defaults of a shared cluster, with the daemon's own Kafka credentials.
+fn shared() -> IndexSettings {
+    let mut props = Properties::new();
+    props.insert("security.protocol".into(), "sasl_plaintext".into());
+    props.insert("sasl.password".into(), "platform-secret".into());
+    props.insert("session.timeout.ms".into(), "6000".into());
+    IndexSettings { kafka_properties: props, policy: TenancyPolicy::shared_cluster(), ..settings() }
+}
+
+fn kafka_trigger(ns: &str, name: &str, spec: &str) -> String {
+    format!("---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{topic: a, functionSelector: {{matchLabels: {{function: fa}}}}, {spec}}}\n")
+}
+
+fn kafka_sources(d: &Desired) -> Vec<&KafkaSourceConfig> {
+    d.consumers
+        .values()
+        .filter_map(|c| match &c.source {
+            SourceSpec::Kafka(k) => Some(k),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemons_kafka_credentials_go_only_to_its_own_brokers() {
+    let own = desired(&mk(&format!("{FUNCTIONS}{}", kafka_trigger("ns", "t", "brokers: 'K:9092'"))), &shared());
+    let src = kafka_sources(&own)[0];
+    assert_eq!(src.properties["sasl.password"], "platform-secret", "the cluster's brokers, named explicitly");
+
+    let elsewhere = format!("{FUNCTIONS}{}", kafka_trigger("ns", "t", "brokers: 'evil:9092'"));
+    let refused = desired(&mk(&elsewhere), &shared());
+    assert!(refused.consumers.is_empty());
+    assert_eq!(refused.problems[0].reason, Reason::BrokersNotAllowed, "{:?}", refused.problems);
+    assert!(refused.problems[0].problem.starts_with("spec.brokers \"evil:9092\""), "{:?}", refused.problems);
+
+    // Allowed by the admin: only tuning properties, never the daemon's credentials.
+    let mut allowing = shared();
+    allowing.policy.tenant_brokers = crate::policy::AllowList::new(&["evil:9092".into()]);
+    let allowed = desired(&mk(&elsewhere), &allowing);
+    let src = kafka_sources(&allowed)[0];
+    assert_eq!(src.properties.keys().collect::<Vec<_>>(), ["session.timeout.ms"]);
+
+    // With the trigger's own Secret: its credentials.
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: kc, namespace: ns}\nstringData: {username: team, password: team-pw}\n";
+    let own_auth =
+        format!("{FUNCTIONS}{}{secret}", kafka_trigger("ns", "t", "brokers: 'evil:9092', auth: {secret: kc}"));
+    let d = desired(&mk(&own_auth), &allowing);
+    let src = kafka_sources(&d)[0];
+    assert_eq!(
+        (src.properties["sasl.username"].as_str(), src.properties["sasl.password"].as_str()),
+        ("team", "team-pw")
+    );
+    assert!(!format!("{d:?}").contains("team-pw") && !format!("{d:?}").contains("platform-secret"), "never printed");
+
+    // Dead letters: the same rule for their brokers.
+    let dl = format!(
+        "{FUNCTIONS}{}",
+        kafka_trigger("ns", "t", "delivery: {deadLetter: {topic: ns.dlq, brokers: 'evil:9092'}}")
+    );
+    let d = desired(&mk(&dl), &shared());
+    assert_eq!(d.problems[0].reason, Reason::BrokersNotAllowed);
+    assert!(d.problems[0].problem.starts_with("spec.delivery.deadLetter.brokers"), "{:?}", d.problems);
+    let d = desired(&mk(&dl), &allowing);
+    let Some(DeadLetterTarget::Kafka { properties: Some(p), .. }) =
+        &d.consumers.values().next().expect("one").delivery.dead_letter
+    else {
+        panic!("a Kafka dead letter")
+    };
+    assert!(!p.contains_key("sasl.password"), "{p:?}");
+}
+
+#[test]
+fn consumer_groups_stay_in_their_namespace_and_the_first_trigger_keeps_a_shared_one() {
+    let other_ns = FUNCTIONS.replace("namespace: ns", "namespace: team-b");
+    let yaml = format!(
+        "{FUNCTIONS}---\n{other_ns}{}{}{}",
+        kafka_trigger("ns", "a", "consumerGroup: shared"),
+        kafka_trigger("team-b", "b", "consumerGroup: shared"),
+        kafka_trigger("team-b", "thief", "consumerGroup: 'ns_shared'"),
+    );
+    let d = desired(&mk(&yaml), &shared());
+    let groups: BTreeSet<&str> = kafka_sources(&d).iter().map(|k| k.group_id.as_str()).collect();
+    assert_eq!(groups, BTreeSet::from(["ns_shared", "team-b_shared", "team-b_ns_shared"]));
+
+    // Two triggers of one namespace rendering one group: the first created keeps it.
+    let first = "creationTimestamp: '2026-01-01T00:00:00Z'";
+    let later = "creationTimestamp: '2026-06-01T00:00:00Z'";
+    let yaml = format!(
+        "{FUNCTIONS}{}{}",
+        kafka_trigger("ns", "z-first", "consumerGroup: g")
+            .replace("namespace: ns}", &format!("namespace: ns, {first}}}")),
+        kafka_trigger("ns", "a-later", "consumerGroup: g")
+            .replace("namespace: ns}", &format!("namespace: ns, {later}}}")),
+    );
+    let d = desired(&mk(&yaml), &shared());
+    let running: Vec<&str> = d.consumers.values().map(|c| c.trigger.as_str()).collect();
+    assert_eq!(running, ["ns/z-first"]);
+    assert_eq!(d.problems.len(), 1);
+    assert_eq!((d.problems[0].trigger.name.as_str(), d.problems[0].reason), ("a-later", Reason::ConsumerGroupTaken));
+    assert!(d.problems[0].problem.contains("KafkaTrigger ns/z-first"), "{:?}", d.problems);
+    assert!(d.problems[0].reason.is_policy());
+}
+
+#[test]
+fn function_urls_dead_letter_topics_kinesis_identity_and_limits_follow_the_policy() {
+    // fb carries kubeless.io/url http://127.0.0.1:1234: not allowed by default.
+    let yaml = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\nspec: {{topic: a, functionSelector: {{matchLabels: {{app: demo}}}}}}\n"
+    );
+    let d = desired(&mk(&yaml), &shared());
+    let functions: Vec<&str> = d.consumers.values().map(|c| c.function.as_str()).collect();
+    assert_eq!(functions, ["fa"], "fa at its Service still runs");
+    assert_eq!(d.problems[0].reason, Reason::FunctionUrlNotAllowed);
+    let mut allowing = shared();
+    allowing.policy.function_urls = crate::policy::AllowList::new(&["http://127.0.0.1:1234/".into()]);
+    assert_eq!(desired(&mk(&yaml), &allowing).consumers.len(), 2);
+
+    let dl = |topic: &str| {
+        desired(
+            &mk(&format!(
+                "{FUNCTIONS}{}",
+                kafka_trigger("ns", "t", &format!("delivery: {{deadLetter: {{topic: {topic}}}}}"))
+            )),
+            &shared(),
+        )
+    };
+    assert_eq!(dl("payments").problems[0].reason, Reason::DeadLetterNotAllowed);
+    assert!(dl("ns.dlq").problems.is_empty());
+
+    let kinesis = |extra: &str| {
+        desired(&mk(&format!("{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KinesisTrigger\nmetadata: {{name: k, namespace: ns}}\nspec: {{function-name: fa, stream: s, aws-region: us-east-1{extra}}}\n")), &shared())
+    };
+    assert_eq!(kinesis("").problems[0].reason, Reason::CredentialsRequired);
+    assert_eq!(
+        kinesis(", secret: aws, endpoint: 'http://10.0.0.1:4567'").problems[0].reason,
+        Reason::EndpointNotAllowed
+    );
+
+    let limited = |spec: &str| desired(&mk(&format!("{FUNCTIONS}{}", kafka_trigger("ns", "t", spec))), &shared());
+    assert_eq!(limited("delivery: {maxInFlight: 5000}").problems[0].reason, Reason::LimitExceeded);
+    assert_eq!(limited("delivery: {maxUncommitted: 1000000}").problems[0].reason, Reason::LimitExceeded);
+    assert!(limited("delivery: {maxInFlight: 500}").problems.is_empty());
+
+    let cron = |schedule: &str| {
+        desired(&mk(&format!("{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {{name: c, namespace: ns}}\nspec: {{function-name: fa, schedule: '{schedule}'}}\n")), &shared())
+    };
+    let every_second = cron("@every 1s");
+    assert_eq!(every_second.problems[0].reason, Reason::LimitExceeded);
+    assert!(every_second.problems[0].problem.contains("--min-cron-interval"), "{:?}", every_second.problems);
+    assert!(cron("*/5 * * * *").problems.is_empty());
 }

@@ -46,6 +46,7 @@ pub struct ConsumerStatus {
     pub function: String,
     pub group: String,
     pub topics: Vec<String>,
+    /// The function's URL, credentials redacted.
     pub url: String,
     pub state: String,
     pub ready: bool,
@@ -118,7 +119,7 @@ impl Supervisor {
         }
         for (key, spec) in desired {
             if !running.contains_key(key) {
-                info!(trigger = %spec.trigger, function = %spec.function, source = %spec.source.id(), topics = ?spec.source.topics(), url = %spec.url, "Starting consumer.");
+                info!(trigger = %spec.trigger, function = %spec.function, source = %spec.source.id(), topics = ?spec.source.topics(), url = %kubeless_connector::redact_url(&spec.url), "Starting consumer.");
                 let predecessor = stopping.get(key).cloned();
                 running.insert(key.clone(), start(spec.clone(), self.services.clone(), predecessor));
             }
@@ -155,7 +156,7 @@ impl Supervisor {
                     function: r.spec.function.clone(),
                     group: r.spec.source.id().to_string(),
                     topics: r.spec.source.topics(),
-                    url: r.spec.url.clone(),
+                    url: kubeless_connector::redact_url(&r.spec.url),
                     ready: state == SourceState::Ready,
                     state: match state {
                         SourceState::Starting => "Starting".to_string(),

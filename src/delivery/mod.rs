@@ -12,7 +12,7 @@ pub mod retry;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ::http::header::{HeaderValue, USER_AGENT};
+use ::http::header::{HeaderValue, AUTHORIZATION, USER_AGENT};
 use ::http::{Method, Request, Uri};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http_body_util::Full;
@@ -30,7 +30,11 @@ pub struct Target {
     /// `namespace/trigger`, for logs and dead letters.
     pub trigger: String,
     pub function: String,
+    /// Without credentials: those of the configured URL are in `authorization`.
     pub url: Uri,
+    /// `Basic` credentials from the URL's user info (`http://user:pass@host/`), sent on every
+    /// request and never printed.
+    pub authorization: Option<HeaderValue>,
     pub timeout: Duration,
     pub event_namespace: &'static str,
     pub style: event::EventStyle,
@@ -40,6 +44,37 @@ pub struct Target {
     /// Retries go back to the source as `Outcome::Redeliver` (JetStream NAK with delay) instead of
     /// waiting here: the broker keeps the message, not our memory.
     pub redeliver_via_source: bool,
+}
+
+/// Why a function URL cannot be used; the URL is named with its credentials redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("function URL {url:?} is not valid: {reason}")]
+pub struct BadUrl {
+    pub url: String,
+    pub reason: String,
+}
+
+/// A function URL as requests use it: without user info, whose credentials become a `Basic`
+/// `Authorization` header (as curl does), so they never show in a request line, a log or an error.
+pub fn function_target(raw: &str) -> Result<(Uri, Option<HeaderValue>), BadUrl> {
+    use base64::Engine as _;
+    let bad = |reason: String| BadUrl { url: kubeless_connector::redact_url(raw), reason };
+    let mut url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+    let authorization = if url.username().is_empty() && url.password().is_none() {
+        None
+    } else {
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let user = decode(url.username());
+        let password = url.password().map(decode).unwrap_or_default();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut value = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| bad(e.to_string()))?;
+        value.set_sensitive(true);
+        url.set_username("").map_err(|()| bad("cannot remove the user name".to_string()))?;
+        url.set_password(None).map_err(|()| bad("cannot remove the password".to_string()))?;
+        Some(value)
+    };
+    let uri = url.as_str().parse::<Uri>().map_err(|e| bad(e.to_string()))?;
+    Ok((uri, authorization))
 }
 
 /// Delivers messages for one (trigger, function). Shared by all its in-flight deliveries.
@@ -178,6 +213,9 @@ impl Deliverer {
         let headers = request.headers_mut();
         *headers = event::event_headers(msg, t.event_namespace, t.style, now);
         headers.insert(USER_AGENT, AGENT.clone());
+        if let Some(credentials) = &t.authorization {
+            headers.insert(AUTHORIZATION, credentials.clone());
+        }
         let started = Instant::now();
         // Counted down when the attempt ends, or when it is dropped mid-way (a stop aborting it).
         let _in_flight = InFlight::start(&self.metrics.in_flight);

@@ -200,10 +200,7 @@ async fn run_once(
     stop: &CancellationToken,
     metrics: &ConsumerMetrics,
 ) -> Result<(), String> {
-    let url = url::Url::parse(&spec.url)
-        .map_err(|e| e.to_string())
-        .and_then(|u| u.as_str().parse::<http::Uri>().map_err(|e| e.to_string()))
-        .map_err(|e| format!("function URL {:?} is not valid: {e}", spec.url))?;
+    let (url, authorization) = crate::delivery::function_target(&spec.url).map_err(|e| e.to_string())?;
     let dead_letter = dead_letter_sink(spec).await?;
     let (style, method) = match &spec.source {
         SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, http::Method::POST),
@@ -231,6 +228,7 @@ async fn run_once(
         trigger: spec.trigger.clone(),
         function: spec.function.clone(),
         url,
+        authorization,
         timeout: spec.timeout,
         event_namespace: spec.event_namespace,
         style,
@@ -271,9 +269,11 @@ async fn run_once(
 /// The dead-letter destination of a consumer, if it has one.
 async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLetterSink>>, String> {
     Ok(match (&spec.delivery.dead_letter, &spec.source) {
-        (Some(DeadLetterTarget::Kafka { topic, brokers }), SourceSpec::Kafka(kafka)) => {
+        (Some(DeadLetterTarget::Kafka { topic, brokers, properties, .. }), SourceSpec::Kafka(kafka)) => {
+            // The index fills in the brokers and the properties the policy gives them.
             let brokers = brokers.as_deref().unwrap_or(&kafka.brokers);
-            let sink = KafkaDeadLetter::new(brokers, topic, &kafka.properties)
+            let properties = properties.as_ref().unwrap_or(&kafka.properties);
+            let sink = KafkaDeadLetter::new(brokers, topic, properties)
                 .map_err(|e| format!("cannot create the dead-letter producer for topic {topic}: {e}"))?;
             Some(Arc::new(sink))
         }

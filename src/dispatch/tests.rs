@@ -108,10 +108,12 @@ fn retry(max_attempts: Option<u32>) -> RetryPolicy {
 }
 
 fn target(url: &str, retry: RetryPolicy) -> Target {
+    let (url, authorization) = crate::delivery::function_target(url).expect("url");
     Target {
         trigger: "ns/t".into(),
         function: "f".into(),
-        url: url.parse().expect("url"),
+        url,
+        authorization,
         timeout: Duration::from_secs(10),
         event_namespace: "kafkatriggers.kubeless.io",
         style: crate::delivery::event::EventStyle::Broker,

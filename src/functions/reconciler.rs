@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
@@ -35,7 +36,11 @@ use tracing::{debug, info, warn};
 use super::ingress::build_ingress;
 use super::objects::{build, Children, FunctionConfig, CREATED_BY};
 use super::readiness::{readiness, Readiness};
+use crate::policy::{pods, TenancyPolicy};
 use crate::resources::{Condition, Function, FunctionStatus, HTTPTrigger, TriggerStatus, API_VERSION, URL_ANNOTATION};
+
+/// Readiness reasons that are the cluster policy's refusals, each reported by a Warning Event.
+const POLICY_REASONS: [&str; 2] = ["PolicyRefused", "FunctionUrlNotAllowed"];
 
 /// Kubeless's finalizer on the Functions its controller managed.
 pub const KUBELESS_FINALIZER: &str = "kubeless.io/function";
@@ -61,6 +66,8 @@ pub struct Settings {
     pub config_name: Option<String>,
     /// `--acme-cluster-issuer`, for HTTPTriggers with `tls: true`.
     pub acme_cluster_issuer: Option<String>,
+    /// What Functions and HTTPTriggers may ask for.
+    pub policy: TenancyPolicy,
 }
 
 /// An API error: a 4xx other than a conflict or throttling will not pass on retry.
@@ -84,6 +91,10 @@ fn is_not_found(e: &kube::Error) -> bool {
 pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    /// `kubeless-config` could not be read (other than not existing): nothing is written until it
+    /// can, so no Function rolls or changes Service type on a passing API error.
+    #[error("cannot read ConfigMap {namespace}/{name} (kubeless-config); the Function's objects are left as they are: {source}")]
+    Config { namespace: String, name: String, source: kube::Error },
 }
 
 /// The controller's shared state.
@@ -95,6 +106,9 @@ struct Ctx {
     acme_cluster_issuer: Option<String>,
     /// `autoscaling/v2`, or `v2beta2` where the server has no v2 (before 1.23).
     hpa: ApiResource,
+    policy: TenancyPolicy,
+    /// Warning Events for what the policy refuses.
+    recorder: Recorder,
 }
 
 /// Runs the reconciler whenever this replica leads, until `stop`.
@@ -273,13 +287,16 @@ impl Ctx {
         let config =
             config_location(&client, settings.config_namespace.as_deref(), settings.config_name.as_deref()).await;
         let hpa = autoscaling_version(&client, term).await?;
+        let reporter = Reporter { controller: settings.field_manager.clone(), instance: None };
         Some(Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             manager: settings.field_manager.clone(),
             url_template: settings.url_template.clone(),
             config,
             acme_cluster_issuer: settings.acme_cluster_issuer.clone(),
             hpa,
+            policy: settings.policy.clone(),
         })
     }
 
@@ -294,32 +311,38 @@ impl Ctx {
         Api::namespaced_with(self.client.clone(), ns, &self.hpa)
     }
 
-    /// `kubeless-config`'s settings; without the ConfigMap (or the right to read it), the defaults.
-    async fn function_config(&self) -> Result<FunctionConfig, Readiness> {
+    /// `kubeless-config`'s settings; without the ConfigMap, the defaults. Any other failure to read
+    /// it (throttled, a server error, a timeout, no right to read it) is an error, retried: falling
+    /// back to the defaults would roll every Function and turn NodePort Services into ClusterIP.
+    async fn function_config(&self) -> Result<Result<FunctionConfig, Readiness>, Error> {
         let (ns, name) = &self.config;
         match self.api::<ConfigMap>(ns).get_opt(name).await {
-            Ok(Some(cm)) => FunctionConfig::from_data(&cm.data.unwrap_or_default())
-                .map_err(|e| Readiness::not("InvalidConfig", format!("ConfigMap {ns}/{name} key {e}"))),
-            Ok(None) => Ok(FunctionConfig::default()),
-            Err(e) => {
-                debug!(error = %e, "cannot read {ns}/{name}; using the built-in runtime catalogue");
-                Ok(FunctionConfig::default())
-            }
+            Ok(Some(cm)) => Ok(FunctionConfig::from_data(&cm.data.unwrap_or_default())
+                .map_err(|e| Readiness::not("InvalidConfig", format!("ConfigMap {ns}/{name} key {e}")))),
+            Ok(None) => Ok(Ok(FunctionConfig::default())),
+            Err(source) => Err(Error::Config { namespace: ns.clone(), name: name.clone(), source }),
         }
     }
 
     /// Applies a Function's children and says how ready it is; refusals come back as readiness.
     async fn ensure(&self, function: &Function) -> Result<Readiness, Error> {
         if let Some(url) = function.annotations().get(URL_ANNOTATION) {
+            let shown = kubeless_connector::redact_url(url);
+            if !self.policy.function_url_allowed(url) {
+                return Ok(Readiness::not(
+                    "FunctionUrlNotAllowed",
+                    format!("{URL_ANNOTATION} {shown} is not among the URLs this cluster lets triggers reach (--function-url-allow); remove it to deploy the function"),
+                ));
+            }
             return Ok(Readiness {
                 ready: true,
                 reason: "External".to_string(),
-                message: format!("the function runs at {url} ({URL_ANNOTATION}); nothing is deployed for it"),
+                message: format!("the function runs at {shown} ({URL_ANNOTATION}); nothing is deployed for it"),
             });
         }
         let ns = function.namespace().unwrap_or_default();
         let name = function.name_any();
-        let config = match self.function_config().await {
+        let config = match self.function_config().await? {
             Ok(c) => c,
             Err(not) => return Ok(not),
         };
@@ -329,6 +352,10 @@ impl Ctx {
             Ok(c) => c,
             Err(e) => return Ok(Readiness::not(e.reason(), e.to_string())),
         };
+        // Nothing is written for a Function asking for more than the cluster's policy allows.
+        if let Err(violations) = self.check_policy(&mut children) {
+            return Ok(Readiness::not("PolicyRefused", pods::describe(&violations)));
+        }
         // Nothing is touched if any child exists that kubeless did not create.
         let existing_cm = self.api::<ConfigMap>(&ns).get_opt(&name).await?;
         let existing_svc = self.api::<Service>(&ns).get_opt(&name).await?;
@@ -388,10 +415,26 @@ impl Ctx {
         Ok(readiness(&deployment, &pods.items))
     }
 
+    /// The pod template and Service against the policy (the pod may lose its token mount).
+    fn check_policy(&self, children: &mut Children) -> Result<(), Vec<pods::Violation>> {
+        let policy = &self.policy.pods;
+        let mut violations = Vec::new();
+        if let Some(pod) = children.deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            violations.extend(policy.check_pod(pod, "spec.deployment.spec.template.spec").err().unwrap_or_default());
+        }
+        violations.extend(policy.check_service(&children.service).err().unwrap_or_default());
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+
     /// Writes `status` (server-side apply on the status subresource) if it changed.
     async fn write_status(&self, function: &Function, readiness: &Readiness) -> Result<(), Error> {
         let previous = function.status.clone().unwrap_or_default();
-        let url = Some(crate::control::index::function_url(function, &self.url_template));
+        let url =
+            Some(kubeless_connector::redact_url(&crate::control::index::function_url(function, &self.url_template)));
         let status = FunctionStatus {
             conditions: vec![ready_condition(readiness, &previous.conditions)],
             observed_generation: function.metadata.generation,
@@ -426,6 +469,18 @@ impl Ctx {
             } else {
                 warn!(object = %format!("{kind} {who}"), reason = %readiness.reason, "Not ready: {}", readiness.message);
             }
+            if POLICY_REASONS.contains(&readiness.reason.as_str()) {
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: readiness.reason.clone(),
+                    note: Some(readiness.message.chars().take(1024).collect()),
+                    action: "Reconcile".to_string(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+                    warn!(object = %format!("{kind} {who}"), error = %e, "Cannot record the policy Event.");
+                }
+            }
         }
         let patch = json!({"apiVersion": API_VERSION, "kind": kind, "status": status});
         let api: Api<K> = self.api(&object.namespace().unwrap_or_default());
@@ -449,6 +504,10 @@ impl Ctx {
                 format!("Function {ns}/{function_name} does not exist; the Ingress is made when it does"),
             ));
         };
+        let user_annotations = trigger.metadata.annotations.clone().unwrap_or_default();
+        if let Err(violations) = self.policy.pods.check_ingress(&user_annotations, &trigger.spec.host_name) {
+            return Ok(Readiness::not("PolicyRefused", pods::describe(&violations)));
+        }
         let owner = trigger.controller_owner_ref(&()).unwrap_or_default();
         let ingress = match build_ingress(trigger, &function, self.acme_cluster_issuer.as_deref(), &owner) {
             Ok(i) => i,

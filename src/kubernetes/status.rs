@@ -216,7 +216,10 @@ impl StatusWriter {
                 consumers: by_trigger.get(object).unwrap_or(&no_consumers),
             };
             if let Some(why) = facts.invalid {
-                self.event_invalid(object, uid, *generation, why).await;
+                self.event(object, uid, *generation, "InvalidSpec", why).await;
+            }
+            if let Some(p) = facts.problem.filter(|p| p.reason.is_policy()) {
+                self.event(object, uid, *generation, p.reason.as_str(), &p.problem).await;
             }
             if self.skip_http && object.kind == Kind::HTTPTrigger {
                 continue;
@@ -261,8 +264,9 @@ impl StatusWriter {
         api.patch_status(&object.name, &params, &Patch::Apply(&body)).await.map(|_| ())
     }
 
-    /// One Warning Event per (object, generation, message).
-    async fn event_invalid(&mut self, object: &ObjectRef, uid: &str, generation: Option<i64>, why: &str) {
+    /// One Warning Event per (object, generation, message): an invalid spec, or a spec the
+    /// cluster's policy refuses.
+    async fn event(&mut self, object: &ObjectRef, uid: &str, generation: Option<i64>, reason: &str, why: &str) {
         let key = (object.clone(), generation, why.to_string());
         if self.evented.contains(&key) {
             return;
@@ -277,7 +281,7 @@ impl StatusWriter {
         };
         let event = Event {
             type_: EventType::Warning,
-            reason: "InvalidSpec".to_string(),
+            reason: reason.to_string(),
             note: Some(truncate(why, 1024)),
             action: "Validate".to_string(),
             secondary: None,
@@ -287,7 +291,7 @@ impl StatusWriter {
                 self.evented.insert(key);
             }
             Err(e) => {
-                warn!(object = %object, error = %kubeless_connector::error_chain(&e), "Cannot record the InvalidSpec event; will retry.")
+                warn!(object = %object, reason, error = %kubeless_connector::error_chain(&e), "Cannot record the Warning event; will retry.")
             }
         }
     }

@@ -74,6 +74,10 @@ pub struct DeadLetterSpec {
     /// Brokers of the dead-letter topic, if not the trigger's own.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub brokers: Option<String>,
+    /// A Secret in the trigger's namespace with the credentials for `brokers` (the keys of a
+    /// KafkaTrigger's `auth.secret`). Without `brokers`, the trigger's own credentials are used.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
+    pub secret: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -116,6 +120,11 @@ pub enum DeadLetterTarget {
     Kafka {
         topic: String,
         brokers: Option<String>,
+        /// A Secret with the credentials for `brokers`.
+        secret: Option<String>,
+        /// The producer's properties, filled in by the index from the policy (`None`: the
+        /// trigger's source's).
+        properties: Option<kubeless_kafka::Properties>,
     },
     Nats {
         subject: String,
@@ -218,8 +227,15 @@ impl DeliverySpec {
                     if let Some(b) = &dl.brokers {
                         check_brokers(errors, &format!("{f}.brokers"), b);
                     }
-                    policy.dead_letter =
-                        Some(DeadLetterTarget::Kafka { topic: topic.to_string(), brokers: dl.brokers.clone() });
+                    if let Some(secret) = &dl.secret {
+                        super::validate::check_object_name(errors, &format!("{f}.secret"), secret);
+                    }
+                    policy.dead_letter = Some(DeadLetterTarget::Kafka {
+                        topic: topic.to_string(),
+                        brokers: dl.brokers.clone(),
+                        secret: dl.secret.clone(),
+                        properties: None,
+                    });
                 }
                 (None, Some(subject)) => {
                     check_subject(errors, &format!("{f}.subject"), subject);

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::delivery::{DeadLetterTarget, DeliveryPolicy, DeliverySpec};
+use super::nats::SecretRef;
 use super::status::TriggerStatus;
 use super::validate::{check_brokers, check_object_name, check_selector, check_topic, Errors, FieldError};
 
@@ -45,6 +46,12 @@ pub struct KafkaTriggerSpec {
     /// `host:port[,host:port…]`; default: env `KAFKA_BROKERS`.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::resources::empty_is_unset")]
     pub brokers: Option<String>,
+    /// Credentials of this trigger's own: a Secret in its namespace with `username` and
+    /// `password` (SASL; `mechanism` PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), `ca.crt`, `tls.crt` and
+    /// `tls.key`, or `tls: "true"`. Used instead of the cluster's Kafka credentials, which go only
+    /// to the cluster's own brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SecretRef>,
     /// Where a new consumer group starts: `earliest` (default) or `latest` (Kubeless).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_offset: Option<InitialOffsetSpec>,
@@ -96,6 +103,9 @@ impl KafkaTrigger {
         }
         if let Some(b) = &self.spec.brokers {
             check_brokers(&mut errors, "spec.brokers", b);
+        }
+        if let Some(auth) = &self.spec.auth {
+            check_object_name(&mut errors, "spec.auth.secret", &auth.secret);
         }
         let policy = self.spec.delivery.clone().unwrap_or_default().resolve(&mut errors, "spec.delivery");
         if let Some(DeadLetterTarget::Nats { .. }) = policy.dead_letter {

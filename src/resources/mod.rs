@@ -14,6 +14,7 @@ pub mod validate;
 pub use cronjob::{ConcurrencyPolicy, CronJobTrigger, CronJobTriggerSpec};
 pub use delivery::{
     DeadLetterSpec, DeadLetterTarget, DeliveryPolicy, DeliverySpec, Ordering, RateLimitSpec, RetryPolicy, RetrySpec,
+    MAX_MAX_IN_FLIGHT, MAX_UNCOMMITTED_RANGE,
 };
 pub use function::{
     Function, FunctionSpec, FunctionStatus, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION,

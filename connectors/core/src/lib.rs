@@ -64,3 +64,34 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Res
         }
     }
 }
+
+/// `url` with the password of its user info replaced by `***` (`http://u:***@host/`; a user alone,
+/// often a token, is replaced whole), for logs, status and errors. Anything that is not a URL with
+/// credentials comes back unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else { return url.to_string() };
+    let user = match authority[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    format!("{}{user}@{}{}", &url[..scheme_end], &authority[at + 1..], &rest[authority_end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_redacted_and_the_rest_kept() {
+        assert_eq!(redact_url("http://u:hunter2@fn.ns:8080/x?y=1"), "http://u:***@fn.ns:8080/x?y=1");
+        assert_eq!(redact_url("nats://u:p@a:4222"), "nats://u:***@a:4222");
+        assert_eq!(redact_url("http://u:p:q@h@evil/x"), "http://u:***@evil/x", "the last @ ends the user info");
+        assert_eq!(redact_url("http://token@h/"), "http://***@h/");
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b", "an @ in the path is not user info");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

@@ -1,9 +1,10 @@
 //! Kafka source settings and the librdkafka properties they become.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+
+use crate::Properties;
 
 /// Where a new consumer group starts when it has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,7 +25,7 @@ pub struct KafkaSourceConfig {
     pub topics: Vec<String>,
     pub initial_offset: InitialOffset,
     /// Extra librdkafka properties (security, session timeout…), applied after ours.
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
     /// How long revocation and shutdown wait for handed-out messages to finish before committing
     /// what did.
     pub drain_timeout: Duration,
@@ -76,7 +77,7 @@ impl KafkaSourceConfig {
             .set("fetch.max.bytes", FETCH_MAX_BYTES)
             .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-        for (k, v) in &self.properties {
+        for (k, v) in self.properties.iter() {
             cfg.set(k, v);
         }
         cfg
@@ -95,7 +96,7 @@ pub enum SecurityError {
 /// `KAFKA_CACERTS`, `KAFKA_CERT`, `KAFKA_KEY` (file paths) and `KAFKA_INSECURE`; `KAFKA_ENABLE_SASL`
 /// with `KAFKA_USERNAME` and `KAFKA_PASSWORD` (SASL/PLAIN, as Kubeless; set `sasl.mechanism`
 /// through `--kafka-property` for SCRAM).
-pub fn security_properties(env: impl Fn(&str) -> Option<String>) -> Result<BTreeMap<String, String>, SecurityError> {
+pub fn security_properties(env: impl Fn(&str) -> Option<String>) -> Result<Properties, SecurityError> {
     let flag = |var: &'static str| -> Result<bool, SecurityError> {
         match env(var).as_deref().map(str::trim) {
             None | Some("") => Ok(false),
@@ -106,7 +107,7 @@ pub fn security_properties(env: impl Fn(&str) -> Option<String>) -> Result<BTree
     };
     let tls = flag("KAFKA_ENABLE_TLS")?;
     let sasl = flag("KAFKA_ENABLE_SASL")?;
-    let mut props = BTreeMap::new();
+    let mut props = Properties::new();
     let protocol = match (tls, sasl) {
         (false, false) => return Ok(props),
         (true, false) => "ssl",
@@ -142,6 +143,8 @@ pub fn security_properties(env: impl Fn(&str) -> Option<String>) -> Result<BTree
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -151,7 +154,7 @@ mod tests {
 
     #[test]
     fn no_security_variables_means_plaintext() {
-        assert_eq!(security_properties(env_of(&[])), Ok(BTreeMap::new()));
+        assert_eq!(security_properties(env_of(&[])), Ok(Properties::new()));
     }
 
     #[test]

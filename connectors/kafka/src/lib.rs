@@ -10,9 +10,13 @@
 mod admin;
 mod config;
 mod dead_letter;
+mod properties;
 mod source;
 
 pub use admin::{create_topic, delete_topic, list_topics, BulkPublisher, Publisher, TopicError, TopicInfo};
 pub use config::{security_properties, InitialOffset, KafkaSourceConfig, SecurityError};
 pub use dead_letter::KafkaDeadLetter;
+pub use properties::{
+    is_security_property, is_sensitive_property, secret_properties, Properties, SecretPropertiesError,
+};
 pub use source::{run_source, KafkaSourceError};

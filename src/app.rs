@@ -50,6 +50,8 @@ struct Kube<'a> {
     client: kube::Client,
     leading: tokio::sync::watch::Receiver<bool>,
     leases: Api<Lease>,
+    /// Status, Event and cron-claim writes share one rate.
+    writes: kubernetes::ApiWrites,
 }
 
 impl Kube<'_> {
@@ -59,12 +61,17 @@ impl Kube<'_> {
         Services {
             http: HttpClient::new(),
             scheduling: Some(Scheduling {
-                ticks: Arc::new(ApiTickStore::new(self.client.clone(), &self.settings.field_manager)),
+                ticks: Arc::new(ApiTickStore::new(
+                    self.client.clone(),
+                    &self.settings.field_manager,
+                    self.writes.clone(),
+                )),
                 leading: self.leading.clone(),
             }),
             shard_leases: Some(Arc::new(move |reader: &str| -> Arc<dyn kubeless_kinesis::ShardLeases> {
                 Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity))
             })),
+            budget: kubeless_connector::MemoryBudget::unlimited(),
         }
     }
 }
@@ -88,25 +95,36 @@ pub async fn run(
             let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
             let lock = LeaseLock::new(leases.clone(), LEADER_LEASE, &k.identity, LEASE_DURATION);
             side_tasks.push(tokio::spawn(kubernetes::lease::elect(lock, leading_tx, stop.clone())));
-            Source::Api(Box::new(Kube { settings: k, client, leading, leases }))
+            Source::Api(Box::new(Kube { settings: k, client, leading, leases, writes: kubernetes::api_writes() }))
         }
     };
     let services = match &source {
         Source::Directory(..) => Services::standalone(HttpClient::new()),
         Source::Api(kube) => kube.services(),
     };
-    let supervisor = Supervisor::new(services);
+    let budget = kubeless_connector::MemoryBudget::new(settings.memory_budget);
+    info!(
+        memory_budget_mib = settings.memory_budget >> 20,
+        "Message bytes held in memory are capped, shared fairly between consumers."
+    );
+    let supervisor = Supervisor::new(services.with_budget(budget.clone()));
     let report = SharedReport::default();
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
 
     let upkeep = tokio::spawn({
-        let (handle, stop) = (prometheus.clone(), stop.clone());
+        let (handle, stop, budget) = (prometheus.clone(), stop.clone(), budget.clone());
         async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            metrics::gauge!(crate::telemetry::MEMORY_BUDGET).set(budget.total() as f64);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut ticks = 0u64;
             while !stop.is_cancelled() {
                 tick.tick().await;
-                handle.run_upkeep();
+                metrics::gauge!(crate::telemetry::MEMORY_BUDGET_HELD).set(budget.held() as f64);
+                ticks += 1;
+                if ticks % 5 == 0 {
+                    handle.run_upkeep();
+                }
             }
         }
     });
@@ -125,8 +143,9 @@ pub async fn run(
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
     let source = match source {
         Source::Api(kube) => {
-            let Kube { settings: k, client, leading, .. } = *kube;
-            let mut writer = kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity);
+            let Kube { settings: k, client, leading, writes, .. } = *kube;
+            let mut writer =
+                kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity, writes);
             if k.function_controller {
                 writer = writer.without_http_status();
             }
@@ -159,6 +178,12 @@ pub async fn run(
                     stop.clone(),
                 )));
             }
+            side_tasks.push(tokio::spawn(kubernetes::secrets::run(
+                client.clone(),
+                snapshot_rx.clone(),
+                events_tx.clone(),
+                stop.clone(),
+            )));
             tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
         Source::Directory(manifests, scan_interval) => {

@@ -80,7 +80,7 @@ pub struct Args {
 
     /// Extra librdkafka property for every Kafka client, `key=value`; repeatable.
     #[arg(long = "kafka-property", value_parser = parse_property)]
-    pub kafka_properties: Vec<(String, String)>,
+    pub kafka_properties: Vec<KafkaProperty>,
 
     /// How long a stopping or rebalancing consumer waits for in-flight messages before committing
     /// what finished.
@@ -106,14 +106,56 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// The bytes of messages every consumer together may hold in memory (channels, waiting, in
+    /// flight), shared fairly: a consumer at its share pauses its source, the others go on. E.g.
+    /// `256MiB`, `1GiB`. Default: a quarter of the container's memory limit (cgroup v1/v2), else
+    /// 256 MiB.
+    #[arg(long, env = "KUBELESS_MEMORY_BUDGET", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
+/// Without a container memory limit, the budget of message bytes.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
+
+/// `1048576`, `512KiB`, `256MiB`, `1GiB` (also `K`/`M`/`G`/`KB`/`MB`/`GB`, binary).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size such as 256MiB or 1GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = number.checked_shl(shift).filter(|b| b >> shift == number).ok_or(format!("{s:?} is too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("{s:?} is less than 1MiB"));
+    }
+    Ok(bytes)
+}
+
+/// One `--kafka-property key=value`; printed with a credential's value redacted.
+#[derive(Clone)]
+pub struct KafkaProperty(pub String, pub String);
+
+impl std::fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if kubeless_kafka::is_sensitive_property(&self.0) { "[redacted]" } else { &self.1 };
+        write!(f, "{}={value}", self.0)
+    }
+}
+
+fn parse_property(s: &str) -> Result<KafkaProperty, String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("{s:?} must be key=value, e.g. session.timeout.ms=6000")),
+        Some((k, v)) if !k.trim().is_empty() => Ok(KafkaProperty(k.trim().to_string(), v.to_string())),
+        // The value is not echoed: it may be a password.
+        _ => Err("must be key=value, e.g. session.timeout.ms=6000".to_string()),
     }
 }
 
@@ -153,6 +195,8 @@ pub struct Settings {
     pub index: IndexSettings,
     /// `--admin-token-file`'s token.
     pub admin_token: Option<crate::admin::AdminToken>,
+    /// `--memory-budget`, or its default from the container's limit.
+    pub memory_budget: u64,
 }
 
 impl Args {
@@ -177,8 +221,12 @@ impl Args {
             scan_interval,
             log_format: _,
             admin_token_file,
+            memory_budget,
             policy,
         } = self;
+        let memory_budget = memory_budget
+            .or_else(|| kubeless_connector::cgroup_memory_limit().map(|limit| limit / 4))
+            .unwrap_or(DEFAULT_MEMORY_BUDGET);
         let admin_token = match admin_token_file {
             None => None,
             Some(path) => {
@@ -236,7 +284,7 @@ impl Args {
         };
         let default_max_backoff = kubeless_environment(&env)?;
         let mut props = kubeless_kafka::security_properties(&env)?;
-        props.extend(kafka_properties.iter().cloned());
+        props.extend(kafka_properties.iter().map(|KafkaProperty(k, v)| (k.clone(), v.clone())));
         if let Some(strategy) = props.get("partition.assignment.strategy").filter(|s| s.contains("cooperative")) {
             // Incremental assignment would need pause state per partition; the consumer keeps one
             // per member, so partitions paused under backpressure could stay paused for good.
@@ -246,6 +294,7 @@ impl Args {
         }
         Ok(Settings {
             admin_token,
+            memory_budget,
             mode,
             index: IndexSettings {
                 kafka_brokers: kafka_brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),
@@ -302,6 +351,38 @@ mod tests {
         let args = Args::try_parse_from(["kubeless-broker", "--manifests", "/m"]).expect("flags");
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         args.settings(|k| vars.get(k).cloned().or_else(|| (k == "HOME").then(|| "/home/u".to_string())))
+    }
+
+    #[test]
+    fn kafka_credentials_from_flags_and_environment_are_never_printed() {
+        let args = Args::try_parse_from([
+            "kubeless-broker",
+            "--manifests",
+            "/m",
+            "--kafka-property",
+            "sasl.password=flag-pw-3141",
+        ])
+        .expect("flags");
+        let vars: BTreeMap<String, String> =
+            [("KAFKA_ENABLE_SASL", "true"), ("KAFKA_USERNAME", "u"), ("KAFKA_PASSWORD", "env-pw-2718"), ("HOME", "/h")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let settings = args.settings(|k| vars.get(k).cloned()).expect("settings");
+        assert_eq!(settings.index.kafka_properties["sasl.password"], "flag-pw-3141", "the flag wins");
+        let printed = format!("{args:?}{settings:?}");
+        assert!(!printed.contains("flag-pw-3141") && !printed.contains("env-pw-2718"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn memory_budgets_are_read_in_binary_units_and_nonsense_is_refused() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2097152"), Ok(2 << 20));
+        for bad in ["lots", "12XB", "512KiB", "99999999999999GiB", ""] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

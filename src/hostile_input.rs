@@ -170,6 +170,7 @@ proptest! {
             origin: Origin { source: Arc::from(topic.as_str()), partition, offset, timestamp_ms: timestamp },
             attempt: 1,
             ack: AckHandle::detached(),
+            charge: Default::default(),
         };
         for style in [EventStyle::Broker, EventStyle::Stream, EventStyle::Cron] {
             let h = event_headers(&msg, "kafkatriggers.kubeless.io", style, SystemTime::now());

@@ -203,7 +203,7 @@ pub fn parse_document(mut value: Value) -> Result<(ObjectRef, Resource), DocErro
         (label.clone(), list.join("; "))
     };
     let resource = match parsed_kind {
-        Kind::Secret => Resource::Secret(typed(value, &label)?),
+        Kind::Secret => Resource::Secret(typed(value, &label).map_err(|(label, why)| (label, hide_values(&why)))?),
         Kind::Function => {
             let f: Function = typed(value, &label)?;
             f.validate().map_err(fields)?;
@@ -236,6 +236,28 @@ pub fn parse_document(mut value: Value) -> Result<(ObjectRef, Resource), DocErro
         }
     };
     Ok((object, resource))
+}
+
+/// A Secret's parse error without the values it quotes (serde names an offending value in
+/// backticks or double quotes: `invalid type: integer `12345`, expected a string`).
+fn hide_values(why: &str) -> String {
+    let mut out = String::with_capacity(why.len());
+    let mut quote: Option<char> = None;
+    for c in why.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str("(value hidden)");
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => quote = Some(c),
+            None => out.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.push_str("(value hidden)");
+    }
+    out
 }
 
 /// Deserializes with the path of the offending field in the error.

@@ -193,3 +193,19 @@ fn objects_exported_from_a_kubeless_cluster_load_with_empty_strings_as_unset() {
     // a shard named ""), `secret: ""` the default credential chain (not a missing Secret).
     assert_eq!((kinesis.spec.endpoint, kinesis.spec.shard, kinesis.spec.secret), (None, None, None));
 }
+
+#[test]
+fn a_secret_that_does_not_parse_is_reported_without_its_values() {
+    for (doc, secret) in [
+        ("stringData: {password: 84629173}", "84629173"),
+        ("stringData: {password: [s3cr3t-list]}", "s3cr3t-list"),
+        ("data: {password: 'not base64 !! hunter2'}", "hunter2"),
+    ] {
+        let text = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: creds}}\n{doc}\n");
+        let set = parse_files(&[(PathBuf::from("s.yaml"), text)]);
+        assert_eq!(set.errors.len(), 1, "{doc}: {:?}", set.errors);
+        let error = set.errors[0].to_string();
+        assert!(!error.contains(secret), "the value shows: {error}");
+        assert!(error.contains("Secret default/creds") && error.contains("password"), "{error}");
+    }
+}

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::index::ConsumerSpec;
+use super::index::{ConsumerSpec, SourceSpec};
 use super::store::ObjectRef;
 use super::Snapshot;
 use crate::dispatch::consumer::{supervise, Services};
@@ -103,6 +103,9 @@ impl Supervisor {
     /// each draining and committing) and starts what is new or changed. A consumer replacing one
     /// with the same key starts once that one has stopped.
     pub fn apply(&self, desired: &BTreeMap<String, ConsumerSpec>) {
+        // Cron consumers hold no messages; the others share the memory budget.
+        let sources = desired.values().filter(|c| !matches!(c.source, SourceSpec::Cron(_))).count();
+        self.services.budget.expect(sources);
         let mut guard = self.lock();
         let Consumers { running, stopping } = &mut *guard;
         stopping.retain(|_, done| done.peek().is_none());

@@ -205,6 +205,7 @@ impl Runner {
             },
             attempt: 1,
             ack: AckHandle::new(self.outcomes.clone(), Position { slot: 0, generation: 0, offset: tick.timestamp() }),
+            charge: Default::default(),
         };
         let (deliverer, cancel) = (self.deliverer.clone(), self.cancel_running.clone());
         self.running.spawn(async move { deliverer.deliver(msg, &cancel).await });

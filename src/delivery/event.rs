@@ -270,6 +270,7 @@ mod tests {
             },
             attempt: 1,
             ack: AckHandle::detached(),
+            charge: Default::default(),
         }
     }
 

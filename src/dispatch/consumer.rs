@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use kubeless_connector::{DeadLetterSink, Health, SourceContext, SourceState};
+use kubeless_connector::{DeadLetterSink, Health, MemoryBudget, SourceContext, SourceState};
 use kubeless_kafka::{run_source, KafkaDeadLetter, KafkaSourceConfig};
 use kubeless_kinesis::{KinesisSourceConfig, ShardLeases};
 use kubeless_nats::{NatsDeadLetter, NatsSourceConfig};
@@ -120,6 +120,8 @@ pub struct Services {
     /// Kubernetes mode: Kinesis shards split between replicas by Leases holding the checkpoints,
     /// one set per checkpoint key. None: every shard read here, checkpoints in files.
     pub shard_leases: Option<ShardLeasesFor>,
+    /// The bytes of messages every consumer together may hold (`--memory-budget`).
+    pub budget: MemoryBudget,
 }
 
 /// Makes the shard leases of one Kinesis reader from its checkpoint key.
@@ -127,7 +129,11 @@ pub type ShardLeasesFor = Arc<dyn Fn(&str) -> Arc<dyn ShardLeases> + Send + Sync
 
 impl Services {
     pub fn standalone(http: HttpClient) -> Self {
-        Self { http, scheduling: None, shard_leases: None }
+        Self { http, scheduling: None, shard_leases: None, budget: MemoryBudget::unlimited() }
+    }
+
+    pub fn with_budget(self, budget: MemoryBudget) -> Self {
+        Self { budget, ..self }
     }
 
     fn scheduling(&self, source: &CronSource) -> Scheduling {
@@ -248,9 +254,13 @@ async fn run_once(
     // on the source, no more.
     let (tx, rx) = mpsc::channel(max_in_flight.max(16));
     let dispatcher = dispatch::Dispatcher::spawn(rx, deliverer, spec.delivery.ordering, max_in_flight);
-    let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone() };
+    // This source's part of the memory budget, for as long as it runs.
+    let budget = services.budget.register();
+    let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone(), budget };
     let result = match &spec.source {
-        SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Kafka(kafka) => {
+            run_source(with_prefetch_in_budget(kafka, &services.budget), ctx).await.map_err(|e| e.to_string())
+        }
         SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Kinesis(k) => match &services.shard_leases {
             Some(leases) => kubeless_kinesis::run_source_with(k.clone(), ctx, leases(&k.checkpoint_key)).await,
@@ -264,6 +274,16 @@ async fn run_once(
     // abandoned before it gets here, dropping `dispatcher` does the same.)
     dispatcher.abort().await;
     result
+}
+
+/// What librdkafka prefetches per consumer is outside the budget's accounting until polled: keep
+/// it to a quarter of the consumer's share (between 64 KiB and librdkafka's 8 MiB we set), unless
+/// the admin set it.
+fn with_prefetch_in_budget(kafka: &KafkaSourceConfig, budget: &MemoryBudget) -> KafkaSourceConfig {
+    let mut kafka = kafka.clone();
+    let kib = (budget.share() / 4 / 1024).clamp(64, 8192);
+    kafka.properties.entry("queued.max.messages.kbytes".to_string()).or_insert_with(|| kib.to_string());
+    kafka
 }
 
 /// The dead-letter destination of a consumer, if it has one.

@@ -94,6 +94,7 @@ fn message(acks: &Arc<Acks>, partition: i32, offset: i64, key: Option<&str>) -> 
         origin: Origin { source: Arc::from("t"), partition, offset, timestamp_ms: None },
         attempt: 1,
         ack: AckHandle::new(acks.clone(), Position { slot: partition as u32, generation: 1, offset }),
+        charge: Default::default(),
     }
 }
 
@@ -418,6 +419,7 @@ async fn a_message_of_a_revoked_partition_is_neither_retried_nor_started() {
     let acks = Arc::new(Revocable::default());
     let msg = |offset| Message {
         ack: AckHandle::new(acks.clone(), Position { slot: 0, generation: 1, offset }),
+        charge: Default::default(),
         ..message(&Arc::new(Acks::default()), 0, offset, Some("k"))
     };
     let (tx, rx) = mpsc::channel(8);

@@ -353,7 +353,7 @@ impl Ctx {
             Err(e) => return Ok(Readiness::not(e.reason(), e.to_string())),
         };
         // Nothing is written for a Function asking for more than the cluster's policy allows.
-        if let Err(violations) = self.check_policy(&mut children) {
+        if let Err(violations) = self.check_policy(function, &mut children) {
             return Ok(Readiness::not("PolicyRefused", pods::describe(&violations)));
         }
         // Nothing is touched if any child exists that kubeless did not create.
@@ -415,14 +415,22 @@ impl Ctx {
         Ok(readiness(&deployment, &pods.items))
     }
 
-    /// The pod template and Service against the policy (the pod may lose its token mount).
-    fn check_policy(&self, children: &mut Children) -> Result<(), Vec<pods::Violation>> {
+    /// What the Function's author wrote (pod template, Service) against the policy; the pod it
+    /// becomes may lose its token mount.
+    fn check_policy(&self, function: &Function, children: &mut Children) -> Result<(), Vec<pods::Violation>> {
         let policy = &self.policy.pods;
         let mut violations = Vec::new();
-        if let Some(pod) = children.deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        // `build` has already refused a spec.deployment that is not a Deployment.
+        let asked = function.spec.deployment.clone().and_then(|d| serde_json::from_value::<Deployment>(d).ok());
+        if let Some(pod) = asked.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.template.spec.as_ref()) {
             violations.extend(policy.check_pod(pod, "spec.deployment.spec.template.spec").err().unwrap_or_default());
         }
-        violations.extend(policy.check_service(&children.service).err().unwrap_or_default());
+        if let Some(service) = &function.spec.service {
+            violations.extend(policy.check_service(service).err().unwrap_or_default());
+        }
+        if let Some(pod) = children.deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            policy.harden(pod);
+        }
         if violations.is_empty() {
             Ok(())
         } else {

@@ -3,10 +3,23 @@
 
 pub mod cleanup;
 pub mod lease;
+pub mod secrets;
 pub mod shards;
 pub mod status;
 pub mod ticks;
 pub mod watch;
+
+/// Trigger status and Event writes and cron tick claims per second, together: one budget, so no
+/// number of triggers or schedule can flood the API server with writes.
+pub const WRITES_PER_SECOND: u32 = 20;
+
+/// The write budget shared by the status writer and the cron tick claims.
+pub type ApiWrites = std::sync::Arc<governor::DefaultDirectRateLimiter>;
+
+pub fn api_writes() -> ApiWrites {
+    let per_second = std::num::NonZeroU32::new(WRITES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+    std::sync::Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(per_second)))
+}
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};

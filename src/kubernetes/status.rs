@@ -7,11 +7,9 @@
 //! the API server.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -29,8 +27,6 @@ use crate::resources::{Condition, FunctionConsumer, TriggerStatus, API_VERSION};
 
 /// A change of lag alone is written at most this often per object.
 pub const LAG_INTERVAL: Duration = Duration::from_secs(15);
-/// Status writes per second, over every object.
-const WRITES_PER_SECOND: u32 = 20;
 /// How often consumer states are looked at for changes.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -138,7 +134,8 @@ pub struct StatusWriter {
     client: Client,
     field_manager: String,
     recorder: Recorder,
-    limiter: DefaultDirectRateLimiter,
+    /// Shared with the cron tick claims.
+    limiter: super::ApiWrites,
     written: BTreeMap<ObjectRef, Written>,
     /// (object, generation, message) already reported by an Event.
     evented: BTreeSet<(ObjectRef, Option<i64>, String)>,
@@ -147,14 +144,13 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, field_manager: &str, instance: &str) -> Self {
+    pub fn new(client: Client, field_manager: &str, instance: &str, limiter: super::ApiWrites) -> Self {
         let reporter = Reporter { controller: field_manager.to_string(), instance: Some(instance.to_string()) };
-        let per_second = NonZeroU32::new(WRITES_PER_SECOND).unwrap_or(NonZeroU32::MIN);
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             field_manager: field_manager.to_string(),
-            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            limiter,
             written: BTreeMap::new(),
             evented: BTreeSet::new(),
             skip_http: false,

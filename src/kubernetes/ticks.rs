@@ -19,11 +19,13 @@ const CLAIM_ATTEMPTS: usize = 5;
 pub struct ApiTickStore {
     client: Client,
     field_manager: String,
+    /// Shared with the status writer: a claim is a write like any other.
+    writes: super::ApiWrites,
 }
 
 impl ApiTickStore {
-    pub fn new(client: Client, field_manager: &str) -> Self {
-        Self { client, field_manager: format!("{field_manager}-cron") }
+    pub fn new(client: Client, field_manager: &str, writes: super::ApiWrites) -> Self {
+        Self { client, field_manager: format!("{field_manager}-cron"), writes }
     }
 
     fn api(&self, trigger: &str) -> Result<(Api<DynamicObject>, String), StateError> {
@@ -60,6 +62,7 @@ impl TickStore for ApiTickStore {
         Box::pin(async move {
             let (api, name) = self.api(trigger)?;
             for _ in 0..CLAIM_ATTEMPTS {
+                self.writes.until_ready().await;
                 let (version, last) = self.read(trigger).await?;
                 if last.is_some_and(|l| l >= tick) {
                     return Ok(false);

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event};
@@ -18,12 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::control::manifests::{parse_document, Resource};
+use crate::control::manifests::parse_document;
 use crate::control::store::{Change, Kind, ObjectRef, Origin, Scope, Stored};
 use crate::control::{lock_report, SharedReport, SourceEvent};
 
-/// Secrets of these types never hold trigger credentials and are the bulk of a cluster's Secrets.
-const SKIPPED_SECRET_TYPES: &str = "type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1";
 /// How often a failing watch is checked against the API server's `/version`, to clear a
 /// connection error once the server is back (the watch itself resumes silently).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -60,17 +57,6 @@ pub fn from_dynamic(kind: Kind, obj: DynamicObject) -> (ObjectRef, Stored) {
     (object, Stored { origin, resource })
 }
 
-fn from_secret(mut secret: Secret) -> (ObjectRef, Stored) {
-    secret.metadata.managed_fields = None;
-    let object = ObjectRef::new(
-        Kind::Secret,
-        secret.metadata.namespace.clone().unwrap_or_default(),
-        secret.metadata.name.clone().unwrap_or_default(),
-    );
-    let origin = Origin::Api { uid: secret.metadata.uid.clone().unwrap_or_default(), generation: None };
-    (object, Stored { origin, resource: Ok(Resource::Secret(secret)) })
-}
-
 /// Runs every watcher until `stop`. Sends [`SourceEvent::Loaded`] once every watcher has listed
 /// its objects.
 pub async fn run(
@@ -82,10 +68,12 @@ pub async fn run(
 ) {
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
-    let pending = Arc::new(AtomicUsize::new(scopes.len() * Kind::ALL.len()));
+    // Secrets are not watched: `kubernetes::secrets` reads the ones triggers name.
+    let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| *k != Kind::Secret).collect();
+    let pending = Arc::new(AtomicUsize::new(scopes.len() * kinds.len()));
     let mut tasks = tokio::task::JoinSet::new();
     for ns in &scopes {
-        for kind in Kind::ALL {
+        for &kind in &kinds {
             let w = Watch {
                 kind,
                 namespace: ns.clone(),
@@ -94,24 +82,15 @@ pub async fn run(
                 pending: pending.clone(),
                 stop: stop.clone(),
             };
-            if kind == Kind::Secret {
-                let api: Api<Secret> = match ns {
-                    Some(ns) => Api::namespaced(client.clone(), ns),
-                    None => Api::all(client.clone()),
-                };
-                let config = watcher::Config::default().fields(SKIPPED_SECRET_TYPES);
-                tasks.spawn(w.run(watcher(api, config).map_ok(|e| map_event(e, from_secret)).boxed()));
-            } else {
-                let ar = api_resource(kind);
-                let api: Api<DynamicObject> = match ns {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                    None => Api::all_with(client.clone(), &ar),
-                };
-                let stream = watcher(api, watcher::Config::default())
-                    .try_filter_map(|e| std::future::ready(Ok(terminating_as_deleted(e))))
-                    .map_ok(move |e| map_event(e, |o| from_dynamic(kind, o)));
-                tasks.spawn(w.run(stream.boxed()));
-            }
+            let ar = api_resource(kind);
+            let api: Api<DynamicObject> = match ns {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let stream = watcher(api, watcher::Config::default())
+                .try_filter_map(|e| std::future::ready(Ok(terminating_as_deleted(e))))
+                .map_ok(move |e| map_event(e, |o| from_dynamic(kind, o)));
+            tasks.spawn(w.run(stream.boxed()));
         }
     }
     tasks.spawn(probe(client, report, stop.clone()));

@@ -1,11 +1,12 @@
 //! What a Function's pods, Service and HTTPTrigger may ask for in a shared cluster: the subset of
-//! the Pod Security Standards' *restricted* profile a function needs, checked on the objects the
-//! reconcilers are about to write (whatever `spec.deployment`, `spec.service`, the trigger's
-//! annotations or `kubeless-config`'s template put in them). Refused objects are never written.
+//! the Pod Security Standards' *restricted* profile a function needs, checked on what the author
+//! wrote (`spec.deployment`'s pod template, `spec.service`, the trigger's annotations and host)
+//! before anything is written; `kubeless-config` (its Deployment template, its Service type) is the
+//! admin's and is not checked. Refused objects are never written.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec, Service};
+use k8s_openapi::api::core::v1::{Container, PodSpec, ServiceSpec};
 
 use super::glob_matches;
 
@@ -75,9 +76,16 @@ impl PodPolicy {
         }
     }
 
-    /// Checks a Function's pod template (`field` is its path) and turns off token automounting
-    /// where the policy says so.
-    pub fn check_pod(&self, pod: &mut PodSpec, field: &str) -> Result<(), Vec<Violation>> {
+    /// Turns off token automounting on the pod a Function becomes, unless the policy allows it or
+    /// the pod (the admin's template) says otherwise.
+    pub fn harden(&self, pod: &mut PodSpec) {
+        if self.enforced && !self.automount_token && pod.automount_service_account_token.is_none() {
+            pod.automount_service_account_token = Some(false);
+        }
+    }
+
+    /// Checks the pod template a Function's author wrote (`field` is its path).
+    pub fn check_pod(&self, pod: &PodSpec, field: &str) -> Result<(), Vec<Violation>> {
         if !self.enforced {
             return Ok(());
         }
@@ -111,14 +119,11 @@ impl PodPolicy {
                 ),
             ));
         }
-        if !self.automount_token {
-            match pod.automount_service_account_token {
-                Some(true) => out.push(violation(
-                    format!("{field}.automountServiceAccountToken"),
-                    "mounting the ServiceAccount token is not allowed",
-                )),
-                _ => pod.automount_service_account_token = Some(false),
-            }
+        if !self.automount_token && pod.automount_service_account_token == Some(true) {
+            out.push(violation(
+                format!("{field}.automountServiceAccountToken"),
+                "mounting the ServiceAccount token is not allowed",
+            ));
         }
         let groups = [("initContainers", &pod.init_containers), ("containers", &Some(pod.containers.clone()))];
         for (group, containers) in groups {
@@ -141,15 +146,14 @@ impl PodPolicy {
         }
     }
 
-    /// Checks a Function's Service.
-    pub fn check_service(&self, service: &Service) -> Result<(), Vec<Violation>> {
+    /// Checks a Function's `spec.service`. No type is the admin's (`kubeless-config`'s
+    /// `service-type`, else ClusterIP).
+    pub fn check_service(&self, spec: &ServiceSpec) -> Result<(), Vec<Violation>> {
         if !self.enforced {
             return Ok(());
         }
         let mut out = Vec::new();
-        let Some(spec) = &service.spec else { return Ok(()) };
-        let kind = spec.type_.clone().unwrap_or_else(|| "ClusterIP".to_string());
-        if !self.service_types.contains(&kind) {
+        if let Some(kind) = spec.type_.as_ref().filter(|k| !self.service_types.contains(k)) {
             out.push(violation(
                 "spec.service.type",
                 format!("{kind} is not one of the Service types functions may use ({})", self.service_types.join(", ")),
@@ -250,17 +254,21 @@ mod tests {
     #[test]
     fn a_plain_function_pod_passes_and_loses_its_token() {
         let mut p = pod("containers: [{name: f, image: i, ports: [{containerPort: 8080}]}]");
-        PodPolicy::default().check_pod(&mut p, "spec").expect("allowed");
+        PodPolicy::default().check_pod(&p, "spec").expect("allowed");
+        PodPolicy::default().harden(&mut p);
         assert_eq!(p.automount_service_account_token, Some(false));
         let allowing = PodPolicy { automount_token: true, ..PodPolicy::default() };
         let mut p = pod("containers: [{name: f, image: i}]");
-        allowing.check_pod(&mut p, "spec").expect("allowed");
+        allowing.harden(&mut p);
         assert_eq!(p.automount_service_account_token, None, "left to the ServiceAccount");
+        let mut admins = pod("automountServiceAccountToken: true\ncontainers: [{name: f, image: i}]");
+        PodPolicy::default().harden(&mut admins);
+        assert_eq!(admins.automount_service_account_token, Some(true), "the admin's template says so");
     }
 
     #[test]
     fn each_dangerous_pod_field_is_named() {
-        let mut p = pod(r#"
+        let p = pod(r#"
 hostNetwork: true
 hostPID: true
 serviceAccountName: cluster-admin
@@ -273,7 +281,7 @@ containers:
   ports: [{containerPort: 80, hostPort: 80}]
   securityContext: {privileged: true, allowPrivilegeEscalation: true}
 "#);
-        let errors = PodPolicy::default().check_pod(&mut p, "spec.template.spec").expect_err("refused");
+        let errors = PodPolicy::default().check_pod(&p, "spec.template.spec").expect_err("refused");
         let fields: Vec<&str> = errors.iter().map(|v| v.field.as_str()).collect();
         for want in [
             "spec.template.spec.hostNetwork",
@@ -289,15 +297,14 @@ containers:
             assert!(fields.contains(&want), "{want} missing from {fields:?}");
         }
         assert_eq!(errors.len(), 9, "NET_BIND_SERVICE may be added: {errors:?}");
-        let mut p2 = p.clone();
-        PodPolicy::trusted().check_pod(&mut p2, "spec").expect("trusted: anything");
+        PodPolicy::trusted().check_pod(&p, "spec").expect("trusted: anything");
     }
 
     #[test]
     fn services_are_cluster_ip_without_external_ips() {
-        let svc = |spec: &str| -> Service { serde_yaml::from_str(&format!("spec: {spec}")).expect("service") };
+        let svc = |spec: &str| -> ServiceSpec { serde_yaml::from_str(spec).expect("service spec") };
         let policy = PodPolicy::default();
-        policy.check_service(&svc("{ports: [{port: 8080}]}")).expect("default type");
+        policy.check_service(&svc("{ports: [{port: 8080}]}")).expect("the admin's type");
         policy.check_service(&svc("{type: ClusterIP}")).expect("ClusterIP");
         let errors = policy.check_service(&svc("{type: LoadBalancer, externalIPs: [1.2.3.4]}")).expect_err("refused");
         assert_eq!(errors.len(), 2, "{errors:?}");

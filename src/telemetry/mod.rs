@@ -26,6 +26,8 @@ pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
 pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
 pub const CRON_LATENESS: &str = "kubeless_cron_tick_lateness_seconds";
+pub const MEMORY_BUDGET: &str = "kubeless_memory_budget_bytes";
+pub const MEMORY_BUDGET_HELD: &str = "kubeless_memory_budget_held_bytes";
 /// Every metric the daemon exports.
 pub const ALL: &[&str] = &[
     MESSAGES_RECEIVED,
@@ -47,6 +49,8 @@ pub const ALL: &[&str] = &[
     CONSUMER_RESTARTS,
     CRON_TICKS,
     CRON_LATENESS,
+    MEMORY_BUDGET,
+    MEMORY_BUDGET_HELD,
 ];
 
 /// Buckets for both latency histograms: 1 ms to 60 s.
@@ -75,6 +79,16 @@ pub fn describe() {
         "From receiving a message to its final outcome, retries included."
     );
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "One HTTP request to a function.");
+    describe_gauge!(
+        MEMORY_BUDGET,
+        Unit::Bytes,
+        "The bytes of messages every consumer together may hold (--memory-budget)."
+    );
+    describe_gauge!(
+        MEMORY_BUDGET_HELD,
+        Unit::Bytes,
+        "Bytes of messages held now (channels, waiting behind busy keys, in flight), across consumers."
+    );
     describe_gauge!(IN_FLIGHT, Unit::Count, "HTTP requests to functions in flight.");
     describe_gauge!(CONSUMER_LAG, Unit::Count, "Messages behind the end of the log, per trigger and function.");
     describe_gauge!(

@@ -46,7 +46,7 @@ fn every_manifest_validates_against_kubernetes_1_25_and_1_33_schemas() {
             assert!(line.contains("servicemonitor.yaml") && line.contains("Couldn't find schema"), "{version}: {line}");
         }
         let passed = text.lines().filter(|l| l.starts_with("INFO") && l.contains("passed")).count();
-        assert_eq!(passed, 15, "every object but the ServiceMonitor passed:\n{text}");
+        assert_eq!(passed, 16, "every object but the ServiceMonitor passed:\n{text}");
     }
 }
 
@@ -59,7 +59,7 @@ async fn the_manifests_pass_a_server_side_dry_run_on_a_real_api_server() {
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
     // 1.20 has no policy/v1 (PodDisruptionBudget, 1.21+): that one is validated offline above.
-    for file in ["02-rbac.yaml", "03-deployment.yaml", "04-service.yaml"] {
+    for file in ["02-rbac.yaml", "03-deployment.yaml", "04-service.yaml", "06-networkpolicy.yaml"] {
         let out = api.kubectl(&["apply", "--dry-run=server", "-f", &deploy(file).display().to_string()]);
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -127,4 +127,29 @@ fn the_service_monitor_scrapes_the_metrics_service() {
     }
     let namespaces = &monitor["spec"]["namespaceSelector"]["matchNames"];
     assert_eq!(namespaces[0].as_str(), svc.metadata.namespace.as_deref());
+}
+
+#[test]
+fn the_network_policy_admits_only_prometheus_to_the_broker_pods_metrics_port() {
+    let d: Deployment = serde_yaml::from_str(&read("03-deployment.yaml")).expect("Deployment");
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy =
+        serde_yaml::from_str(&read("06-networkpolicy.yaml")).expect("NetworkPolicy");
+    let spec = policy.spec.expect("spec");
+    let pod_labels = d.spec.and_then(|s| s.template.metadata).and_then(|m| m.labels).unwrap_or_default();
+    let selector = spec.pod_selector.clone().and_then(|s| s.match_labels).unwrap_or_default();
+    assert!(!selector.is_empty(), "the policy selects pods by label");
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(&k), Some(&v), "the policy selects the broker's pods by {k}");
+    }
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let rules = spec.ingress.expect("ingress rules");
+    assert_eq!(rules.len(), 1, "one way in");
+    let ports = rules[0].ports.clone().unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        ports[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".into()))
+    );
+    let from = rules[0].from.clone().unwrap_or_default();
+    assert!(!from.is_empty() && from.iter().all(|p| p.pod_selector.is_some()), "only selected pods: {from:?}");
 }

@@ -15,5 +15,7 @@ mod kafka_restarts;
 mod kinesis;
 mod kubernetes;
 mod manifest_changes;
+mod memory_budget;
 mod nats;
 mod runtimes;
+mod tenancy;

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod ack;
+mod budget;
 mod dead_letter;
 mod health;
 mod message;
@@ -21,6 +22,7 @@ mod source;
 mod tracker;
 
 pub use ack::{AckHandle, Acker, Outcome, Position};
+pub use budget::{cgroup_memory_limit, Charge, ConsumerBudget, MemoryBudget};
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterReason, DeadLetterSink};
 pub use health::{Health, SourceState};
 pub use message::{Message, Origin};

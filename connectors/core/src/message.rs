@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::AckHandle;
+use crate::{AckHandle, Charge, ConsumerBudget};
 
 /// Where a message came from: enough to name it in headers, logs and dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,4 +31,21 @@ pub struct Message {
     /// redeliveries), so retry limits hold across redeliveries.
     pub attempt: u32,
     pub ack: AckHandle,
+    /// Its bytes, charged to its consumer's part of the memory budget until it is dropped.
+    pub charge: Charge,
+}
+
+impl Message {
+    /// The bytes it holds: payload, key and headers.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+
+    /// Charged to `budget` until dropped.
+    pub fn charged(mut self, budget: &ConsumerBudget) -> Self {
+        self.charge = budget.charge(self.size());
+        self
+    }
 }

@@ -3,7 +3,7 @@
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Health, Message};
+use crate::{ConsumerBudget, Health, Message};
 
 /// The context a source runs in.
 #[derive(Debug, Clone)]
@@ -15,4 +15,8 @@ pub struct SourceContext {
     /// its drain timeout) for the messages it handed out, commits what finished, and returns.
     pub shutdown: CancellationToken,
     pub health: Health,
+    /// This consumer's part of the daemon's memory budget: every message handed out is charged to
+    /// it ([`Message::charged`]), and a source at its share stops taking messages from the broker,
+    /// as when `out` is full.
+    pub budget: ConsumerBudget,
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kubeless_connector::{
-    AckHandle, Acker, Health, Message, Origin, Outcome, PartitionTracker, Position, SourceContext, SourceState,
+    AckHandle, Acker, ConsumerBudget, Health, Message, Origin, Outcome, PartitionTracker, Position, SourceContext,
+    SourceState,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -114,6 +115,7 @@ fn consume(
             acks: ack_rx,
             stash: VecDeque::new(),
             paused: false,
+            budget: ctx.budget.clone(),
             last_store: Instant::now(),
             unsaved: HashMap::new(),
         }),
@@ -135,14 +137,28 @@ fn consume(
         if !shared.lock().flush_stash(&ctx.out) {
             break;
         }
-        if shared.lock().has_stash() {
+        // Nothing more is taken from librdkafka while messages wait in the stash (the channel was
+        // full) or while the consumer holds its share of the memory budget: the stash goes out as
+        // the channel makes room; new records once the budget does.
+        let (stashed, over_budget) = {
+            let inner = shared.lock();
+            (inner.has_stash(), !inner.budget.has_room())
+        };
+        if stashed || over_budget {
             if !shared.lock().paused {
                 // Wait for half the channel rather than one slot: waking this thread for every
                 // message the dispatcher takes cost more CPU than the message itself.
                 let want = (ctx.out.max_capacity() / 2).max(1);
                 // The timer must be created inside block_on, where the runtime context exists.
-                let room =
-                    runtime.block_on(async { tokio::time::timeout(PAUSE_AFTER, ctx.out.reserve_many(want)).await });
+                let room = runtime.block_on(async {
+                    tokio::time::timeout(PAUSE_AFTER, async {
+                        if !stashed {
+                            ctx.budget.room().await;
+                        }
+                        ctx.out.reserve_many(want).await
+                    })
+                    .await
+                });
                 match room {
                     Ok(Ok(mut permits)) => {
                         {
@@ -154,8 +170,12 @@ fn consume(
                                 }
                             }
                         }
-                        // Fill the rest of the room with what librdkafka has already fetched.
+                        // Fill the rest of the room with what librdkafka has already fetched,
+                        // within the memory budget.
                         for permit in permits {
+                            if !ctx.budget.has_room() {
+                                break;
+                            }
                             match consumer.poll(Duration::ZERO) {
                                 None => break,
                                 Some(Err(err)) => {
@@ -311,6 +331,9 @@ struct Inner {
     /// what librdkafka had prefetched when the partitions were paused.
     stash: VecDeque<Message>,
     paused: bool,
+    /// This consumer's part of the memory budget: every message is charged to it, and no more
+    /// are taken from librdkafka while it is at its share.
+    budget: ConsumerBudget,
     last_store: Instant,
     /// Next offsets that were finished when their partition was released but whose commit failed.
     unsaved: HashMap<(Arc<str>, i32), i64>,
@@ -452,19 +475,23 @@ impl Inner {
                 hs.iter().map(|h| (h.key.to_string(), Bytes::copy_from_slice(h.value.unwrap_or_default()))).collect()
             })
             .unwrap_or_default();
-        Some(Message {
-            payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-            key: record.key().map(Bytes::copy_from_slice),
-            headers,
-            origin: Origin {
-                source: slot.topic.clone(),
-                partition,
-                offset,
-                timestamp_ms: record.timestamp().to_millis(),
-            },
-            attempt: 1,
-            ack: AckHandle::new(acker.clone(), position),
-        })
+        Some(
+            Message {
+                payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                key: record.key().map(Bytes::copy_from_slice),
+                headers,
+                origin: Origin {
+                    source: slot.topic.clone(),
+                    partition,
+                    offset,
+                    timestamp_ms: record.timestamp().to_millis(),
+                },
+                attempt: 1,
+                ack: AckHandle::new(acker.clone(), position),
+                charge: Default::default(),
+            }
+            .charged(&self.budget),
+        )
     }
 
     fn assign(&mut self, tpl: &TopicPartitionList) {
@@ -694,6 +721,7 @@ mod tests {
             acks,
             stash: VecDeque::new(),
             paused: false,
+            budget: ConsumerBudget::default(),
             last_store: Instant::now(),
             unsaved: HashMap::new(),
         };

@@ -503,9 +503,13 @@ async fn read_shard(
                 },
                 attempt: 1,
                 ack: AckHandle::new(acker.clone(), Position { slot: 0, generation: 0, offset: counter }),
-            };
+                charge: Default::default(),
+            }
+            .charged(&ctx.budget);
+            // At its share of the memory budget, the reader waits (no GetRecords meanwhile), as
+            // with a full channel.
             tokio::select! {
-                room = ctx.out.reserve() => match room {
+                room = async { ctx.budget.room().await; ctx.out.reserve().await } => match room {
                     Ok(permit) => permit.send(msg),
                     Err(_closed) => {
                         msg.ack.release();

@@ -64,9 +64,10 @@ async fn core(
     // Core NATS has no sequence: number messages from the start time so event-ids stay unique.
     let mut seq = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     loop {
+        // At its share of the memory budget, the subscription is not read (as with a full channel).
         let next = tokio::select! {
             () = ctx.shutdown.cancelled() => break,
-            m = sub.next() => m,
+            m = async { ctx.budget.room().await; sub.next().await } => m,
         };
         let Some(m) = next else {
             return Err(NatsSourceError::Ended { subject: config.subject.clone(), reason: "connection closed".into() });
@@ -79,7 +80,9 @@ async fn core(
             origin: Origin { source: Arc::from(m.subject.as_str()), partition: 0, offset: seq, timestamp_ms: None },
             attempt: 1,
             ack: AckHandle::detached(),
-        };
+            charge: Default::default(),
+        }
+        .charged(&ctx.budget);
         if ctx.out.send(msg).await.is_err() {
             break;
         }
@@ -239,9 +242,10 @@ async fn jetstream_consumer(
     // Messages of one subject share its name rather than allocating it per message.
     let mut source: Arc<str> = Arc::from(config.subject.as_str());
     let result = loop {
+        // At its share of the memory budget, nothing more is pulled (as with a full channel).
         let next = tokio::select! {
             () = ctx.shutdown.cancelled() => break Ok(()),
-            m = messages.next() => m,
+            m = async { ctx.budget.room().await; messages.next().await } => m,
         };
         let m = match next {
             None => {
@@ -280,7 +284,9 @@ async fn jetstream_consumer(
             },
             attempt: u32::try_from(delivered).unwrap_or(1).max(1),
             ack: AckHandle::new(ack, Position { slot: 0, generation: 0, offset: seq }),
-        };
+            charge: Default::default(),
+        }
+        .charged(&ctx.budget);
         if let Err(unsent) = ctx.out.send(msg).await {
             unsent.0.ack.release();
             break Ok(());

@@ -13,6 +13,12 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 /// The daemon's identity when a test runs it with only deploy/'s RBAC.
 pub const BROKER_TOKEN: &str = "broker-token-for-tests";
 pub const BROKER_USER: &str = "system:serviceaccount:kubeless:kubeless-broker";
+/// Application teams: each has a user of its namespace's name, token `<team>-token`, rights in its
+/// own namespace only (see [`KubeApi::tenant`]).
+pub const TENANTS: [&str; 2] = ["team-a", "team-b"];
+/// An identity with no rights until a test grants some (e.g. a daemon with narrower RBAC).
+pub const SPARE_TOKEN: &str = "spare-token-for-tests";
+pub const SPARE_USER: &str = "spare";
 
 /// etcd + kube-apiserver, killed on drop.
 pub struct KubeApi {
@@ -76,11 +82,13 @@ impl KubeApi {
         let public = dir.path().join("sa.pub");
         run_ok(Command::new("openssl").arg("genrsa").arg("-out").arg(&key).arg("2048"));
         run_ok(Command::new("openssl").arg("rsa").arg("-in").arg(&key).arg("-pubout").arg("-out").arg(&public));
-        std::fs::write(
-            dir.path().join("tokens.csv"),
-            format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n{BROKER_TOKEN},{BROKER_USER},broker-uid\n"),
-        )
-        .expect("tokens");
+        let mut tokens =
+            format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n{BROKER_TOKEN},{BROKER_USER},broker-uid\n");
+        tokens.push_str(&format!("{SPARE_TOKEN},{SPARE_USER},spare-uid\n"));
+        for team in TENANTS {
+            tokens.push_str(&format!("{team}-token,{team},{team}-uid\n"));
+        }
+        std::fs::write(dir.path().join("tokens.csv"), tokens).expect("tokens");
         let port = free_port();
         let kubeconfig = dir.path().join("admin.kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(port, ADMIN_TOKEN, "default")).expect("kubeconfig");
@@ -149,6 +157,46 @@ impl KubeApi {
         path
     }
 
+    /// Makes namespace `team` (one of [`TENANTS`]) and gives its user what an application team has
+    /// there: Functions, triggers, Secrets and ConfigMaps of its namespace, and reading its Events;
+    /// nothing elsewhere. Returns the team's kubeconfig.
+    pub fn tenant(&self, team: &str) -> PathBuf {
+        assert!(TENANTS.contains(&team), "{team} is not a test tenant");
+        self.apply_ok(&format!(
+            r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {team}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: developer, namespace: {team}}}
+rules:
+- apiGroups: [kubeless.io]
+  resources: ["*"]
+  verbs: ["*"]
+- apiGroups: [""]
+  resources: [secrets, configmaps]
+  verbs: ["*"]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: developer, namespace: {team}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: developer}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {team}}}]
+"#
+        ));
+        self.kubeconfig_for(&format!("{team}-token"), team)
+    }
+
+    /// `kubectl apply -f -` with `yaml` as the identity of `kubeconfig`; panics if it fails.
+    pub fn apply_as(&self, kubeconfig: &Path, yaml: &str) {
+        let (ok, out) = self.kubectl_stdin_as(kubeconfig, &["apply", "-f", "-"], yaml);
+        assert!(ok, "kubectl apply as {} failed: {out}", kubeconfig.display());
+    }
+
     /// Runs kubectl as the admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_as(&self.kubeconfig, args)
@@ -208,10 +256,14 @@ impl KubeApi {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> (bool, String) {
+        self.kubectl_stdin_as(&self.kubeconfig, args, input)
+    }
+
+    pub fn kubectl_stdin_as(&self, kubeconfig: &Path, args: &[&str], input: &str) -> (bool, String) {
         use std::io::Write;
         let mut child = Command::new(kubectl_binary())
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

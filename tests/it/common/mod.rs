@@ -1,6 +1,7 @@
 //! Test harness: a real tansu broker on loopback, HTTP functions with scripted behaviour, and the
 //! daemon binary run as a child process (so it can be killed with -9 or SIGTERM).
 
+pub mod fake_kafka;
 pub mod kubeapi;
 
 use std::collections::{BTreeMap, HashMap};
@@ -366,6 +367,17 @@ pub fn trigger_yaml(name: &str, topic: &str, selector: &str, extra: &str) -> Str
     )
 }
 
+/// What a test acting as the cluster's admin allows in Kubernetes mode: functions, the Kinesis
+/// emulator (with the test's own AWS keys) and second-granularity cron schedules on loopback, and
+/// any Ingress annotation but snippets.
+pub const ADMIN_LOOPBACK_POLICY: [(&str, &str); 5] = [
+    ("KUBELESS_FUNCTION_URL_ALLOW", "*"),
+    ("KUBELESS_KINESIS_ENDPOINT_ALLOW", "*"),
+    ("KUBELESS_KINESIS_AMBIENT_IDENTITY", "true"),
+    ("KUBELESS_MIN_CRON_INTERVAL", "1s"),
+    ("KUBELESS_INGRESS_ANNOTATION_ALLOW", "*"),
+];
+
 /// The daemon, run from its binary.
 pub struct Daemon {
     child: Option<Child>,
@@ -392,7 +404,17 @@ impl Daemon {
     }
 
     /// The daemon in Kubernetes mode, reading resources from the API server `kubeconfig` points at.
+    /// The test is the cluster's admin and its functions, Kinesis emulator and cron schedules are on
+    /// loopback and fast: it lets triggers reach them (`env` may say otherwise).
     pub fn start_kube(kubeconfig: &Path, brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let source = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
+        let mut all: Vec<(&str, &str)> = ADMIN_LOOPBACK_POLICY.to_vec();
+        all.extend(env);
+        Self::start_from(source, brokers, extra, &all)
+    }
+
+    /// The daemon in Kubernetes mode under the shared-cluster defaults alone.
+    pub fn start_kube_with_defaults(kubeconfig: &Path, brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let source = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
         Self::start_from(source, brokers, extra, env)
     }
@@ -456,12 +478,17 @@ impl Daemon {
         Some((status, resp.text().await.ok()?))
     }
 
-    /// Waits until `/readyz` answers 200 (every consumer has its partitions).
+    /// Waits until `/readyz` answers 200 and every consumer in `/status` is ready (has its
+    /// partitions). `/readyz` alone is the daemon's own readiness, whatever its triggers do.
     pub async fn wait_ready(&self) {
         let start = Instant::now();
         loop {
             if let Some((200, _)) = self.get("/readyz").await {
-                return;
+                let status = self.status().await;
+                let consumers = status["consumers"].as_array().cloned().unwrap_or_default();
+                if !status.is_null() && consumers.iter().all(|c| c["ready"] == true) {
+                    return;
+                }
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),

@@ -1,9 +1,8 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -21,7 +20,7 @@ pub struct AdminState {
     pub supervisor: Arc<Supervisor>,
     pub report: SharedReport,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// The bearer token `/status` asks of callers that are not on loopback.
+    /// The bearer token `/status` asks of callers on the admin address.
     pub token: Option<AdminToken>,
 }
 
@@ -49,16 +48,7 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-/// The admin server, told who calls (`/status` answers loopback, or the token's holder).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AdminState,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
-}
-
+/// The admin address's routes: `/status` there answers only the bearer of `--admin-token-file`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -66,6 +56,21 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(state)
+}
+
+/// The status address's one route (`--status-addr`, loopback by default): `/status` for whoever
+/// can reach it, i.e. processes of the pod and `kubectl port-forward`.
+pub fn status_router(state: AdminState) -> Router {
+    Router::new().route("/status", get(|State(s): State<AdminState>| async move { status_body(&s) })).with_state(state)
+}
+
+/// Serves `router` on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(stop).await
 }
 
 async fn metrics(State(s): State<AdminState>) -> String {
@@ -121,24 +126,21 @@ struct ObjectProblem {
     problem: String,
 }
 
-async fn status(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
+/// `/status` on the admin address: it lists every team's triggers, groups and function URLs, so
+/// only for the bearer of `--admin-token-file`; without one it is on `--status-addr` only. (A
+/// check of the caller's address would not do: behind a service-mesh sidecar every caller comes
+/// from loopback.)
+async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let admitted = match &s.token {
-        Some(token) => token.admits(authorization),
-        None => peer.ip().is_loopback(),
-    };
-    if !admitted {
-        let why = match &s.token {
-            Some(_) => "/status needs the bearer token of --admin-token-file\n",
-            None => "/status answers only loopback (kubectl port-forward), or callers with the bearer token of --admin-token-file\n",
-        };
-        return (StatusCode::FORBIDDEN, why).into_response();
+    match &s.token {
+        Some(token) if token.admits(authorization) => status_body(&s).into_response(),
+        Some(_) => (StatusCode::FORBIDDEN, "/status needs the bearer token of --admin-token-file\n").into_response(),
+        None => (
+            StatusCode::FORBIDDEN,
+            "/status is served on --status-addr (loopback: kubectl port-forward), or here with --admin-token-file\n",
+        )
+            .into_response(),
     }
-    status_body(&s).into_response()
 }
 
 fn status_body(s: &AdminState) -> Json<serde_json::Value> {

@@ -80,6 +80,7 @@ impl Kube<'_> {
 pub async fn run(
     settings: Settings,
     admin_listener: TcpListener,
+    status_listener: TcpListener,
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -136,8 +137,14 @@ pub async fn run(
             snapshot: snapshot_rx.clone(),
             token: settings.admin_token.clone(),
         };
+        let (admin_app, status_app) = (admin::router(state.clone()), admin::status_router(state));
         let stop = stop.clone();
-        async move { admin::serve(admin_listener, state, stop.cancelled_owned()).await }
+        async move {
+            let status = admin::serve(status_listener, status_app, stop.clone().cancelled_owned());
+            let admin = admin::serve(admin_listener, admin_app, stop.cancelled_owned());
+            let (a, s) = tokio::join!(admin, status);
+            a.and(s)
+        }
     });
     let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
@@ -223,6 +230,9 @@ pub async fn main(args: crate::config::Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.admin_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --admin-addr {}: {e}", args.admin_addr))?;
+    let status_listener = TcpListener::bind(args.status_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --status-addr {}: {e}", args.status_addr))?;
     match &settings.mode {
         Mode::Standalone { manifests, .. } => {
             info!(admin = %listener.local_addr()?, manifests = %manifests.display(), "kubeless-broker starting (standalone mode).");
@@ -231,7 +241,7 @@ pub async fn main(args: crate::config::Args) -> anyhow::Result<()> {
             info!(admin = %listener.local_addr()?, namespaces = ?k.namespaces, identity = %k.identity, "kubeless-broker starting (Kubernetes mode).");
         }
     }
-    run(settings, listener, prometheus, crate::shutdown::signal()).await
+    run(settings, listener, status_listener, prometheus, crate::shutdown::signal()).await
 }
 
 fn init_logging(format: &str) {

@@ -100,9 +100,13 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// A file holding the bearer token `/status` asks for. Without it, `/status` answers only
-    /// requests from loopback (e.g. through `kubectl port-forward`): it lists every tenant's
-    /// triggers, groups and functions.
+    /// Where `/status` is served to whoever reaches the address: loopback by default (processes of
+    /// the pod, `kubectl port-forward`), as it lists every tenant's triggers, groups and function URLs.
+    #[arg(long, env = "KUBELESS_STATUS_ADDR", default_value = "127.0.0.1:9096")]
+    pub status_addr: SocketAddr,
+
+    /// A file holding a bearer token: with it, `/status` is also served on `--admin-addr` to
+    /// requests carrying `Authorization: Bearer <token>`.
     #[arg(long, env = "KUBELESS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
@@ -212,6 +216,7 @@ impl Args {
             function_controller,
             acme_cluster_issuer,
             admin_addr: _,
+            status_addr: _,
             function_url_template,
             kafka_brokers,
             nats_url,

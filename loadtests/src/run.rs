@@ -317,6 +317,7 @@ impl Env {
         std::fs::create_dir_all(&manifest_dir)?;
         std::fs::write(manifest_dir.join("bench.yaml"), manifests.join("---\n"))?;
         let admin = format!("127.0.0.1:{}", procs::free_port()?);
+        let status = format!("127.0.0.1:{}", procs::free_port()?);
         let bin = procs::sibling_binary("kubeless-broker")?;
         let mut proc = Proc::spawn(
             &format!("daemon-{scenario}"),
@@ -326,6 +327,7 @@ impl Env {
                 .arg("--state-dir")
                 .arg(&state)
                 .args(["--admin-addr", &admin])
+                .args(["--status-addr", &status])
                 .args(["--kafka-brokers", &self.brokers])
                 .args(["--nats-url", &self.nats_url])
                 .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])
@@ -338,9 +340,19 @@ impl Env {
         let start = Instant::now();
         loop {
             proc.check_alive()?;
+            // The daemon is ready, and every consumer has its partitions (`/readyz` is the
+            // daemon's own readiness; each consumer's is in `/status`).
             let ready = self.http.get(format!("http://{admin}/readyz")).send().await;
             if matches!(&ready, Ok(r) if r.status().is_success()) {
-                break;
+                let status = self.http.get(format!("http://{status}/status")).send().await;
+                let body: serde_json::Value = match status {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+                let consumers = body["consumers"].as_array().cloned().unwrap_or_default();
+                if !body.is_null() && consumers.iter().all(|c| c["ready"] == true) {
+                    break;
+                }
             }
             if start.elapsed() > Duration::from_secs(120) {
                 bail!("the daemon for {scenario} was not ready within 120 s; see {}", self.work.path().display());

@@ -96,6 +96,8 @@ pub enum Reason {
     EndpointNotAllowed,
     /// More than the admin's ceilings allow (in flight, uncommitted, topics, functions, cron rate).
     LimitExceeded,
+    /// A topic or subject the admin does not let this namespace read.
+    TopicNotAllowed,
 }
 
 impl Reason {
@@ -113,6 +115,7 @@ impl Reason {
             Reason::CredentialsRequired => "CredentialsRequired",
             Reason::EndpointNotAllowed => "EndpointNotAllowed",
             Reason::LimitExceeded => "LimitExceeded",
+            Reason::TopicNotAllowed => "TopicNotAllowed",
         }
     }
 
@@ -127,6 +130,7 @@ impl Reason {
                 | Reason::CredentialsRequired
                 | Reason::EndpointNotAllowed
                 | Reason::LimitExceeded
+                | Reason::TopicNotAllowed
         )
     }
 
@@ -221,15 +225,28 @@ pub fn desired(store: &Store, settings: &IndexSettings) -> Desired {
             _ => None,
         })
         .collect();
-    let mut created: BTreeMap<ObjectRef, Option<Time>> = BTreeMap::new();
+    // When each trigger was created: the first ones keep a shared group, and a namespace's
+    // triggers past the admin's ceiling are the latest ones.
+    let created: BTreeMap<ObjectRef, Option<Time>> =
+        store.resources().filter_map(|(o, r)| created_at(r).map(|t| (o.clone(), t))).collect();
+    let crowded = if settings.policy.enforced {
+        past_namespace_ceiling(&created, settings.policy.limits.max_triggers_per_namespace)
+    } else {
+        BTreeSet::new()
+    };
     for (object, resource) in store.resources() {
+        if crowded.contains(object) {
+            let why = format!(
+                "namespace {} has more than {} triggers, this cluster's ceiling (--max-triggers-per-namespace); this one is among the latest created",
+                object.namespace, settings.policy.limits.max_triggers_per_namespace
+            );
+            out.problems.push(problem(object, Reason::LimitExceeded, why));
+            continue;
+        }
         let ctx = Ctx { functions: &functions, secrets: &secrets, settings };
         match resource {
             Resource::Function(_) | Resource::Secret(_) => {}
-            Resource::Kafka(trigger, policy) => {
-                created.insert(object.clone(), trigger.metadata.creation_timestamp.clone());
-                kafka_consumers(trigger, policy, &ctx, &mut out)
-            }
+            Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &ctx, &mut out),
             Resource::CronJob(trigger, policy) => cron_consumer(trigger, policy, &ctx, &mut out),
             Resource::Nats(trigger, policy) => nats_consumers(trigger, policy, &ctx, &mut out),
             Resource::Kinesis(trigger, policy) => kinesis_consumer(trigger, policy, &ctx, &mut out),
@@ -238,6 +255,33 @@ pub fn desired(store: &Store, settings: &IndexSettings) -> Desired {
     }
     if settings.policy.enforced {
         refuse_taken_groups(&created, &mut out);
+    }
+    out
+}
+
+/// A consuming trigger's creation time (`None` inside: not known, as in a manifest file).
+fn created_at(resource: &Resource) -> Option<Option<Time>> {
+    let meta = match resource {
+        Resource::Kafka(t, _) => &t.metadata,
+        Resource::Nats(t, _) => &t.metadata,
+        Resource::Kinesis(t, _) => &t.metadata,
+        Resource::CronJob(t, _) => &t.metadata,
+        Resource::Function(_) | Resource::Secret(_) | Resource::Http(_) => return None,
+    };
+    Some(meta.creation_timestamp.clone())
+}
+
+/// The triggers of each namespace past the first `ceiling` by creation time: one team's many
+/// triggers cannot take every share of the memory budget or every consumer thread.
+fn past_namespace_ceiling(created: &BTreeMap<ObjectRef, Option<Time>>, ceiling: usize) -> BTreeSet<ObjectRef> {
+    let mut by_namespace: BTreeMap<&str, Vec<(Option<&Time>, &ObjectRef)>> = BTreeMap::new();
+    for (object, time) in created {
+        by_namespace.entry(object.namespace.as_str()).or_default().push((time.as_ref(), object));
+    }
+    let mut out = BTreeSet::new();
+    for mut triggers in by_namespace.into_values() {
+        triggers.sort();
+        out.extend(triggers.into_iter().skip(ceiling).map(|(_, o)| o.clone()));
     }
     out
 }
@@ -292,6 +336,13 @@ fn refuse_taken_groups(created: &BTreeMap<ObjectRef, Option<Time>>, out: &mut De
         out.consumers.retain(|_, c| c.trigger_ref() != trigger);
         out.problems.push(problem(&trigger, Reason::ConsumerGroupTaken, why));
     }
+}
+
+fn not_readable(topic: &str, ns: &str, tenancy: &TenancyPolicy) -> String {
+    format!(
+        "{topic:?} is not a topic or subject this namespace may read (allowed: {}; never NATS's own $… or _INBOX… subjects; --trigger-topics)",
+        tenancy.trigger_topics.join(", ").replace("{namespace}", ns)
+    )
 }
 
 /// The admin's ceilings on a trigger's delivery settings.
@@ -388,6 +439,9 @@ fn kafka_consumers(trigger: &KafkaTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_
     }
     if let Some(why) = over_limits(policy, tenancy) {
         return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    if let Some(topic) = topics.iter().find(|t| !tenancy.trigger_topic_allowed(ns, t)) {
+        return out.problems.push(problem(&label, Reason::TopicNotAllowed, not_readable(topic, ns, tenancy)));
     }
     let auth = trigger.spec.auth.as_ref().map(|a| ("spec.auth.secret", a.secret.as_str()));
     let brokers = trigger.spec.brokers.as_deref().map(|b| ("spec.brokers", b));
@@ -531,7 +585,8 @@ fn nats_servers(urls: &str) -> Vec<String> {
         .map(|u| {
             let with_scheme = if u.contains("://") { u.to_string() } else { format!("nats://{u}") };
             match url::Url::parse(&with_scheme) {
-                Ok(p) => format!("{}:{}", p.host_str().unwrap_or_default(), p.port().unwrap_or(4222)),
+                // ws:// and wss:// have their known ports; nats:// and tls:// NATS's own.
+                Ok(p) => format!("{}:{}", p.host_str().unwrap_or_default(), p.port_or_known_default().unwrap_or(4222)),
                 Err(_) => u.to_string(),
             }
         })
@@ -548,6 +603,19 @@ fn nats_consumers(trigger: &NATSTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>,
     };
     if let Some(why) = over_limits(policy, ctx.policy()) {
         return out.problems.push(problem(&label, Reason::LimitExceeded, why));
+    }
+    if !ctx.policy().trigger_topic_allowed(ns, &trigger.spec.topic) {
+        let why = not_readable(&trigger.spec.topic, ns, ctx.policy());
+        return out.problems.push(problem(&label, Reason::TopicNotAllowed, why));
+    }
+    if let Some(DeadLetterTarget::Nats { subject }) = &policy.dead_letter {
+        if !ctx.policy().dead_letter_topic_allowed(ns, subject) {
+            let why = format!(
+                "spec.delivery.deadLetter.subject {subject:?} is not one this namespace may write (allowed: {}; never NATS's own $… or _INBOX… subjects; --dead-letter-topics)",
+                ctx.policy().dead_letter_topics.join(", ").replace("{namespace}", ns)
+            );
+            return out.problems.push(problem(&label, Reason::DeadLetterNotAllowed, why));
+        }
     }
     if let Some(url) = trigger.spec.url.as_deref() {
         let own = nats_servers(url) == nats_servers(&settings.nats_url);

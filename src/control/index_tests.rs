@@ -347,3 +347,24 @@ fn function_urls_dead_letter_topics_kinesis_identity_and_limits_follow_the_polic
     assert!(every_second.problems[0].problem.contains("--min-cron-interval"), "{:?}", every_second.problems);
     assert!(cron("*/5 * * * *").problems.is_empty());
 }
+
+#[test]
+fn a_namespace_past_its_trigger_ceiling_runs_its_first_triggers_only() {
+    let mut settings = shared();
+    settings.policy.limits.max_triggers_per_namespace = 2;
+    let at = |month: u32| format!("creationTimestamp: '2026-{month:02}-01T00:00:00Z'");
+    let yaml = format!(
+        "{FUNCTIONS}{}{}{}",
+        kafka_trigger("ns", "c", "initialOffset: earliest")
+            .replace("namespace: ns}", &format!("namespace: ns, {}}}", at(3))),
+        kafka_trigger("ns", "a", "initialOffset: earliest")
+            .replace("namespace: ns}", &format!("namespace: ns, {}}}", at(1))),
+        kafka_trigger("ns", "b", "initialOffset: earliest")
+            .replace("namespace: ns}", &format!("namespace: ns, {}}}", at(2))),
+    );
+    let d = desired(&mk(&yaml), &settings);
+    let running: BTreeSet<&str> = d.consumers.values().map(|c| c.trigger.as_str()).collect();
+    assert_eq!(running, BTreeSet::from(["ns/a", "ns/b"]));
+    assert_eq!((d.problems[0].trigger.name.as_str(), d.problems[0].reason), ("c", Reason::LimitExceeded));
+    assert!(d.problems[0].problem.contains("--max-triggers-per-namespace"), "{:?}", d.problems);
+}

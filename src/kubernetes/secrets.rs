@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
@@ -21,6 +22,12 @@ use crate::control::{Snapshot, SourceEvent};
 
 /// How often every named Secret is read again.
 pub const RECHECK: Duration = Duration::from_secs(30);
+/// A read that failed is tried again this soon.
+const RETRY: Duration = Duration::from_secs(2);
+/// One read's deadline.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads at once.
+const PARALLEL_READS: usize = 8;
 
 /// (namespace, name) of every Secret a valid trigger in `store` names.
 pub fn referenced(store: &Store) -> BTreeSet<(String, String)> {
@@ -71,34 +78,60 @@ pub async fn run(
     // What the store holds: each Secret read, by its resourceVersion.
     let mut held: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    // Reads that failed, retried every RETRY rather than at the next recheck.
+    let mut failed: BTreeSet<(String, String)> = BTreeSet::new();
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
-        let everything = tokio::select! {
+        let retry = async {
+            if failed.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        let (everything, retrying) = tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                false
+                (false, false)
             }
-            _ = recheck.tick() => true,
+            _ = recheck.tick() => (true, false),
+            () = retry => (false, true),
             () = stop.cancelled() => return,
         };
         let now = referenced(&snapshots.borrow_and_update().store);
         let mut changes = Vec::new();
         for gone in wanted.difference(&now) {
+            failed.remove(gone);
             if held.remove(gone).is_some() {
                 changes.push(Change::Delete(ObjectRef::new(Kind::Secret, &gone.0, &gone.1)));
             }
         }
-        let to_read: Vec<(String, String)> =
-            if everything { now.iter().cloned().collect() } else { now.difference(&wanted).cloned().collect() };
+        let mut to_read: BTreeSet<(String, String)> =
+            if everything { now.clone() } else { now.difference(&wanted).cloned().collect() };
+        if retrying {
+            to_read.extend(failed.iter().filter(|k| now.contains(*k)).cloned());
+        }
         wanted = now;
-        for (ns, name) in to_read {
+        // A few at a time, each bounded: one namespace naming many Secrets, or a slow answer, does
+        // not hold up the others for long.
+        let reads = futures::stream::iter(to_read)
+            .map(|(ns, name)| {
+                let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+                async move {
+                    let got = tokio::time::timeout(READ_TIMEOUT, api.get_opt(&name)).await;
+                    ((ns, name), got)
+                }
+            })
+            .buffer_unordered(PARALLEL_READS)
+            .collect::<Vec<_>>()
+            .await;
+        for ((ns, name), got) in reads {
             let label = format!("get secret {ns}/{name}");
-            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
             let key = (ns.clone(), name.clone());
-            match api.get_opt(&name).await {
-                Ok(Some(secret)) => {
+            match got {
+                Ok(Ok(Some(secret))) => {
+                    failed.remove(&key);
                     let version = secret.metadata.resource_version.clone().unwrap_or_default();
                     if held.get(&key) != Some(&version) {
                         held.insert(key, version);
@@ -107,7 +140,8 @@ pub async fn run(
                     }
                     clear_error(&mut failing, &label);
                 }
-                Ok(None) => {
+                Ok(Ok(None)) => {
+                    failed.remove(&key);
                     if held.remove(&key).is_some() {
                         changes.push(Change::Delete(ObjectRef::new(Kind::Secret, &ns, &name)));
                     }
@@ -115,8 +149,12 @@ pub async fn run(
                 }
                 // Kept as it was: consumers using it go on with what they have. (Not a readiness
                 // matter: the daemon is fine, one trigger's Secret is not.)
-                Err(e) => {
-                    let text = kubeless_connector::error_chain(&e);
+                failure => {
+                    let text = match failure {
+                        Ok(Err(e)) => kubeless_connector::error_chain(&e),
+                        _ => format!("no answer within {READ_TIMEOUT:?}"),
+                    };
+                    failed.insert(key);
                     if failing.get(&label) != Some(&text) {
                         warn!(secret = %format!("{ns}/{name}"), error = %text, "Cannot read a Secret a trigger names; retrying.");
                         failing.insert(label, text);

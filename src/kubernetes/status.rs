@@ -275,6 +275,8 @@ impl StatusWriter {
             uid: Some(uid.to_string()),
             ..ObjectReference::default()
         };
+        // Events are writes too: under the same rate as status and cron claims.
+        self.limiter.until_ready().await;
         let event = Event {
             type_: EventType::Warning,
             reason: reason.to_string(),

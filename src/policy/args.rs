@@ -38,6 +38,12 @@ pub struct PolicyArgs {
     #[arg(long, env = "KUBELESS_DEAD_LETTER_TOPICS", value_delimiter = ',', default_value = super::DEFAULT_DEAD_LETTER_TOPICS)]
     pub dead_letter_topics: Vec<String>,
 
+    /// Kafka topics and NATS subjects a trigger may read: patterns as for dead letters,
+    /// comma-separated. Default any (as Kubeless); e.g. `{namespace}.*` keeps each team to its own.
+    /// NATS's own subjects (`$…`, `_INBOX.…`) are never read.
+    #[arg(long, env = "KUBELESS_TRIGGER_TOPICS", value_delimiter = ',', default_value = "*")]
+    pub trigger_topics: Vec<String>,
+
     /// A KinesisTrigger without `secret` reads with the pod's own AWS identity. Default: the
     /// Secret is required, as in Kubeless.
     #[arg(long, env = "KUBELESS_KINESIS_AMBIENT_IDENTITY", default_value_t = false, action = ArgAction::Set)]
@@ -62,6 +68,11 @@ pub struct PolicyArgs {
     /// The most Functions one trigger's selector may feed.
     #[arg(long, env = "KUBELESS_MAX_FUNCTIONS_PER_TRIGGER", default_value_t = super::DEFAULT_MAX_FUNCTIONS)]
     pub max_functions_per_trigger: usize,
+
+    /// The most consuming triggers (Kafka, NATS, Kinesis, cron) one namespace may run; past it, the
+    /// latest created are refused. Bounds what one team takes of the memory budget's shares.
+    #[arg(long, env = "KUBELESS_MAX_TRIGGERS_PER_NAMESPACE", default_value_t = super::DEFAULT_MAX_TRIGGERS_PER_NAMESPACE)]
+    pub max_triggers_per_namespace: usize,
 
     /// The shortest time between two ticks of a CronJobTrigger's schedule.
     #[arg(long, env = "KUBELESS_MIN_CRON_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -120,6 +131,7 @@ impl PolicyArgs {
             tenant_brokers: AllowList::new(&self.tenant_brokers),
             foreign_consumer_groups: self.allow_foreign_consumer_groups,
             dead_letter_topics: clean(&self.dead_letter_topics),
+            trigger_topics: clean(&self.trigger_topics),
             kinesis_ambient_identity: self.kinesis_ambient_identity,
             kinesis_endpoints: AllowList::new(&self.kinesis_endpoint_allow),
             limits: Limits {
@@ -128,6 +140,7 @@ impl PolicyArgs {
                 max_topics: self.max_topics_per_trigger,
                 max_functions: self.max_functions_per_trigger,
                 min_cron_interval: self.min_cron_interval,
+                max_triggers_per_namespace: self.max_triggers_per_namespace,
             },
             pods: PodPolicy {
                 enforced: true,

@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_functions: usize,
     /// The shortest time between two ticks of a cron schedule.
     pub min_cron_interval: Duration,
+    /// Consuming triggers (Kafka, NATS, Kinesis, cron) one namespace may run.
+    pub max_triggers_per_namespace: usize,
 }
 
 impl Limits {
@@ -47,6 +49,7 @@ impl Limits {
             max_topics: usize::MAX,
             max_functions: usize::MAX,
             min_cron_interval: Duration::ZERO,
+            max_triggers_per_namespace: usize::MAX,
         }
     }
 }
@@ -57,6 +60,7 @@ pub const DEFAULT_MAX_UNCOMMITTED: u32 = 100_000;
 pub const DEFAULT_MAX_TOPICS: usize = 16;
 pub const DEFAULT_MAX_FUNCTIONS: usize = 16;
 pub const DEFAULT_MIN_CRON_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_TRIGGERS_PER_NAMESPACE: usize = 100;
 /// Dead-letter topics a tenant may write: under its own namespace's name. `.` and `_` cannot be in
 /// a namespace's name, so `team.x` can only be `team`'s.
 pub const DEFAULT_DEAD_LETTER_TOPICS: &str = "{namespace}.*,{namespace}_*";
@@ -73,8 +77,11 @@ pub struct TenancyPolicy {
     pub tenant_brokers: AllowList,
     /// A Kafka consumer group may be any string (else it is put under the trigger's namespace).
     pub foreign_consumer_groups: bool,
-    /// Dead-letter topic patterns (`*` any run of characters, `{namespace}` the trigger's).
+    /// Dead-letter topic and subject patterns (`*` any run of characters, `{namespace}` the
+    /// trigger's).
     pub dead_letter_topics: Vec<String>,
+    /// Topics and subjects a trigger may read (same patterns); default any, as in Kubeless.
+    pub trigger_topics: Vec<String>,
     /// A KinesisTrigger without `secret` uses the pod's own AWS identity.
     pub kinesis_ambient_identity: bool,
     /// Kinesis `endpoint` overrides allowed (URL prefixes; `*`: any).
@@ -93,6 +100,7 @@ impl TenancyPolicy {
             tenant_brokers: AllowList::any(),
             foreign_consumer_groups: true,
             dead_letter_topics: vec!["*".to_string()],
+            trigger_topics: vec!["*".to_string()],
             kinesis_ambient_identity: true,
             kinesis_endpoints: AllowList::any(),
             limits: Limits::none(),
@@ -108,6 +116,7 @@ impl TenancyPolicy {
             tenant_brokers: AllowList::default(),
             foreign_consumer_groups: false,
             dead_letter_topics: DEFAULT_DEAD_LETTER_TOPICS.split(',').map(str::to_string).collect(),
+            trigger_topics: vec!["*".to_string()],
             kinesis_ambient_identity: false,
             kinesis_endpoints: AllowList::default(),
             limits: Limits {
@@ -116,6 +125,7 @@ impl TenancyPolicy {
                 max_topics: DEFAULT_MAX_TOPICS,
                 max_functions: DEFAULT_MAX_FUNCTIONS,
                 min_cron_interval: DEFAULT_MIN_CRON_INTERVAL,
+                max_triggers_per_namespace: DEFAULT_MAX_TRIGGERS_PER_NAMESPACE,
             },
             pods: pods::PodPolicy::default(),
         }
@@ -132,10 +142,20 @@ impl TenancyPolicy {
         format!("{namespace}_{group}")
     }
 
-    /// Whether a trigger in `namespace` may dead-letter to `topic`.
+    /// Whether a trigger in `namespace` may dead-letter to `topic` (a Kafka topic or a NATS
+    /// subject). NATS's own subjects (`$JS.API…`, `$SYS…`, `_INBOX…`) never: a dead letter there
+    /// would be a request to the server (deleting a stream, say).
     pub fn dead_letter_topic_allowed(&self, namespace: &str, topic: &str) -> bool {
         !self.enforced
-            || self.dead_letter_topics.iter().any(|p| glob_matches(&p.replace("{namespace}", namespace), topic))
+            || (!reserved_subject(topic)
+                && self.dead_letter_topics.iter().any(|p| glob_matches(&p.replace("{namespace}", namespace), topic)))
+    }
+
+    /// Whether a trigger in `namespace` may read `topic` (a Kafka topic, a NATS subject).
+    pub fn trigger_topic_allowed(&self, namespace: &str, topic: &str) -> bool {
+        !self.enforced
+            || (!reserved_subject(topic)
+                && self.trigger_topics.iter().any(|p| glob_matches(&p.replace("{namespace}", namespace), topic)))
     }
 
     /// Whether a `kubeless.io/url` may be used.
@@ -165,6 +185,11 @@ impl TenancyPolicy {
         }
         shortest.filter(|s| *s < self.limits.min_cron_interval)
     }
+}
+
+/// NATS's own subjects: the JetStream and system APIs and request inboxes.
+pub fn reserved_subject(subject: &str) -> bool {
+    subject.starts_with('$') || subject.starts_with("_INBOX.")
 }
 
 /// The hosts of a broker list, normalised (`host:port`, trimmed, lower case).
@@ -309,6 +334,14 @@ mod tests {
         assert!(!p.dead_letter_topic_allowed("team-a", "payments"));
         assert!(!p.dead_letter_topic_allowed("team", "team-a.dlq"));
         assert!(TenancyPolicy::trusted().dead_letter_topic_allowed("team", "payments"));
+        let any = TenancyPolicy { dead_letter_topics: vec!["*".into()], ..p.clone() };
+        assert!(!any.dead_letter_topic_allowed("team-a", "$JS.API.STREAM.DELETE.orders"), "never NATS's own API");
+        assert!(!any.dead_letter_topic_allowed("team-a", "_INBOX.abc"));
+        assert!(p.trigger_topic_allowed("team-a", "hello-topic"), "any topic by default, as Kubeless");
+        assert!(!p.trigger_topic_allowed("team-a", "$SYS.ACCOUNT.x.CONNECT"));
+        let fenced = TenancyPolicy { trigger_topics: vec!["{namespace}.*".into()], ..p };
+        assert!(fenced.trigger_topic_allowed("team-a", "team-a.orders"));
+        assert!(!fenced.trigger_topic_allowed("team-a", "team-b.orders"));
     }
 
     #[test]

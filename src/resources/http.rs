@@ -68,6 +68,53 @@ impl HTTPTrigger {
             errors
                 .push("spec.gateway", format!("{:?} is not a gateway (use nginx, traefik or kong)", self.spec.gateway));
         }
+        // Both become Ingress annotations: a Secret of this namespace only (nginx would take
+        // `other-namespace/name`), and origins without anything an annotation value could smuggle.
+        for (field, secret) in
+            [("spec.basic-auth-secret", &self.spec.basic_auth_secret), ("spec.tls-secret", &self.spec.tls_secret)]
+        {
+            if !secret.is_empty() {
+                check_object_name(&mut errors, field, secret);
+            }
+        }
+        let origin_char = |c: char| c.is_ascii_alphanumeric() || ".-:/*, ".contains(c);
+        if !self.spec.cors_domain.chars().all(origin_char) {
+            errors.push(
+                "spec.cors-domain",
+                format!(
+                    "{:?} is not a list of origins (e.g. https://example.com, https://*.example.com)",
+                    self.spec.cors_domain
+                ),
+            );
+        }
         errors.into_result(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(spec: &str) -> HTTPTrigger {
+        serde_yaml::from_str(&format!(
+            "apiVersion: kubeless.io/v1beta1\nkind: HTTPTrigger\nmetadata: {{name: web, namespace: ns}}\nspec: {spec}"
+        ))
+        .expect("HTTPTrigger")
+    }
+
+    #[test]
+    fn secrets_of_other_namespaces_and_odd_origins_are_refused() {
+        assert!(trigger(
+            "{function-name: f, basic-auth-secret: users, cors-domain: 'https://a.example, https://*.b.example'}"
+        )
+        .validate()
+        .is_ok());
+        let errors = trigger(
+            "{function-name: f, basic-auth-secret: other-ns/htpasswd, cors-domain: \"x\\\"\\nmore_set_headers\"}",
+        )
+        .validate()
+        .expect_err("refused");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.basic-auth-secret", "spec.cors-domain"]);
     }
 }

@@ -85,8 +85,11 @@ async fn forty_triggers_of_one_mib_messages_behind_a_slow_function_stay_inside_t
         "RSS grew by {:.1} MiB (idle {idle:.1}, peak {peak:.1}), allowed {allowed}",
         peak - idle
     );
+    // Each consumer may hold one message past its share (one message always moves): here the
+    // shares (0.8 MiB) are smaller than a message, so each holds exactly one.
     let held = daemon.metric("kubeless_memory_budget_held_bytes").await;
-    assert!(held <= 34.0 * MIB as f64, "{held} bytes held");
+    let most = (BUDGET_MIB as usize * MIB + TRIGGERS * (MIB + 1024)) as f64;
+    assert!(held > 0.0 && held <= most, "{held} bytes held, at most {most}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -367,9 +367,48 @@ async fn a_trigger_with_an_unreachable_broker_is_not_ready_and_the_daemon_is() {
         assert_eq!(code, 200, "one team's broken trigger made the daemon unready: {body}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // /status, which lists every team's triggers, answers loopback only unless a token is set.
     let status = daemon.status().await;
     assert_eq!(status["consumers"][0]["trigger"], "team-a/dead", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_status_answers_only_its_bearer() {
+    let api = cluster().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken-for-status\n").expect("token");
+    let flag = format!("--admin-token-file={}", token_file.display());
+    let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &[&flag], &[]);
+    let client = reqwest::Client::new();
+    let status = |token: Option<&'static str>| {
+        let mut request = client.get(format!("{}/status", daemon.admin));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or_default() }
+    };
+    let start = Instant::now();
+    while status(Some("t0ken-for-status")).await != 200 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the admin server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(None).await, 403, "no token, even from loopback");
+    assert_eq!(status(Some("wrong")).await, 403);
+    let (code, _) = daemon.get("/metrics").await.unwrap_or_default();
+    assert_eq!(code, 200, "metrics stay open to the scraper");
+    // The loopback status address serves it as ever.
+    assert_eq!(daemon.get("/status").await.map(|(c, _)| c), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_status_is_served_on_the_status_address_only() {
+    let api = cluster().await;
+    let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &[], &[]);
+    daemon.wait_ready().await;
+    let on_admin = reqwest::get(format!("{}/status", daemon.admin)).await.expect("admin address");
+    assert_eq!(on_admin.status().as_u16(), 403);
+    assert!(on_admin.text().await.unwrap_or_default().contains("--status-addr"));
+    assert_eq!(daemon.get("/status").await.map(|(c, _)| c), Some(200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

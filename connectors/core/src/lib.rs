@@ -71,6 +71,10 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Res
 /// often a token, is replaced whole), for logs, status and errors. Anything that is not a URL with
 /// credentials comes back unchanged.
 pub fn redact_url(url: &str) -> String {
+    // A server list (`nats://u:p@a:4222,nats://u:q@b:4222`): each one.
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -95,5 +99,6 @@ mod tests {
         assert_eq!(redact_url("http://token@h/"), "http://***@h/");
         assert_eq!(redact_url("http://h/a@b"), "http://h/a@b", "an @ in the path is not user info");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("nats://u:p@a:4222,nats://v:q@b:4222"), "nats://u:***@a:4222,nats://v:***@b:4222");
     }
 }

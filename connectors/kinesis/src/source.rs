@@ -504,13 +504,13 @@ async fn read_shard(
                 attempt: 1,
                 ack: AckHandle::new(acker.clone(), Position { slot: 0, generation: 0, offset: counter }),
                 charge: Default::default(),
-            }
-            .charged(&ctx.budget);
+            };
             // At its share of the memory budget, the reader waits (no GetRecords meanwhile), as
-            // with a full channel.
+            // with a full channel. The record is charged once it has room: charged while waiting,
+            // it would count against the room it waits for.
             tokio::select! {
                 room = async { ctx.budget.room().await; ctx.out.reserve().await } => match room {
-                    Ok(permit) => permit.send(msg),
+                    Ok(permit) => permit.send(msg.charged(&ctx.budget)),
                     Err(_closed) => {
                         msg.ack.release();
                         return Ok(false);

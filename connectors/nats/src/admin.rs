@@ -19,7 +19,8 @@ pub async fn connect(
     tls: bool,
     ca_pem: Option<&str>,
 ) -> Result<async_nats::Client, AdminError> {
-    let err = |reason: String| AdminError::Connect { url: url.to_string(), reason };
+    // The URL may carry credentials (nats://user:password@host): never in an error.
+    let err = |reason: String| AdminError::Connect { url: kubeless_connector::redact_url(url), reason };
     let mut opts = async_nats::ConnectOptions::new().name("kubeless-broker");
     opts = match auth {
         NatsAuth::None => opts,

@@ -382,6 +382,8 @@ pub const ADMIN_LOOPBACK_POLICY: [(&str, &str); 5] = [
 pub struct Daemon {
     child: Option<Child>,
     pub admin: String,
+    /// `--status-addr`, where `/status` is served (loopback, no token).
+    pub status_url: String,
     pub log: PathBuf,
     /// `--manifests DIR`, or `--kubeconfig FILE` (Kubernetes mode).
     source: Vec<String>,
@@ -423,6 +425,7 @@ impl Daemon {
         let mut d = Self {
             child: None,
             admin: String::new(),
+            status_url: String::new(),
             log: PathBuf::new(),
             source,
             brokers: brokers.to_string(),
@@ -437,11 +440,14 @@ impl Daemon {
     fn spawn(&mut self) {
         let port = free_port();
         self.admin = format!("http://127.0.0.1:{port}");
+        let status_port = free_port();
+        self.status_url = format!("http://127.0.0.1:{status_port}");
         self.log = std::env::temp_dir().join(format!("kubeless-broker-{port}.log"));
         let log = std::fs::File::create(&self.log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_kubeless-broker"))
             .args(&self.source)
             .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .args(["--status-addr", &format!("127.0.0.1:{status_port}")])
             .args(["--kafka-brokers", &self.brokers])
             .args(["--kafka-property", &format!("session.timeout.ms={SESSION_TIMEOUT_MS}")])
             .args(["--scan-interval", "100ms"])
@@ -472,8 +478,10 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// `path` on the admin address, or `/status` on the status address.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("{}{path}", self.admin)).await.ok()?;
+        let base = if path == "/status" { &self.status_url } else { &self.admin };
+        let resp = reqwest::get(format!("{base}{path}")).await.ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.text().await.ok()?))
     }

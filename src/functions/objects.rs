@@ -9,7 +9,7 @@
 //! - env vars, mounts, ports and volumes are kept unique by name, the generated ones winning, so
 //!   server-side apply never sees a duplicate key;
 //! - a user's `strategy` and `replicas` are kept (Kubeless overwrote the one and, on update,
-//!   reset the other); without `replicas` the field is left to the HPA;
+//!   reset the other); with an HPA, or without `replicas`, the field is left to the HPA;
 //! - `kubectl`'s last-applied annotation is not copied onto the children.
 
 use std::collections::BTreeMap;
@@ -396,6 +396,13 @@ pub fn build(function: &Function, config: &FunctionConfig, owner: &OwnerReferenc
     let pod = PodInputs { ct: &ct, checksum: checksum.as_deref(), file_name: file_name.as_deref(), handler, resolved };
     build_deployment(function, config, owner, &mut deployment, user_image.is_some(), &pod);
     let autoscaler = build_autoscaler(function, owner)?;
+    if autoscaler.is_some() {
+        // The HPA owns the replica count: applying one (from spec.deployment or the template)
+        // would undo every scaling on each reconcile, as Kubeless documented.
+        if let Some(spec) = deployment.spec.as_mut() {
+            spec.replicas = None;
+        }
+    }
     Ok(Children { config_map, service, deployment, autoscaler })
 }
 

@@ -244,6 +244,12 @@ spec:
     assert!(pod.init_containers.is_none());
     assert!(children.autoscaler.is_none());
 
+    let mut scaled = f.clone();
+    scaled.spec.horizontal_pod_autoscaler = Some(serde_json::json!({"spec": {"maxReplicas": 5}}));
+    let children = build(&scaled, &FunctionConfig::default(), &owner()).expect("with an HPA");
+    assert!(children.autoscaler.is_some());
+    assert_eq!(children.deployment.spec.unwrap_or_default().replicas, None, "the HPA owns the replica count");
+
     let mut empty = f.clone();
     empty.spec.deployment = None;
     assert_eq!(build(&empty, &FunctionConfig::default(), &owner()).expect_err("nothing"), BuildError::NoCode);

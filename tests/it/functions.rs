@@ -282,6 +282,24 @@ async fn kubectl_apply_of_a_kubeless_function_creates_its_children_code_edits_ro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_hpa_the_reconciler_leaves_the_replica_count_to_it() {
+    let (api, _daemon) = cluster_and_daemon().await;
+    // A replica count in spec.deployment, beside an HPA (Kubeless: the HPA wins).
+    let yaml = kubeless_function("scaled", CODE, &sha256(CODE), "")
+        .replacen("  deployment:\n    spec:\n", "  deployment:\n    spec:\n      replicas: 3\n", 1);
+    api.apply_ok(&yaml);
+    wait_object(&api, "the Deployment", &["deployment", "scaled"], |_| true).await;
+    // The HPA scales it (through the scale subresource, as the controller does).
+    api.kubectl_ok(&["scale", "deployment", "scaled", "--replicas=5"]);
+    api.wait_jsonpath(&["get", "deployment", "scaled"], "{.spec.replicas}", |r| r == "5").await;
+    // A change to the Function makes the reconciler apply the Deployment again.
+    api.kubectl_ok(&["label", "function", "scaled", "touched=yes"]);
+    api.wait_jsonpath(&["get", "deployment", "scaled"], "{.metadata.labels.touched}", |t| t == "yes").await;
+    let replicas = api.kubectl_ok(&["get", "deployment", "scaled", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(replicas, "5", "the reconciler undid the HPA's scaling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_runtime_a_bad_checksum_or_a_foreign_child_gives_ready_false_and_touches_nothing() {
     let (api, _daemon) = cluster_and_daemon().await;
 

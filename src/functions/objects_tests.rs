@@ -267,9 +267,13 @@ fn the_kubeless_config_deployment_template_fills_in_what_the_function_leaves_uns
         ("service-type".to_string(), "NodePort".to_string()),
     ]);
     let config = FunctionConfig::from_data(&data).expect("config");
+    let mut without_hpa = kubeless_function();
+    without_hpa.spec.horizontal_pod_autoscaler = None;
+    let replicas = build(&without_hpa, &config, &owner()).expect("build").deployment.spec.and_then(|s| s.replicas);
+    assert_eq!(replicas, Some(2), "the template's replica count");
     let children = build(&kubeless_function(), &config, &owner()).expect("build");
     let spec = children.deployment.spec.unwrap_or_default();
-    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(spec.replicas, None, "with an HPA, the HPA's");
     let pod = spec.template.spec.unwrap_or_default();
     assert_eq!(pod.node_selector.unwrap_or_default().get("pool").map(String::as_str), Some("functions"));
     let env = env_of(&pod.containers[0]);

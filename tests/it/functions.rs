@@ -285,8 +285,11 @@ async fn kubectl_apply_of_a_kubeless_function_creates_its_children_code_edits_ro
 async fn with_an_hpa_the_reconciler_leaves_the_replica_count_to_it() {
     let (api, _daemon) = cluster_and_daemon().await;
     // A replica count in spec.deployment, beside an HPA (Kubeless: the HPA wins).
-    let yaml = kubeless_function("scaled", CODE, &sha256(CODE), "")
-        .replacen("  deployment:\n    spec:\n", "  deployment:\n    spec:\n      replicas: 3\n", 1);
+    let yaml = kubeless_function("scaled", CODE, &sha256(CODE), "").replacen(
+        "  deployment:\n    spec:\n",
+        "  deployment:\n    spec:\n      replicas: 3\n",
+        1,
+    );
     api.apply_ok(&yaml);
     wait_object(&api, "the Deployment", &["deployment", "scaled"], |_| true).await;
     // The HPA scales it (through the scale subresource, as the controller does).

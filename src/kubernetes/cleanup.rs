@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use kube::api::{Api, DeleteParams, DynamicObject};
+use kube::api::{Api, DeleteParams, DynamicObject, Preconditions};
 use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::watch::api_resource;
 use crate::control::manifests::Resource;
-use crate::control::store::{Kind, ObjectRef, Store};
+use crate::control::store::{Kind, ObjectRef, Origin, Store};
 use crate::control::Snapshot;
 
 /// The Functions in a loaded store.
@@ -36,6 +36,16 @@ pub fn orphans(store: &Store, gone: &BTreeSet<ObjectRef>) -> Vec<ObjectRef> {
             gone.contains(&ObjectRef::new(Kind::Function, &r.namespace, function)).then(|| r.clone())
         })
         .collect()
+}
+
+/// Deletes exactly the trigger object the store holds: if it was deleted and created again
+/// meanwhile (a GitOps replace), the new one has another uid and the API server refuses (409).
+pub fn delete_params(store: &Store, trigger: &ObjectRef) -> DeleteParams {
+    let uid = match store.get(trigger).map(|s| &s.origin) {
+        Some(Origin::Api { uid, .. }) if !uid.is_empty() => Some(uid.clone()),
+        _ => None,
+    };
+    DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..DeleteParams::default() }
 }
 
 /// Deletes the 1:1 triggers of every Function deleted while this runs, until `stop`.
@@ -65,9 +75,12 @@ pub async fn run(
         for trigger in orphans(&snapshot.store, &gone) {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &trigger.namespace, &api_resource(trigger.kind));
-            match api.delete(&trigger.name, &DeleteParams::default()).await {
+            match api.delete(&trigger.name, &delete_params(&snapshot.store, &trigger)).await {
                 Ok(_) => info!(object = %trigger, "Deleted: the Function it names was deleted (as Kubeless did)."),
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    info!(object = %trigger, "Not deleted: it was created again since its Function went; the new one stays.")
+                }
                 Err(e) => {
                     warn!(object = %trigger, error = %kubeless_connector::error_chain(&e), "Cannot delete the trigger of a deleted Function.")
                 }
@@ -125,5 +138,16 @@ spec: {topic: t, functionSelector: {matchLabels: {function: f}}}
         let gone = BTreeSet::from([ObjectRef::new(Kind::Function, "a", "f")]);
         let names: Vec<String> = orphans(&store, &gone).iter().map(ToString::to_string).collect();
         assert_eq!(names, ["KinesisTrigger a/clicks", "CronJobTrigger a/tick"]);
+    }
+
+    #[test]
+    fn a_trigger_is_deleted_only_as_the_object_the_store_holds() {
+        let yaml = "apiVersion: kubeless.io/v1beta1\nkind: CronJobTrigger\nmetadata: {name: tick, namespace: a}\nspec: {function-name: f, schedule: '@hourly'}\n";
+        let loaded = parse_file(&PathBuf::from("t.yaml"), yaml).into_iter().next().expect("one").expect("valid");
+        let origin = Origin::Api { uid: "uid-1".into(), generation: Some(1) };
+        let mut store = Store::default();
+        store.change(Change::Apply(loaded.object.clone(), Box::new(Stored { origin, resource: Ok(loaded.resource) })));
+        let params = delete_params(&store, &loaded.object);
+        assert_eq!(params.preconditions.and_then(|p| p.uid).as_deref(), Some("uid-1"));
     }
 }

@@ -179,12 +179,19 @@ async fn tls_with_a_ca_from_a_secret_connects_and_without_it_the_trigger_reports
         nats_trigger_yaml("untrusted", "secure", "{function: untrusted}", ""),
     ];
     std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
-    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    // The daemon's temporary directory, to see that no CA file lands there under a name another
+    // local user could predict (and plant first).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let env = [("TMPDIR", tmp.path().to_str().expect("utf-8"))];
+    let daemon = Daemon::start_with_env(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url], &env).await;
 
     daemon.wait_states(&["trusted", "untrusted"], |s| s[0] == "Ready" && s[1].starts_with("Failed")).await;
     nats.publish_all("secure", ["over tls".to_string()], false).await;
     wait_for("delivery over TLS", Duration::from_secs(30), || trusted.delivered() == 1).await;
     assert_eq!(untrusted.delivered(), 0);
+    let written: Vec<_> =
+        std::fs::read_dir(tmp.path()).expect("tmp").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(written.is_empty(), "files in the daemon's TMPDIR: {written:?}");
 }
 
 /// Bodies in arrival order, with repeats of the same body in a row collapsed.

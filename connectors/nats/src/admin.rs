@@ -32,15 +32,32 @@ pub async fn connect(
         opts = opts.require_tls(true);
     }
     if let Some(pem) = ca_pem {
-        // async-nats reads root certificates from a file: write the PEM to one named by its hash.
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        pem.hash(&mut h);
-        let path = std::env::temp_dir().join(format!("kubeless-nats-ca-{:016x}.pem", h.finish()));
-        std::fs::write(&path, pem).map_err(|e| err(format!("cannot write the CA file {}: {e}", path.display())))?;
-        opts = opts.add_root_certificates(path);
+        // Trusted from memory, as the only root (as a CA file given to async-nats would be): no file
+        // another local user could plant or swap under a predictable name.
+        opts = opts.tls_client_config(client_config_trusting(pem).map_err(err)?);
     }
     opts.connect(url).await.map_err(|e| err(e.to_string()))
+}
+
+/// A TLS client configuration trusting exactly the certificates of `pem`.
+fn client_config_trusting(pem: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the CA is not PEM: {e}"))?;
+        roots.add(cert).map_err(|e| format!("the CA certificate cannot be used: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA holds no certificate".to_string());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 /// Publishes one message (core NATS) and flushes it to the server.

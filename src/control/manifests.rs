@@ -64,6 +64,9 @@ pub struct ManifestError {
     /// `Kind namespace/name`, when the document got far enough to say.
     pub resource: Option<String>,
     pub problem: String,
+    /// The file could not be read past this document (a YAML syntax error, as in a file caught
+    /// half written): what it defined before is kept, see [`keep_last_good`].
+    pub unreadable: bool,
 }
 
 impl fmt::Display for ManifestError {
@@ -95,6 +98,30 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A file that cannot be read to its end (a YAML syntax error: typically caught half written by
+/// an editor or a copy) keeps the objects it defined in `previous`, so their consumers do not stop
+/// and rejoin until the write is done; its error is still reported.
+pub fn keep_last_good(mut set: ManifestSet, previous: Option<&ManifestSet>) -> ManifestSet {
+    let Some(previous) = previous else { return set };
+    let broken: Vec<PathBuf> = set.errors.iter().filter(|e| e.unreadable).map(|e| e.file.clone()).collect();
+    for file in broken {
+        set.resources.retain(|l| l.file != file);
+        let present: std::collections::HashSet<ObjectRef> = set.resources.iter().map(|l| l.object.clone()).collect();
+        let kept: Vec<Loaded> =
+            previous.resources.iter().filter(|l| l.file == file && !present.contains(&l.object)).cloned().collect();
+        if !kept.is_empty() {
+            for e in set.errors.iter_mut().filter(|e| e.file == file && e.unreadable) {
+                e.problem.push_str(&format!(
+                    "; the {} object(s) of its last good reading are kept until it reads again",
+                    kept.len()
+                ));
+            }
+        }
+        set.resources.extend(kept);
+    }
+    set
+}
+
 /// Parses files already read (path, contents) into one set, reporting duplicates: the first
 /// definition (by file name, then document) wins and later ones are errors.
 pub fn parse_files(files: &[(PathBuf, String)]) -> ManifestSet {
@@ -114,6 +141,7 @@ pub fn parse_files(files: &[(PathBuf, String)]) -> ManifestSet {
                                 "duplicate: already defined in {} (document {doc}); this definition is ignored",
                                 file.display()
                             ),
+                            unreadable: false,
                         });
                     } else {
                         seen.insert(key, (loaded.file.clone(), loaded.doc));
@@ -137,11 +165,13 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<Result<Loaded, ManifestError>>
             doc: doc_no,
             resource,
             problem,
+            unreadable: false,
         };
         let value = match Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                out.push(Err(err(None, format!("not valid YAML: {e}"))));
+                let problem = format!("not valid YAML: {e}");
+                out.push(Err(ManifestError { unreadable: true, ..err(None, problem) }));
                 // The parser cannot resynchronise after a syntax error: the rest of the file is unread.
                 break;
             }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::manifests::{manifest_files, parse_files, ManifestSet};
+use super::manifests::{keep_last_good, manifest_files, parse_files, ManifestSet};
 use super::store::{Change, Origin, Scope, Stored};
 use super::{lock_report, SharedReport, SourceEvent};
 
@@ -63,7 +63,7 @@ pub async fn run(
             Ok(Ok(_)) => {
                 let read_dir = dir.clone();
                 if let Ok(Ok((fp, files))) = tokio::task::spawn_blocking(move || read_all(&read_dir)).await {
-                    let set = parse_files(&files);
+                    let set = keep_last_good(parse_files(&files), last_set.as_ref());
                     if last_set.as_ref() != Some(&set) {
                         if publish(&set, &out, &report).await.is_err() {
                             return;

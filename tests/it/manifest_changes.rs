@@ -145,3 +145,40 @@ async fn bad_manifests_are_reported_by_file_and_other_triggers_keep_flowing() {
     assert!(log.contains("Manifest rejected"), "errors are logged");
     assert!(!log.contains('\x1b'), "a log written to a file has no colour codes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_caught_half_written_keeps_its_objects_until_it_reads_again() {
+    let kafka = Kafka::start().await;
+    kafka.create_topic("steady", 1).await;
+    let f = Function::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("all.yaml");
+    let whole =
+        [function_yaml("f", "{function: f}", &f.url), trigger_yaml("t", "steady", "{function: f}", "")].join("---\n");
+    std::fs::write(&file, &whole).expect("write");
+    let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    daemon.wait_ready().await;
+
+    // An editor or a copy caught mid-write: the file stops inside the trigger's selector.
+    let cut = whole.find("matchLabels").expect("selector") + "matchLabels: {func".len();
+    std::fs::write(&file, &whole[..cut]).expect("write half");
+    let start = std::time::Instant::now();
+    loop {
+        let errors = daemon.status().await["manifest_errors"].to_string();
+        if errors.contains("not valid YAML") {
+            assert!(errors.contains("kept until it reads again"), "{errors}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no error reported: {errors}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(groups(&daemon).await, ["default_t_f_steady"], "the consumer keeps running");
+    kafka.publisher().publish("steady", None, b"during", &[]).await.expect("publish");
+    wait_for("delivery while the file is half written", Duration::from_secs(30), || bodies(&f) == ["during"]).await;
+
+    // Written whole again: nothing restarts.
+    std::fs::write(&file, &whole).expect("write whole");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!daemon.log_text().contains("Stopping consumer"), "{}", daemon.log_text());
+}

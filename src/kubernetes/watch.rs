@@ -49,6 +49,9 @@ pub fn from_dynamic(kind: Kind, obj: DynamicObject) -> (ObjectRef, Stored) {
         map.insert("kind".into(), kind.as_str().into());
         if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             meta.remove("managedFields");
+            // Bumped by every status write, tick claim or label-less touch: kept, it would make
+            // each of them look like a change and recompute every consumer.
+            meta.remove("resourceVersion");
         }
     }
     let resource = serde_yaml::to_value(&value)

@@ -113,6 +113,27 @@ async fn kubectl_apply_edit_and_delete_move_consumers_and_kubectl_get_shows_read
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_does_not_recompute_the_desired_state() {
+    let (api, kafka, _f) = kafka_cluster(&["s-orders"], 1, "f", "t").await;
+    let daemon = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
+    daemon.wait_ready().await;
+    api.wait_jsonpath(&["get", "kafkatrigger", "t"], "{.status.conditions[0].reason}", |s| !s.is_empty()).await;
+    let recomputed = || daemon.log_text().matches("Desired state updated.").count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = recomputed();
+    // Status writes (another writer's, as the leader's own) bump the resourceVersion only.
+    for lag in 1..=5 {
+        let patch = format!(r#"{{"status":{{"lag":{lag}}}}}"#);
+        api.kubectl_ok(&["patch", "kafkatrigger", "t", "--subresource=status", "--type", "merge", "-p", &patch]);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(recomputed(), before, "a status write recomputed the desired state");
+    // A spec change still does.
+    api.kubectl_ok(&["patch", "kafkatrigger", "t", "--type", "merge", "-p", r#"{"spec":{"topic":"s-other"}}"#]);
+    wait_for("the edit to be seen", Duration::from_secs(30), || recomputed() > before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_trigger_gets_ready_false_naming_the_field_and_a_warning_event_while_others_deliver() {
     let api = cluster_with_crds().await;
     let kafka = Kafka::start().await;

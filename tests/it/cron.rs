@@ -119,3 +119,27 @@ async fn allow_runs_at_most_ten_calls_of_one_trigger_at_once_and_skips_ticks_bey
     }
     assert_eq!(f.in_flight(), 10, "ten calls run while the rest are skipped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fractional_every_tick_claimed_on_the_api_cannot_be_claimed_again() {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use kubeless_broker::cron::state::TickStore;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = crate::common::kubeapi::KubeApi::start().await;
+    api.install_crds().await;
+    api.apply_ok(&cron_yaml("frac", "f", "@every 1500ms", ""));
+    let kubeconfig = Kubeconfig::read_from(&api.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let ticks = kubeless_broker::kubernetes::ticks::ApiTickStore::new(
+        client,
+        "test",
+        kubeless_broker::kubernetes::api_writes(),
+    );
+    let tick = |ms: i64| chrono::DateTime::from_timestamp_millis(1_800_000_000_000 + ms).expect("time");
+    assert!(ticks.claim("default/frac", tick(10_500)).await.expect("claim"), "the first claim");
+    // A new leader reading the claim back must see this tick taken, not 10.000 s.
+    assert_eq!(ticks.last_fired("default/frac").await.expect("read"), Some(tick(10_500)));
+    assert!(!ticks.claim("default/frac", tick(10_500)).await.expect("claim"), "claimed twice");
+    assert!(ticks.claim("default/frac", tick(12_000)).await.expect("claim"), "the next tick");
+}

@@ -33,6 +33,9 @@ const SOURCE_QUEUE: usize = 1024;
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), telemetry::LATENCY_BUCKETS)?
+        // A gauge nobody sets any more (the lag of a deleted trigger's consumer) leaves /metrics
+        // instead of showing its last value for ever; live gauges are set every second.
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(telemetry::GAUGE_IDLE_TIMEOUT))
         .install_recorder()?;
     telemetry::describe();
     Ok(handle)
@@ -115,13 +118,18 @@ pub async fn run(
 
     let upkeep = tokio::spawn({
         let (handle, stop, budget) = (prometheus.clone(), stop.clone(), budget.clone());
+        let (supervisor, report) = (supervisor.clone(), report.clone());
         async move {
-            metrics::gauge!(crate::telemetry::MEMORY_BUDGET).set(budget.total() as f64);
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             let mut ticks = 0u64;
             while !stop.is_cancelled() {
                 tick.tick().await;
+                // The daemon-wide gauges, set every second so the idle timeout never takes them.
+                metrics::gauge!(crate::telemetry::MEMORY_BUDGET).set(budget.total() as f64);
                 metrics::gauge!(crate::telemetry::MEMORY_BUDGET_HELD).set(budget.held() as f64);
+                metrics::gauge!(crate::telemetry::CONSUMERS).set(supervisor.running() as f64);
+                let manifest_errors = crate::control::lock_report(&report).manifest_errors.len();
+                metrics::gauge!(crate::telemetry::MANIFEST_ERRORS).set(manifest_errors as f64);
                 ticks += 1;
                 if ticks % 5 == 0 {
                     handle.run_upkeep();

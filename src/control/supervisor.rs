@@ -142,6 +142,11 @@ impl Supervisor {
         futures::future::join_all(stops.chain(pending)).await;
     }
 
+    /// How many consumers run.
+    pub fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
     /// Keys of consumers stopped but still draining and committing.
     pub fn stopping(&self) -> Vec<String> {
         self.lock().stopping.iter().filter(|(_, done)| done.peek().is_none()).map(|(k, _)| k.clone()).collect()

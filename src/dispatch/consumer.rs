@@ -156,6 +156,8 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
             while !stop.is_cancelled() {
                 tick.tick().await;
                 metrics.lag.set(health.lag() as f64);
+                // Touched, so a consumer idle for long keeps its series (a stopped one's go).
+                metrics.in_flight.increment(0.0);
                 metrics.oldest_unacked.set(health.oldest_unfinished_age().unwrap_or_default().as_secs_f64());
                 let now = health.abandoned();
                 metrics.abandoned.increment(now.saturating_sub(abandoned));

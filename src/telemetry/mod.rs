@@ -28,6 +28,10 @@ pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
 pub const CRON_LATENESS: &str = "kubeless_cron_tick_lateness_seconds";
 pub const MEMORY_BUDGET: &str = "kubeless_memory_budget_bytes";
 pub const MEMORY_BUDGET_HELD: &str = "kubeless_memory_budget_held_bytes";
+/// A gauge not set for this long leaves `/metrics` (a stopped consumer's); live ones are set every
+/// second.
+pub const GAUGE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Every metric the daemon exports.
 pub const ALL: &[&str] = &[
     MESSAGES_RECEIVED,

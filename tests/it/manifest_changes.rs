@@ -182,3 +182,35 @@ async fn a_file_caught_half_written_keeps_its_objects_until_it_reads_again() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!daemon.log_text().contains("Stopping consumer"), "{}", daemon.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_triggers_gauges_leave_metrics() {
+    let kafka = Kafka::start().await;
+    kafka.create_topic("gauged", 1).await;
+    let f = Function::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("f.yaml"), function_yaml("f", "{function: f}", &f.url)).expect("write");
+    let trigger = dir.path().join("t.yaml");
+    std::fs::write(&trigger, trigger_yaml("gone", "gauged", "{function: f}", "")).expect("write");
+    let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    daemon.wait_ready().await;
+    let series = r#"kubeless_consumer_lag{trigger="default/gone""#;
+    let start = std::time::Instant::now();
+    while !daemon.metrics().await.contains(series) {
+        assert!(start.elapsed() < Duration::from_secs(30), "no lag series for the trigger");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::remove_file(&trigger).expect("delete the trigger");
+    wait_groups(&daemon, &[]).await;
+    let start = std::time::Instant::now();
+    loop {
+        let text = daemon.metrics().await;
+        if !text.contains(series) {
+            break;
+        }
+        // Bounded by the gauges' idle timeout (15 s), plus the scrape that prunes them.
+        assert!(start.elapsed() < Duration::from_secs(40), "the deleted trigger's lag is still exported");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(daemon.metrics().await.contains("kubeless_consumers 0"), "the daemon's own gauges stay");
+}

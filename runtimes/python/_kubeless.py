@@ -16,6 +16,7 @@ The contract is Kubeless's runtime contract, so functions written for Kubeless r
 
 Settings (environment): `MOD_NAME`, `FUNC_HANDLER`, `FUNC_PORT` (8080), `FUNC_TIMEOUT` (180 s),
 `FUNC_RUNTIME`, `FUNC_MEMORY_LIMIT`, `FUNC_MEMFILE_MAX` (largest body kept in memory, 100 MiB),
+`FUNC_BODY_MAX` (largest body taken at all, 100 MiB; a larger one is answered 413),
 `MP_CONTEXT` (`forkserver` or `spawn`), `CHERRYPY_NUMTHREADS` (calls served at once, 50), and
 `KUBELESS_DIR` (where the code and its installed dependencies are: `/kubeless`).
 
@@ -29,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import sys
 import time
@@ -68,6 +70,9 @@ def _load_function():
 FUNCTION = _load_function()
 TIMEOUT = _setting("FUNC_TIMEOUT", "180", float)
 bottle.BaseRequest.MEMFILE_MAX = _setting("FUNC_MEMFILE_MAX", str(100 * 1024 * 1024), int)
+BODY_MAX = _setting("FUNC_BODY_MAX", str(100 * 1024 * 1024), int)
+# How often a waiting call checks that its process still lives.
+LIVENESS_CHECK = 0.2
 CONTEXT = {
     "function-name": FUNCTION.__name__,
     "timeout": TIMEOUT,
@@ -102,14 +107,36 @@ class DetachedRequest(bottle.BaseRequest):
 
 
 def _call(results, event):
-    """Runs in the call's own process: the function's answer, or the exception it raised."""
+    """Runs in the call's own process: the function's answer, or the exception it raised, pickled
+    here, so that one which cannot be sent back is a failure now (a Queue pickles in a thread of
+    its own, and a failure there would leave the caller waiting for the timeout)."""
     try:
-        results.put(FUNCTION(event, CONTEXT))
+        answer = FUNCTION(event, CONTEXT)
     except Exception as e:  # noqa: BLE001 - any failure of the function is its answer
+        answer = e
+    try:
+        payload = pickle.dumps(answer)
+    except Exception as e:  # noqa: BLE001 - an answer or exception that cannot be pickled
+        what = "exception" if isinstance(answer, Exception) else "answer"
+        payload = pickle.dumps(RuntimeError(f"the function's {what} cannot be sent back: {e!r}"))
+    results.put(payload)
+
+
+def _wait(results, process):
+    """The call's pickled answer; None if its process ended without one; queue.Empty at the timeout."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise queue.Empty
         try:
-            results.put(e)
-        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
-            results.put(RuntimeError(repr(e)))
+            return results.get(timeout=min(left, LIVENESS_CHECK))
+        except queue.Empty:
+            if not process.is_alive():
+                try:
+                    return results.get(timeout=LIVENESS_CHECK)
+                except queue.Empty:
+                    return None
 
 
 @app.get("/healthz")
@@ -126,7 +153,11 @@ def metrics():
 @app.route("/<:re:.*>", method=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 def invoke():
     request = bottle.request
-    body = request.body.read()
+    if request.content_length > BODY_MAX:
+        return bottle.HTTPError(413, f"The body is larger than {BODY_MAX} bytes (FUNC_BODY_MAX)")
+    body = request.body.read(BODY_MAX + 1)
+    if len(body) > BODY_MAX:
+        return bottle.HTTPError(413, f"The body is larger than {BODY_MAX} bytes (FUNC_BODY_MAX)")
     data = body
     if request.content_type.split(";")[0].strip().lower() == "application/json" and body:
         try:
@@ -148,7 +179,7 @@ def invoke():
         process = calls.Process(target=_call, args=(results, event))
         process.start()
         try:
-            answer = results.get(timeout=TIMEOUT)
+            payload = _wait(results, process)
         except queue.Empty:
             process.kill()
             process.join()
@@ -156,6 +187,11 @@ def invoke():
             logging.error("The function ran past its timeout of %ss and was stopped.", TIMEOUT)
             return bottle.HTTPError(408, "Timeout while processing the function")
         process.join()
+        if payload is None:
+            FAILURES.labels(method).inc()
+            logging.error("The call's process ended without an answer (exit code %s).", process.exitcode)
+            return bottle.HTTPError(500, "Internal Server Error")
+        answer = pickle.loads(payload)
     if isinstance(answer, bottle.HTTPResponse):
         return answer
     if isinstance(answer, Exception):

@@ -140,6 +140,20 @@ async fn the_python_runtime_keeps_kubeless_runtime_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_runtime_answers_what_cannot_be_answered_at_once_and_refuses_bodies_past_its_limit() {
+    let runtime = Runtime::start("python", "contract.py", "handler", &[("FUNC_BODY_MAX", "1024")]).await;
+    let url = &runtime.url;
+    // An answer that cannot be sent back from the call's process, and a process that dies: 500s,
+    // not 408s after the timeout (which the broker would retry for ever).
+    assert_eq!(call(url, json!({"op": "unpicklable"})).await.0, 500);
+    assert_eq!(call(url, json!({"op": "exit"})).await.0, 500);
+    // A body past FUNC_BODY_MAX: 413, never read whole.
+    assert_eq!(post(url, "text/plain", "x".repeat(2048), &[]).await.0, 413);
+    assert_eq!(post(url, "text/plain", "x".repeat(512), &[]).await.0, 200);
+    assert_eq!(call(url, json!({"op": "echo"})).await.0, 200, "the server goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_runtime_keeps_kubeless_runtime_contract() {
     contract("nodejs", "contract.js").await;
 }

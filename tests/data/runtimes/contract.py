@@ -11,6 +11,10 @@ def handler(event, context):
     op = data.get("op")
     if op == "raise":
         raise ValueError("the function failed on purpose")
+    if op == "unpicklable":
+        return lambda: "a function cannot travel between processes"
+    if op == "exit":
+        os._exit(3)
     if op == "spin":
         while True:  # only the runtime's timeout can stop this
             pass

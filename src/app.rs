@@ -59,7 +59,7 @@ struct Kube<'a> {
 
 impl Kube<'_> {
     /// Cron ticks on the API, fired by the leader; Kinesis shards split by Leases.
-    fn services(&self) -> Services {
+    fn services(&self, budget: kubeless_connector::MemoryBudget) -> Services {
         let (leases, identity) = (self.leases.clone(), self.settings.identity.clone());
         Services {
             http: HttpClient::new(),
@@ -74,7 +74,7 @@ impl Kube<'_> {
             shard_leases: Some(Arc::new(move |reader: &str| -> Arc<dyn kubeless_kinesis::ShardLeases> {
                 Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity))
             })),
-            budget: kubeless_connector::MemoryBudget::unlimited(),
+            budget,
         }
     }
 }
@@ -102,16 +102,16 @@ pub async fn run(
             Source::Api(Box::new(Kube { settings: k, client, leading, leases, writes: kubernetes::api_writes() }))
         }
     };
-    let services = match &source {
-        Source::Directory(..) => Services::standalone(HttpClient::new()),
-        Source::Api(kube) => kube.services(),
-    };
     let budget = kubeless_connector::MemoryBudget::new(settings.memory_budget);
     info!(
         memory_budget_mib = settings.memory_budget >> 20,
         "Message bytes held in memory are capped, shared fairly between consumers."
     );
-    let supervisor = Supervisor::new(services.with_budget(budget.clone()));
+    let services = match &source {
+        Source::Directory(..) => Services::standalone(HttpClient::new(), budget.clone()),
+        Source::Api(kube) => kube.services(budget.clone()),
+    };
+    let supervisor = Supervisor::new(services);
     let report = SharedReport::default();
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
@@ -124,7 +124,8 @@ pub async fn run(
             let mut ticks = 0u64;
             while !stop.is_cancelled() {
                 tick.tick().await;
-                // The daemon-wide gauges, set every second so the idle timeout never takes them.
+                // The daemon-wide gauges, set again every second (from the facts their owners set
+                // them from) so the idle timeout never takes them.
                 metrics::gauge!(crate::telemetry::MEMORY_BUDGET).set(budget.total() as f64);
                 metrics::gauge!(crate::telemetry::MEMORY_BUDGET_HELD).set(budget.held() as f64);
                 metrics::gauge!(crate::telemetry::CONSUMERS).set(supervisor.running() as f64);

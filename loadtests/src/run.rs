@@ -334,7 +334,8 @@ impl Env {
                 .args(&fetch_wait)
                 .args(&self.daemon_args)
                 .args(extra)
-                .env("RUST_LOG", "warn"),
+                .env("RUST_LOG", "warn")
+                .env("AWS_EC2_METADATA_DISABLED", "true"),
             self.work.path(),
         )?;
         let start = Instant::now();

@@ -338,10 +338,12 @@ fn refuse_taken_groups(created: &BTreeMap<ObjectRef, Option<Time>>, out: &mut De
     }
 }
 
-fn not_readable(topic: &str, ns: &str, tenancy: &TenancyPolicy) -> String {
+/// Why `value` (of `field`) is refused: none of the admin's `patterns` (set by `flag`) matches it
+/// for this namespace, or it is one of NATS's own subjects.
+fn not_allowed(field: &str, value: &str, ns: &str, patterns: &[String], flag: &str) -> String {
     format!(
-        "{topic:?} is not a topic or subject this namespace may read (allowed: {}; never NATS's own $… or _INBOX… subjects; --trigger-topics)",
-        tenancy.trigger_topics.join(", ").replace("{namespace}", ns)
+        "{field} {value:?} is not one this namespace may use (allowed: {}; never NATS's own $… or _INBOX… subjects; {flag})",
+        patterns.join(", ").replace("{namespace}", ns)
     )
 }
 
@@ -441,7 +443,8 @@ fn kafka_consumers(trigger: &KafkaTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_
         return out.problems.push(problem(&label, Reason::LimitExceeded, why));
     }
     if let Some(topic) = topics.iter().find(|t| !tenancy.trigger_topic_allowed(ns, t)) {
-        return out.problems.push(problem(&label, Reason::TopicNotAllowed, not_readable(topic, ns, tenancy)));
+        let why = not_allowed("spec.topic", topic, ns, &tenancy.trigger_topics, "--trigger-topics");
+        return out.problems.push(problem(&label, Reason::TopicNotAllowed, why));
     }
     let auth = trigger.spec.auth.as_ref().map(|a| ("spec.auth.secret", a.secret.as_str()));
     let brokers = trigger.spec.brokers.as_deref().map(|b| ("spec.brokers", b));
@@ -454,10 +457,8 @@ fn kafka_consumers(trigger: &KafkaTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_
         &mut delivery.dead_letter
     {
         if !tenancy.dead_letter_topic_allowed(ns, topic) {
-            let why = format!(
-                "spec.delivery.deadLetter.topic {topic:?} is not one this namespace may write (allowed: {}; --dead-letter-topics)",
-                tenancy.dead_letter_topics.join(", ").replace("{namespace}", ns)
-            );
+            let (field, patterns) = ("spec.delivery.deadLetter.topic", &tenancy.dead_letter_topics);
+            let why = not_allowed(field, topic, ns, patterns, "--dead-letter-topics");
             return out.problems.push(problem(&label, Reason::DeadLetterNotAllowed, why));
         }
         match dl_brokers.clone() {
@@ -605,15 +606,13 @@ fn nats_consumers(trigger: &NATSTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>,
         return out.problems.push(problem(&label, Reason::LimitExceeded, why));
     }
     if !ctx.policy().trigger_topic_allowed(ns, &trigger.spec.topic) {
-        let why = not_readable(&trigger.spec.topic, ns, ctx.policy());
+        let why = not_allowed("spec.topic", &trigger.spec.topic, ns, &ctx.policy().trigger_topics, "--trigger-topics");
         return out.problems.push(problem(&label, Reason::TopicNotAllowed, why));
     }
     if let Some(DeadLetterTarget::Nats { subject }) = &policy.dead_letter {
         if !ctx.policy().dead_letter_topic_allowed(ns, subject) {
-            let why = format!(
-                "spec.delivery.deadLetter.subject {subject:?} is not one this namespace may write (allowed: {}; never NATS's own $… or _INBOX… subjects; --dead-letter-topics)",
-                ctx.policy().dead_letter_topics.join(", ").replace("{namespace}", ns)
-            );
+            let (field, patterns) = ("spec.delivery.deadLetter.subject", &ctx.policy().dead_letter_topics);
+            let why = not_allowed(field, subject, ns, patterns, "--dead-letter-topics");
             return out.problems.push(problem(&label, Reason::DeadLetterNotAllowed, why));
         }
     }

@@ -128,12 +128,8 @@ pub struct Services {
 pub type ShardLeasesFor = Arc<dyn Fn(&str) -> Arc<dyn ShardLeases> + Send + Sync>;
 
 impl Services {
-    pub fn standalone(http: HttpClient) -> Self {
-        Self { http, scheduling: None, shard_leases: None, budget: MemoryBudget::unlimited() }
-    }
-
-    pub fn with_budget(self, budget: MemoryBudget) -> Self {
-        Self { budget, ..self }
+    pub fn standalone(http: HttpClient, budget: MemoryBudget) -> Self {
+        Self { http, scheduling: None, shard_leases: None, budget }
     }
 
     fn scheduling(&self, source: &CronSource) -> Scheduling {
@@ -260,9 +256,7 @@ async fn run_once(
     let budget = services.budget.register();
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone(), budget };
     let result = match &spec.source {
-        SourceSpec::Kafka(kafka) => {
-            run_source(with_prefetch_in_budget(kafka, &services.budget), ctx).await.map_err(|e| e.to_string())
-        }
+        SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Kinesis(k) => match &services.shard_leases {
             Some(leases) => kubeless_kinesis::run_source_with(k.clone(), ctx, leases(&k.checkpoint_key)).await,
@@ -276,16 +270,6 @@ async fn run_once(
     // abandoned before it gets here, dropping `dispatcher` does the same.)
     dispatcher.abort().await;
     result
-}
-
-/// What librdkafka prefetches per consumer is outside the budget's accounting until polled: keep
-/// it to a quarter of the consumer's share (between 64 KiB and librdkafka's 8 MiB we set), unless
-/// the admin set it.
-fn with_prefetch_in_budget(kafka: &KafkaSourceConfig, budget: &MemoryBudget) -> KafkaSourceConfig {
-    let mut kafka = kafka.clone();
-    let kib = (budget.share() / 4 / 1024).clamp(64, 8192);
-    kafka.properties.entry("queued.max.messages.kbytes".to_string()).or_insert_with(|| kib.to_string());
-    kafka
 }
 
 /// The dead-letter destination of a consumer, if it has one.

@@ -146,16 +146,19 @@ impl TenancyPolicy {
     /// subject). NATS's own subjects (`$JS.API…`, `$SYS…`, `_INBOX…`) never: a dead letter there
     /// would be a request to the server (deleting a stream, say).
     pub fn dead_letter_topic_allowed(&self, namespace: &str, topic: &str) -> bool {
-        !self.enforced
-            || (!reserved_subject(topic)
-                && self.dead_letter_topics.iter().any(|p| glob_matches(&p.replace("{namespace}", namespace), topic)))
+        self.topic_allowed(&self.dead_letter_topics, namespace, topic)
     }
 
     /// Whether a trigger in `namespace` may read `topic` (a Kafka topic, a NATS subject).
     pub fn trigger_topic_allowed(&self, namespace: &str, topic: &str) -> bool {
+        self.topic_allowed(&self.trigger_topics, namespace, topic)
+    }
+
+    /// `topic` matches one of `patterns` (`{namespace}` filled in) and is none of NATS's own.
+    fn topic_allowed(&self, patterns: &[String], namespace: &str, topic: &str) -> bool {
         !self.enforced
             || (!reserved_subject(topic)
-                && self.trigger_topics.iter().any(|p| glob_matches(&p.replace("{namespace}", namespace), topic)))
+                && patterns.iter().any(|p| glob_matches(&p.replace("{namespace}", namespace), topic)))
     }
 
     /// Whether a `kubeless.io/url` may be used.
@@ -243,10 +246,6 @@ impl AllowList {
     /// From comma-separated or repeated flag values; blanks are dropped.
     pub fn new(entries: &[String]) -> Self {
         Self(entries.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
-    }
-
-    pub fn entries(&self) -> &[String] {
-        &self.0
     }
 
     fn is_any(&self) -> bool {

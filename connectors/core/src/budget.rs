@@ -50,11 +50,6 @@ impl MemoryBudget {
         Self { inner: Arc::new(inner) }
     }
 
-    /// No limit (tests, tools).
-    pub fn unlimited() -> Self {
-        Self::new(u64::MAX)
-    }
-
     pub fn total(&self) -> u64 {
         self.inner.total
     }
@@ -67,11 +62,6 @@ impl MemoryBudget {
     /// How many consumers should run (shares are sized for at least that many).
     pub fn expect(&self, consumers: usize) {
         self.inner.expected.store(consumers, Ordering::Relaxed);
-    }
-
-    /// What one consumer may hold now.
-    pub fn share(&self) -> u64 {
-        self.inner.share()
     }
 
     /// A consumer's part of the budget, for as long as the handle (and its clones) live.

@@ -37,7 +37,9 @@ pub struct KafkaSourceConfig {
 /// Records prefetched per consumer are capped in bytes: the memory bound of a consumer must not
 /// depend on the backlog. 8 MiB holds ~8k 1 KiB records, enough to keep a fast function busy
 /// between fetches.
-const QUEUED_MAX_KBYTES: &str = "8192";
+const QUEUED_MAX_KBYTES: u64 = 8192;
+/// The least prefetch a small share of the memory budget still gets.
+const MIN_QUEUED_KBYTES: u64 = 64;
 /// librdkafka's default (100k records per partition) would let a large backlog sit in memory.
 const QUEUED_MIN_MESSAGES: &str = "2000";
 /// Offsets are stored as deliveries finish and committed this often; on revocation and shutdown
@@ -55,6 +57,17 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 const FETCH_MAX_BYTES: &str = "4194304";
 
 impl KafkaSourceConfig {
+    /// The client's properties, its prefetch kept to a quarter of `share` (the bytes of the memory
+    /// budget this consumer may hold; between 64 KiB and our 8 MiB), unless the properties set it.
+    pub(crate) fn client_config_within(&self, share: u64) -> ClientConfig {
+        let mut cfg = self.client_config();
+        if !self.properties.contains_key("queued.max.messages.kbytes") {
+            let kib = (share / 4 / 1024).clamp(MIN_QUEUED_KBYTES, QUEUED_MAX_KBYTES);
+            cfg.set("queued.max.messages.kbytes", kib.to_string());
+        }
+        cfg
+    }
+
     pub(crate) fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
@@ -72,7 +85,7 @@ impl KafkaSourceConfig {
             )
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", SESSION_TIMEOUT_MS)
-            .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
+            .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
             .set("queued.min.messages", QUEUED_MIN_MESSAGES)
             .set("fetch.max.bytes", FETCH_MAX_BYTES)
             .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
@@ -196,6 +209,13 @@ mod tests {
         };
         let c = cfg.client_config();
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(cfg.client_config_within(u64::MAX).get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(
+            cfg.client_config_within(4 << 20).get("queued.max.messages.kbytes"),
+            Some("1024"),
+            "a quarter share"
+        );
+        assert_eq!(cfg.client_config_within(0).get("queued.max.messages.kbytes"), Some("64"));
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
     }

@@ -115,14 +115,16 @@ fn consume(
             acks: ack_rx,
             stash: VecDeque::new(),
             paused: false,
-            budget: ctx.budget.clone(),
             last_store: Instant::now(),
             unsaved: HashMap::new(),
         }),
     });
-    let consumer: BaseConsumer<SourceCtx> =
-        config.client_config().create_with_context(SourceCtx { shared: shared.clone() }).map_err(|source| {
-            KafkaSourceError::CreateConsumer { group: config.group_id.clone(), source: Box::new(source) }
+    let consumer: BaseConsumer<SourceCtx> = config
+        .client_config_within(ctx.budget.share())
+        .create_with_context(SourceCtx { shared: shared.clone() })
+        .map_err(|source| KafkaSourceError::CreateConsumer {
+            group: config.group_id.clone(),
+            source: Box::new(source),
         })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
@@ -140,10 +142,7 @@ fn consume(
         // Nothing more is taken from librdkafka while messages wait in the stash (the channel was
         // full) or while the consumer holds its share of the memory budget: the stash goes out as
         // the channel makes room; new records once the budget does.
-        let (stashed, over_budget) = {
-            let inner = shared.lock();
-            (inner.has_stash(), !inner.budget.has_room())
-        };
+        let (stashed, over_budget) = (shared.lock().has_stash(), !ctx.budget.has_room());
         if stashed || over_budget {
             if !shared.lock().paused {
                 // Wait for half the channel rather than one slot: waking this thread for every
@@ -183,7 +182,7 @@ fn consume(
                                     break;
                                 }
                                 Some(Ok(record)) => {
-                                    if let Some(msg) = shared.lock().track(&record, &acker) {
+                                    if let Some(msg) = shared.lock().track(&record, &acker, &ctx.budget) {
                                         permit.send(msg);
                                     }
                                 }
@@ -205,7 +204,7 @@ fn consume(
             Some(Err(err)) => shared.report_error(&err),
             Some(Ok(record)) => {
                 let mut inner = shared.lock();
-                let Some(msg) = inner.track(&record, &acker) else { continue };
+                let Some(msg) = inner.track(&record, &acker, &ctx.budget) else { continue };
                 if inner.has_stash() {
                     inner.stash.push_back(msg);
                 } else {
@@ -331,9 +330,6 @@ struct Inner {
     /// what librdkafka had prefetched when the partitions were paused.
     stash: VecDeque<Message>,
     paused: bool,
-    /// This consumer's part of the memory budget: every message is charged to it, and no more
-    /// are taken from librdkafka while it is at its share.
-    budget: ConsumerBudget,
     last_store: Instant,
     /// Next offsets that were finished when their partition was released but whose commit failed.
     unsaved: HashMap<(Arc<str>, i32), i64>,
@@ -461,7 +457,13 @@ impl Inner {
     }
 
     /// Registers a record as handed out and turns it into a message.
-    fn track(&mut self, record: &BorrowedMessage<'_>, acker: &Arc<dyn Acker>) -> Option<Message> {
+    /// Registers a record as handed out and turns it into a message charged to `budget`.
+    fn track(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+        acker: &Arc<dyn Acker>,
+        budget: &ConsumerBudget,
+    ) -> Option<Message> {
         let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
         let (idx, slot) =
             self.slots.iter_mut().enumerate().find_map(|(i, s)| {
@@ -490,7 +492,7 @@ impl Inner {
                 ack: AckHandle::new(acker.clone(), position),
                 charge: Default::default(),
             }
-            .charged(&self.budget),
+            .charged(budget),
         )
     }
 
@@ -721,7 +723,6 @@ mod tests {
             acks,
             stash: VecDeque::new(),
             paused: false,
-            budget: ConsumerBudget::default(),
             last_store: Instant::now(),
             unsaved: HashMap::new(),
         };

@@ -455,6 +455,9 @@ impl Daemon {
             .arg(self.state.path())
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            // The daemon embeds the AWS SDK: it must never look for an instance identity off this
+            // machine, whatever a test's triggers ask for.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone"))

@@ -659,6 +659,7 @@ fn nats_consumers(trigger: &NATSTrigger, policy: &DeliveryPolicy, ctx: &Ctx<'_>,
                 url: trigger.spec.url.clone().unwrap_or_else(|| settings.nats_url.clone()),
                 subject: subject.clone(),
                 group: format!("{ns}_{name}_{fname}_{subject}"),
+                owner: format!("{ns}/{name}"),
                 jetstream_stream: trigger.spec.jetstream.as_ref().map(|j| j.stream.clone()),
                 // Enough to keep every in-flight slot busy while the next batch arrives.
                 max_ack_pending: i64::from(policy.max_in_flight) * 2,

@@ -244,3 +244,114 @@ async fn jetstream_messages_held_past_ack_wait_are_not_redelivered_behind_the_co
     let c = f.counts();
     assert!(sent[1..].iter().all(|m| c[m] == 1), "a held message was redelivered: {c:?}");
 }
+
+/// The durable a NATSTrigger `trigger` in `default` feeding `function` from `subject` reads.
+fn durable_of(trigger: &str, function: &str, subject: &str) -> String {
+    kubeless_nats::durable_name(&format!("default_{trigger}_{function}_{subject}"))
+}
+
+async fn ack_wait(nats: &Nats, stream: &str, durable: &str) -> Option<Duration> {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let info = js.get_stream(stream).await.expect("stream").consumer_info(durable).await.ok()?;
+    Some(info.config.ack_wait)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_edit_reaches_the_jetstream_durable_and_messages_in_progress_are_not_redelivered() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "EDITED", &["edited"]).await.expect("stream");
+    // Each call takes 10 s: longer than the first timeout's ack wait (1 s + 5 s), well inside the second's.
+    let f = Function::start(Behaviour::Slow(Duration::from_secs(10))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |timeout: &str| {
+        let function = function_yaml("f", "{function: f}", &f.url).replace("timeout: \"30\"", timeout);
+        let trigger = nats_trigger_yaml("t", "edited", "{function: f}", "  jetstream: {stream: EDITED}\n");
+        std::fs::write(dir.path().join("m.yaml"), [function, trigger].join("---\n")).expect("write");
+    };
+    write("timeout: \"1\"");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    let durable = durable_of("t", "f", "edited");
+    assert_eq!(ack_wait(&nats, "EDITED", &durable).await, Some(Duration::from_secs(6)));
+
+    write("timeout: \"30\"");
+    wait_for_async("the durable's new ack wait on the server", Duration::from_secs(60), || async {
+        ack_wait(&nats, "EDITED", &durable).await == Some(Duration::from_secs(35))
+    })
+    .await;
+    daemon.wait_ready().await;
+    nats.publish_all("edited", (0..3).map(|i| format!("m{i}")), true).await;
+    wait_for("every message", Duration::from_secs(60), || f.delivered() >= 3).await;
+    // A redelivery behind the consumer's back would arrive by now (ack wait 6 s, progress every 11 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let c = f.counts();
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert!(c.values().all(|n| *n == 1), "each message once, none redelivered while in progress: {c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_whose_durable_names_used_to_collide_get_a_durable_each() {
+    const N: usize = 200;
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "SHARED", &["shared"]).await.expect("stream");
+    let (c, bc) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Trigger `a.b` → function `c` and trigger `a` → function `b.c`: both `default_a_b_c_shared` before.
+    let js = "  jetstream: {stream: SHARED}\n";
+    let manifests = [
+        function_yaml("c", "{function: c}", &c.url),
+        function_yaml("b.c", "{function: b.c}", &bc.url),
+        nats_trigger_yaml("a.b", "shared", "{function: c}", js),
+        nats_trigger_yaml("a", "shared", "{function: b.c}", js),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    assert_ne!(durable_of("a.b", "c", "shared"), durable_of("a", "b.c", "shared"));
+    nats.publish_all("shared", (0..N).map(|i| format!("s{i}")), true).await;
+    for f in [&c, &bc] {
+        wait_for("every message at each function", Duration::from_secs(60), || f.counts().len() == N).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_named_as_before_is_adopted_where_it_stopped_and_then_deleted() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    let nats = Nats::start().await;
+    let client = nats.client().await;
+    kubeless_nats::create_stream(&client, "OLD", &["old.>"]).await.expect("stream");
+    nats.publish_all("old.events", (0..10).map(|i| format!("o{i}")), true).await;
+    // What an earlier version left: the `.`-mapped name, the first 4 messages acknowledged.
+    let legacy = "default_t_f_old__";
+    let stream = async_nats::jetstream::new(client.clone()).get_stream("OLD").await.expect("stream");
+    let old = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(legacy.to_string()),
+            filter_subject: "old.>".to_string(),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("legacy durable");
+    let mut batch = old.fetch().max_messages(4).messages().await.expect("fetch");
+    while let Some(m) = futures::StreamExt::next(&mut batch).await {
+        m.expect("message").double_ack().await.expect("ack");
+    }
+
+    let f = Function::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        nats_trigger_yaml("t", "old.>", "{function: f}", "  jetstream: {stream: OLD}\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    daemon.wait_ready().await;
+    wait_for("the rest of the messages", Duration::from_secs(60), || f.counts().len() == 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got: Vec<String> = f.counts().into_keys().collect();
+    got.sort();
+    assert_eq!(got, (4..10).map(|i| format!("o{i}")).collect::<Vec<_>>(), "from where the old durable stopped");
+    assert!(stream.consumer_info(legacy).await.is_err(), "the old durable is gone");
+    assert!(stream.consumer_info(durable_of("t", "f", "old.>")).await.is_ok());
+}

@@ -78,3 +78,31 @@ pub async fn create_stream(client: &async_nats::Client, name: &str, subjects: &[
     .map(|_| ())
     .map_err(|e| AdminError::Request(e.to_string()))
 }
+
+/// The durables on `stream` this daemon created for triggers of `namespace` (their description
+/// says so), by name.
+pub async fn owned_durables(
+    client: &async_nats::Client,
+    stream: &str,
+    namespace: &str,
+) -> Result<Vec<String>, AdminError> {
+    use futures::TryStreamExt;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(stream).await.map_err(|e| AdminError::Request(e.to_string()))?;
+    let infos: Vec<_> = stream.consumers().try_collect().await.map_err(|e| AdminError::Request(e.to_string()))?;
+    Ok(infos
+        .into_iter()
+        .filter(|i| crate::config::owned_by_namespace(i.config.description.as_deref(), namespace))
+        .map(|i| i.name)
+        .collect())
+}
+
+/// Deletes durable `name` from `stream`; `false` if it was not there.
+pub async fn delete_durable(client: &async_nats::Client, stream: &str, name: &str) -> Result<bool, AdminError> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(stream).await.map_err(|e| AdminError::Request(e.to_string()))?;
+    match stream.consumer_info(name).await {
+        Err(_) => Ok(false),
+        Ok(_) => stream.delete_consumer(name).await.map(|_| true).map_err(|e| AdminError::Request(e.to_string())),
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use crate::admin::connect;
-use crate::config::{durable_name, NatsSourceConfig};
+use crate::config::{durable_name, legacy_durable_name, owned_description, NatsSourceConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsSourceError {
@@ -197,6 +197,56 @@ async fn publish_acks(
     }
 }
 
+/// Creates the durable, or updates it to this configuration: after a timeout or `maxInFlight` edit
+/// the server must not keep the old `ack_wait` (redelivering messages still in progress) or the old
+/// `max_ack_pending`. What cannot be updated is kept as the server has it (where it starts).
+///
+/// A durable named as earlier versions named it (see [`legacy_durable_name`]) on the same subject
+/// is adopted: the new one starts after its acknowledged floor, and the old one is deleted.
+async fn bind_durable(
+    stream: &jetstream::stream::Stream,
+    durable: &str,
+    config: &NatsSourceConfig,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
+    let mut wanted = pull::Config {
+        durable_name: Some(durable.to_string()),
+        description: Some(owned_description(&config.owner)),
+        filter_subject: config.subject.clone(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_ack_pending: config.max_ack_pending,
+        ..Default::default()
+    };
+    let mut adopted = None;
+    match stream.consumer_info(durable).await {
+        Ok(info) => wanted.deliver_policy = info.config.deliver_policy,
+        Err(_) => {
+            let legacy = legacy_durable_name(&config.group);
+            if legacy != durable {
+                if let Ok(old) = stream.consumer_info(&legacy).await {
+                    if old.config.filter_subject == config.subject {
+                        let start_sequence = old.ack_floor.stream_sequence + 1;
+                        wanted.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
+                        adopted = Some(legacy);
+                    }
+                }
+            }
+        }
+    }
+    let consumer = stream.create_consumer(wanted).await.map_err(|e| e.to_string())?;
+    if let Some(legacy) = adopted {
+        match stream.delete_consumer(&legacy).await {
+            Ok(_) => {
+                info!(durable, legacy = %legacy, "Adopted the durable an earlier version named ambiguously; deleted it.")
+            }
+            Err(e) => {
+                warn!(durable, legacy = %legacy, error = %e, "Adopted an earlier version's durable but cannot delete it.")
+            }
+        }
+    }
+    Ok(consumer)
+}
+
 async fn jetstream_consumer(
     client: &async_nats::Client,
     stream_name: &str,
@@ -212,25 +262,18 @@ async fn jetstream_consumer(
     let durable = durable_name(&config.group);
     let consumer_err =
         |e: String| NatsSourceError::Consumer { stream: stream_name.to_string(), durable: durable.clone(), reason: e };
-    let consumer: pull::Stream = stream
-        .get_or_create_consumer::<pull::Config>(
-            &durable,
-            pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: config.subject.clone(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_ack_pending: config.max_ack_pending,
-                ..Default::default()
-            },
-        )
+    let consumer: pull::Stream = bind_durable(&stream, &durable, config)
         .await
-        .map_err(|e| consumer_err(e.to_string()))?
+        .map_err(consumer_err)?
         .stream()
         .max_messages_per_batch(config.max_ack_pending.clamp(1, MAX_BATCH) as usize)
         .messages()
         .await
-        .map_err(|e| consumer_err(e.to_string()))?;
+        .map_err(|e| NatsSourceError::Consumer {
+            stream: stream_name.to_string(),
+            durable: durable.clone(),
+            reason: e.to_string(),
+        })?;
     let mut messages = consumer;
     ctx.health.set(SourceState::Ready);
     info!(stream = stream_name, durable = %durable, subject = %config.subject, "JetStream durable consumer bound.");

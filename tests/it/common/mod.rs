@@ -35,6 +35,19 @@ pub async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
+/// [`wait_for`] with a condition that must ask a server.
+pub async fn wait_for_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A server process listening on a loopback port, killed on drop; a test may kill it and start it
 /// again with the same command (its storage, if any, outlives it). Its output goes to
 /// `$TMPDIR/<name>-<port>.log`, appended across restarts.

@@ -177,6 +177,11 @@ pub async fn run(
                 leading.clone(),
                 stop.clone(),
             )));
+            side_tasks.push(tokio::spawn(kubernetes::durables::run(
+                snapshot_rx.clone(),
+                leading.clone(),
+                stop.clone(),
+            )));
             if k.function_controller {
                 let functions = crate::functions::reconciler::Settings {
                     field_manager: k.field_manager.clone(),

@@ -2,6 +2,7 @@
 //! the manifest directory), and each trigger's state goes back onto it as status and Events.
 
 pub mod cleanup;
+pub mod durables;
 pub mod lease;
 pub mod secrets;
 pub mod shards;

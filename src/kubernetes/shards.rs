@@ -69,6 +69,18 @@ fn set_checkpoint(lease: &mut Lease, c: &ShardCheckpoint) {
     }
 }
 
+/// The worker Lease a replica that holds none takes: a free one (its replica is gone: Leases are
+/// reused, not piled up with every rollout), else a new one in the lowest unused slot.
+pub fn worker_slot(hash: &str, workers: &BTreeMap<String, Verdict>) -> String {
+    if let Some((name, _)) = workers.iter().find(|(_, v)| **v == Verdict::Free) {
+        return name.clone();
+    }
+    (0..)
+        .map(|slot| format!("kinesis-{hash}-worker-{slot}"))
+        .find(|name| !workers.contains_key(name))
+        .unwrap_or_default()
+}
+
 /// A short, stable name part for what may be long or not name-safe (xxh3, as event ids use).
 fn short_hash(s: &str) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
@@ -118,10 +130,6 @@ impl ApiShardLeases {
         format!("kinesis-{}-{}", self.hash, name_safe(shard))
     }
 
-    fn worker_lease_name(&self) -> String {
-        format!("kinesis-{}-worker-{}", self.hash, &short_hash(&self.identity)[..10])
-    }
-
     fn new_lease(&self, name: String, role: &str, shard: Option<&str>) -> Lease {
         let mut annotations = BTreeMap::from([(ANN_READER.to_string(), self.reader.clone())]);
         if let Some(shard) = shard {
@@ -163,9 +171,9 @@ impl ApiShardLeases {
         let inner = &mut *inner;
         let listed = self.api.list(&ListParams::default().labels(&format!("{LABEL_READER}={}", self.hash))).await?;
         let now = Instant::now();
-        let worker_name = self.worker_lease_name();
         let mut workers = 1; // this replica
         let mut my_worker: Option<Lease> = None;
+        let mut worker_leases: BTreeMap<String, (Lease, Verdict)> = BTreeMap::new();
         let mut by_shard: BTreeMap<String, (Lease, Verdict)> = BTreeMap::new();
         let names: BTreeSet<String> = listed.items.iter().filter_map(|l| l.metadata.name.clone()).collect();
         inner.observer.retain(&names);
@@ -175,9 +183,11 @@ impl ApiShardLeases {
             let labels = lease.metadata.labels.as_ref();
             if labels.and_then(|l| l.get(LABEL_ROLE)).is_some_and(|r| r == "worker") {
                 match verdict {
-                    Verdict::Mine if name == worker_name => my_worker = Some(lease),
-                    Verdict::Taken => workers += 1,
-                    _ => {}
+                    Verdict::Mine if my_worker.is_none() => my_worker = Some(lease),
+                    _ => {
+                        workers += usize::from(verdict == Verdict::Taken);
+                        worker_leases.insert(name, (lease, verdict));
+                    }
                 }
                 continue;
             }
@@ -186,12 +196,19 @@ impl ApiShardLeases {
                 by_shard.insert(shard, (lease, verdict));
             }
         }
-        // This replica's presence.
+        // This replica's presence: its own worker Lease, else a free one, else a new slot.
         let due = |written: &BTreeMap<String, Instant>, key: &str| {
             written.get(key).is_none_or(|at| now.saturating_duration_since(*at) >= RENEW_AFTER)
         };
-        if due(&inner.written, "") {
-            let lease = my_worker.unwrap_or_else(|| self.new_lease(worker_name, "worker", None));
+        if due(&inner.written, "") || my_worker.is_none() {
+            let lease = my_worker.unwrap_or_else(|| {
+                let verdicts = worker_leases.iter().map(|(n, (_, v))| (n.clone(), *v)).collect();
+                let slot = worker_slot(&self.hash, &verdicts);
+                match worker_leases.remove(&slot) {
+                    Some((lease, _)) => lease,
+                    None => self.new_lease(slot, "worker", None),
+                }
+            });
             if self.hold(lease).await?.is_some() {
                 inner.written.insert(String::new(), now);
             }
@@ -320,6 +337,21 @@ mod tests {
         // Uneven: 5 over 2 → up to 3 each, nobody gives up at 3.
         assert_eq!(fair_share(5, 2, 3, 0), (0, false));
         assert_eq!(fair_share(0, 3, 0, 0), (0, false));
+    }
+
+    #[test]
+    fn a_replica_takes_a_free_worker_lease_before_a_new_slot() {
+        let w = |slot: &str| format!("kinesis-h-worker-{slot}");
+        let none = BTreeMap::new();
+        assert_eq!(worker_slot("h", &none), w("0"));
+        // Replicas gone in earlier rollouts leave free Leases: reused, so they never pile up.
+        let after_rollout = BTreeMap::from([(w("0"), Verdict::Taken), (w("1"), Verdict::Free)]);
+        assert_eq!(worker_slot("h", &after_rollout), w("1"));
+        let busy = BTreeMap::from([(w("0"), Verdict::Taken), (w("2"), Verdict::Taken)]);
+        assert_eq!(worker_slot("h", &busy), w("1"), "the lowest unused slot");
+        // An earlier version's Lease named after its replica is a free slot too.
+        let legacy = BTreeMap::from([(w("0"), Verdict::Taken), ("kinesis-h-worker-0123456789".into(), Verdict::Free)]);
+        assert_eq!(worker_slot("h", &legacy), "kinesis-h-worker-0123456789");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::common::kubeapi::KubeApi;
 use crate::common::*;
 
 /// A Function whose requests time out after 5 s, so JetStream redelivers unacknowledged messages
@@ -354,4 +355,72 @@ async fn a_durable_named_as_before_is_adopted_where_it_stopped_and_then_deleted(
     assert_eq!(got, (4..10).map(|i| format!("o{i}")).collect::<Vec<_>>(), "from where the old durable stopped");
     assert!(stream.consumer_info(legacy).await.is_err(), "the old durable is gone");
     assert!(stream.consumer_info(durable_of("t", "f", "old.>")).await.is_ok());
+}
+
+/// The durables on `stream`, by name.
+async fn durables(nats: &Nats, stream: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream(stream).await.expect("stream");
+    let mut names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+    names.sort();
+    names
+}
+
+async fn add_durable(nats: &Nats, stream: &str, name: &str, description: Option<&str>) {
+    use async_nats::jetstream::consumer::pull;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream(stream).await.expect("stream");
+    let config = pull::Config {
+        durable_name: Some(name.to_string()),
+        description: description.map(str::to_string),
+        ..Default::default()
+    };
+    stream.create_consumer(config).await.expect("durable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_deletes_the_durables_of_triggers_edited_away_or_deleted_and_only_its_own() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "OWNED", &["owned.>"]).await.expect("stream");
+    // Left on the server before the daemon started: one it made for a trigger of `default` since
+    // deleted, one of another namespace, and one somebody else made.
+    add_durable(&nats, "OWNED", "default_gone_f_owned_x", Some("kubeless-broker default/gone")).await;
+    add_durable(&nats, "OWNED", "other_t_f_owned_x", Some("kubeless-broker other/t")).await;
+    add_durable(&nats, "OWNED", "someone_elses", None).await;
+    let api = KubeApi::start().await;
+    api.install_crds().await;
+    let f = Function::start(Behaviour::Ok).await;
+    let trigger = |subject: &str| nats_trigger_yaml("t", subject, "{function: f}", "  jetstream: {stream: OWNED}\n");
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
+    api.apply_ok(&trigger("owned.a"));
+    let flags = ["--nats-url", &nats.url, "--drain-timeout", "1s"];
+    let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[]);
+    daemon.wait_ready().await;
+    let (a, b) = (durable_of("t", "f", "owned.a"), durable_of("t", "f", "owned.b"));
+    let mut expected = vec![a.clone(), "other_t_f_owned_x".to_string(), "someone_elses".to_string()];
+    expected.sort();
+    wait_for_async("the sweep of what was left while nobody led", Duration::from_secs(60), || async {
+        durables(&nats, "OWNED").await == expected
+    })
+    .await;
+
+    // Edited onto another subject (another durable): the old one goes once its grace has passed.
+    api.apply_ok(&trigger("owned.b"));
+    let mut expected = vec![b.clone(), "other_t_f_owned_x".to_string(), "someone_elses".to_string()];
+    expected.sort();
+    wait_for_async("the edited trigger's old durable to go", Duration::from_secs(60), || async {
+        durables(&nats, "OWNED").await == expected
+    })
+    .await;
+    nats.publish_all("owned.b", ["after the edit".to_string()], true).await;
+    wait_for("a delivery through the new durable", Duration::from_secs(30), || f.delivered() == 1).await;
+
+    // Deleted: its durable goes; what is not the daemon's stays.
+    api.kubectl_ok(&["delete", "natstrigger", "t"]);
+    wait_for_async("the deleted trigger's durable to go", Duration::from_secs(60), || async {
+        durables(&nats, "OWNED").await == ["other_t_f_owned_x", "someone_elses"]
+    })
+    .await;
+    assert!(daemon.log_text().contains("Deleted the JetStream durable of a trigger that is gone"));
 }

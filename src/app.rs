@@ -26,6 +26,10 @@ use kube::Api;
 /// The Lease whose holder fires cron ticks and writes status (Kubernetes mode).
 pub const LEADER_LEASE: &str = "kubeless-broker-leader";
 
+/// How long, after the consumers stopped, the side tasks (the leader Lease's release, a status
+/// write) get to finish before they are abandoned.
+const SIDE_TASK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Changes a source may queue before it waits for the index.
 const SOURCE_QUEUE: usize = 1024;
 
@@ -50,7 +54,7 @@ enum Source<'a> {
 /// Kubernetes mode's shared pieces: the client, the leader flag and the Leases' namespace.
 struct Kube<'a> {
     settings: &'a crate::config::KubeSettings,
-    client: kube::Client,
+    clients: kubernetes::Clients,
     leading: tokio::sync::watch::Receiver<bool>,
     leases: Api<Lease>,
     /// Status, Event and cron-claim writes share one rate.
@@ -65,7 +69,7 @@ impl Kube<'_> {
             http: HttpClient::new(),
             scheduling: Some(Scheduling {
                 ticks: Arc::new(ApiTickStore::new(
-                    self.client.clone(),
+                    self.clients.calls.clone(),
                     &self.settings.field_manager,
                     self.writes.clone(),
                 )),
@@ -93,13 +97,13 @@ pub async fn run(
     let source = match &settings.mode {
         Mode::Standalone { manifests, scan_interval } => Source::Directory(manifests, *scan_interval),
         Mode::Kubernetes(k) => {
-            let client = kubernetes::client(k).await?;
-            let namespace = k.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+            let clients = kubernetes::clients(k).await?;
+            let namespace = k.lease_namespace.clone().unwrap_or_else(|| clients.calls.default_namespace().to_string());
             let (leading_tx, leading) = tokio::sync::watch::channel(false);
-            let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+            let leases: Api<Lease> = Api::namespaced(clients.calls.clone(), &namespace);
             let lock = LeaseLock::new(leases.clone(), LEADER_LEASE, &k.identity, LEASE_DURATION);
             side_tasks.push(tokio::spawn(kubernetes::lease::elect(lock, leading_tx, stop.clone())));
-            Source::Api(Box::new(Kube { settings: k, client, leading, leases, writes: kubernetes::api_writes() }))
+            Source::Api(Box::new(Kube { settings: k, clients, leading, leases, writes: kubernetes::api_writes() }))
         }
     };
     let budget = kubeless_connector::MemoryBudget::new(settings.memory_budget);
@@ -159,7 +163,8 @@ pub async fn run(
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
     let source = match source {
         Source::Api(kube) => {
-            let Kube { settings: k, client, leading, writes, .. } = *kube;
+            let Kube { settings: k, clients, leading, writes, .. } = *kube;
+            let client = clients.calls.clone();
             let mut writer =
                 kubernetes::status::StatusWriter::new(client.clone(), &k.field_manager, &k.identity, writes);
             if k.function_controller {
@@ -193,7 +198,7 @@ pub async fn run(
                     policy: settings.index.policy.clone(),
                 };
                 side_tasks.push(tokio::spawn(crate::functions::reconciler::run(
-                    client.clone(),
+                    clients.clone(),
                     functions,
                     leading,
                     stop.clone(),
@@ -205,7 +210,7 @@ pub async fn run(
                 events_tx.clone(),
                 stop.clone(),
             )));
-            tokio::spawn(kubernetes::watch::run(client, k.namespaces.clone(), events_tx, report, stop.clone()))
+            tokio::spawn(kubernetes::watch::run(clients.watches, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
         Source::Directory(manifests, scan_interval) => {
             tokio::spawn(control::watch::run(manifests.to_path_buf(), scan_interval, events_tx, report, stop.clone()))
@@ -215,13 +220,16 @@ pub async fn run(
     shutdown.await;
     info!("Shutting down: stopping consumers (each drains in-flight messages and commits).");
     stop.cancel();
+    let _ = applier.await;
+    // The consumers drain and commit first: nothing on the API server (a hung connection at
+    // SIGTERM) may hold that up.
+    supervisor.shutdown().await;
     let _ = source.await;
     let _ = index.await;
-    let _ = applier.await;
-    for task in side_tasks {
-        let _ = task.await;
+    let finished = futures::future::join_all(side_tasks.iter_mut());
+    if tokio::time::timeout(SIDE_TASK_GRACE, finished).await.is_err() {
+        side_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     }
-    supervisor.shutdown().await;
     let _ = admin.await;
     upkeep.abort();
     info!("Stopped.");

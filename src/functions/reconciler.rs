@@ -99,7 +99,10 @@ pub enum Error {
 
 /// The controller's shared state.
 struct Ctx {
+    /// For reads and writes (each with a deadline).
     client: Client,
+    /// For the controllers' watches.
+    watches: Client,
     manager: String,
     url_template: String,
     config: (String, String),
@@ -112,7 +115,12 @@ struct Ctx {
 }
 
 /// Runs the reconciler whenever this replica leads, until `stop`.
-pub async fn run(client: Client, settings: Settings, mut leading: watch::Receiver<bool>, stop: CancellationToken) {
+pub async fn run(
+    clients: crate::kubernetes::Clients,
+    settings: Settings,
+    mut leading: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             led = leading.wait_for(|l| *l) => if led.is_err() { return },
@@ -129,7 +137,7 @@ pub async fn run(client: Client, settings: Settings, mut leading: watch::Receive
                 term.cancel();
             }
         });
-        let Some(ctx) = Ctx::new(client.clone(), &settings, &term).await.map(Arc::new) else {
+        let Some(ctx) = Ctx::new(clients.clone(), &settings, &term).await.map(Arc::new) else {
             let _ = follower.await;
             if stop.is_cancelled() {
                 return;
@@ -165,7 +173,7 @@ where
 }
 
 async fn controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) {
-    let client = ctx.client.clone();
+    let client = ctx.watches.clone();
     let ns = ns.as_deref();
     let owned = watcher::Config::default().labels(&format!("{}={}", CREATED_BY.0, CREATED_BY.1));
     let function_pods = watcher::Config::default().labels(&format!("{}={},function", CREATED_BY.0, CREATED_BY.1));
@@ -206,7 +214,7 @@ fn log_outcome<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future
 }
 
 async fn http_controller(ctx: Arc<Ctx>, ns: Option<String>, term: CancellationToken) {
-    let client = ctx.client.clone();
+    let client = ctx.watches.clone();
     let ns = ns.as_deref();
     let owned = watcher::Config::default().labels(&format!("{}={}", CREATED_BY.0, CREATED_BY.1));
     let controller = Controller::new(scoped::<HTTPTrigger>(&client, ns), watcher::Config::default());
@@ -283,7 +291,8 @@ async fn reconcile(function: Arc<Function>, ctx: Arc<Ctx>) -> Result<Action, Err
 
 impl Ctx {
     /// `None` if `term` fires before the API server could be asked which HPA version it serves.
-    async fn new(client: Client, settings: &Settings, term: &CancellationToken) -> Option<Self> {
+    async fn new(clients: crate::kubernetes::Clients, settings: &Settings, term: &CancellationToken) -> Option<Self> {
+        let crate::kubernetes::Clients { calls: client, watches } = clients;
         let config =
             config_location(&client, settings.config_namespace.as_deref(), settings.config_name.as_deref()).await;
         let hpa = autoscaling_version(&client, term).await?;
@@ -291,6 +300,7 @@ impl Ctx {
         Some(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            watches,
             manager: settings.field_manager.clone(),
             url_template: settings.url_template.clone(),
             config,

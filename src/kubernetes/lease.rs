@@ -171,7 +171,10 @@ impl LeaseLock {
 pub async fn elect(mut lock: LeaseLock, leading: watch::Sender<bool>, stop: CancellationToken) {
     let mut renewed: Option<Instant> = None;
     loop {
-        let holds = match lock.try_acquire_or_renew().await {
+        // A call on a hung connection must not hold `leading` past the renew deadline.
+        let left = renewed.map_or(RENEW_DEADLINE, |at| RENEW_DEADLINE.saturating_sub(at.elapsed()));
+        let attempt = tokio::time::timeout(left.max(Duration::from_millis(100)), lock.try_acquire_or_renew()).await;
+        let holds = match attempt.unwrap_or_else(|_| Err(kube::Error::Service("the lease call timed out".into()))) {
             Ok(true) => {
                 renewed = Some(Instant::now());
                 true
@@ -185,6 +188,7 @@ pub async fn elect(mut lock: LeaseLock, leading: watch::Sender<bool>, stop: Canc
                 renewed.is_some_and(|at| at.elapsed() < RENEW_DEADLINE)
             }
         };
+        metrics::gauge!(crate::telemetry::LEADER).set(f64::from(u8::from(holds)));
         let was = leading.send_replace(holds);
         if holds != was {
             info!(lease = %lock.name, identity = %lock.identity, leading = holds, "Leadership changed.");
@@ -195,6 +199,7 @@ pub async fn elect(mut lock: LeaseLock, leading: watch::Sender<bool>, stop: Canc
         }
     }
     leading.send_replace(false);
+    metrics::gauge!(crate::telemetry::LEADER).set(0.0);
     if let Err(e) = lock.release().await {
         warn!(lease = %lock.name, error = %kubeless_connector::error_chain(&e), "Cannot release the leader lease; another replica takes over when it expires.");
     }

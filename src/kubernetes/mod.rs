@@ -47,6 +47,31 @@ pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
     Ok(Client::try_from(config)?)
 }
 
+/// How long the API server may leave a call (a read, a write, a Lease renew) unanswered: shorter
+/// than the leader's renew deadline, so a call on a half-open connection fails in time for the
+/// leader to step down before another replica may take over.
+pub const API_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// The daemon's two clients of one API server.
+#[derive(Clone)]
+pub struct Clients {
+    /// For watches: long polls, which may rightly stay quiet for minutes (kube-runtime's watcher
+    /// has its own idle timeout).
+    pub watches: Client,
+    /// For every other call: each answered within [`API_CALL_DEADLINE`] or failed.
+    pub calls: Client,
+}
+
+/// The clients `settings` name.
+pub async fn clients(settings: &KubeSettings) -> Result<Clients, KubeError> {
+    let config = config(settings.kubeconfig.as_deref(), settings.context.as_deref()).await?;
+    let mut calls = config.clone();
+    calls.read_timeout = Some(API_CALL_DEADLINE);
+    // Counted from when the request went out, not from when its pooled connection went idle.
+    calls.reset_reader_on_write = true;
+    Ok(Clients { watches: Client::try_from(config)?, calls: Client::try_from(calls)? })
+}
+
 /// The configuration `kubeconfig` and `context` name, else kube-rs's inferred one (in-cluster
 /// service account or the local kubeconfig), as kubectl finds it.
 pub async fn config(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Config, KubeError> {

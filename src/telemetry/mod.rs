@@ -22,6 +22,8 @@ pub const MESSAGES_ABANDONED: &str = "kubeless_messages_abandoned_total";
 pub const MESSAGES_STALE: &str = "kubeless_messages_stale_total";
 pub const CHECKPOINT_FAILURES: &str = "kubeless_checkpoint_failures_total";
 pub const CONSUMERS: &str = "kubeless_consumers";
+/// 1 while this replica leads (Kubernetes mode): fires cron ticks, writes status, cleans up.
+pub const LEADER: &str = "kubeless_leader";
 pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
 pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
@@ -49,6 +51,7 @@ pub const ALL: &[&str] = &[
     MESSAGES_STALE,
     CHECKPOINT_FAILURES,
     CONSUMERS,
+    LEADER,
     MANIFEST_ERRORS,
     CONSUMER_RESTARTS,
     CRON_TICKS,
@@ -116,6 +119,11 @@ pub fn describe() {
         "Failed saves of a position to the state directory (cron ticks, Kinesis checkpoints): the last good one stays."
     );
     describe_gauge!(CONSUMERS, Unit::Count, "Consumers running.");
+    describe_gauge!(
+        LEADER,
+        Unit::Count,
+        "1 while this replica leads: fires cron ticks, writes status, cleans up (Kubernetes mode)."
+    );
     describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
     describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error.");
     describe_counter!(

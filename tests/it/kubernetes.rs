@@ -602,3 +602,75 @@ async fn a_trigger_migrated_with_kubeless_finalizers_stops_on_delete_and_the_log
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_api_connection_hangs_steps_down_before_the_other_replica_takes_over() {
+    let api = cluster_with_crds().await;
+    let proxy = crate::common::proxy::HangingProxy::start(api.port).await;
+    let flags = ["--leader-election-namespace", "default"];
+    let a = Daemon::start_kube(&api.kubeconfig_via(proxy.port), "127.0.0.1:1", &flags, &[("POD_NAME", "broker-a")]);
+    a.wait_ready().await;
+    wait_for_async("broker-a to lead", Duration::from_secs(30), || async { a.metric("kubeless_leader").await == 1.0 })
+        .await;
+    let b = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &flags, &[("POD_NAME", "broker-b")]);
+    b.wait_ready().await;
+    assert_eq!(b.metric("kubeless_leader").await, 0.0);
+
+    // broker-a's API connection stops forwarding (its renew hangs): it must step down within the
+    // renew deadline (10 s), before broker-b may take the lease (15 s unrenewed).
+    proxy.hang();
+    let hung_at = Instant::now();
+    let mut stepped_down = None;
+    while hung_at.elapsed() < Duration::from_secs(60) {
+        let (la, lb) = (a.metric("kubeless_leader").await, b.metric("kubeless_leader").await);
+        assert!(!(la == 1.0 && lb == 1.0), "two leaders at once, {:?} after the hang", hung_at.elapsed());
+        if la == 0.0 && stepped_down.is_none() {
+            stepped_down = Some(hung_at.elapsed());
+        }
+        if lb == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stepped_down = stepped_down.expect("broker-a stepped down");
+    assert!(stepped_down <= Duration::from_secs(12), "stepped down after {stepped_down:?}");
+    assert_eq!(b.metric("kubeless_leader").await, 1.0, "broker-b took over");
+    assert_eq!(lease_holder(&api, "kubeless-broker-leader"), "broker-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_api_server_unreachable_still_drains_and_commits() {
+    let api = cluster_with_crds().await;
+    let kafka = Kafka::start().await;
+    kafka.create_topic("h-orders", 1).await;
+    let f = Function::start(Behaviour::Slow(Duration::from_secs(3))).await;
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
+    api.apply_ok(&trigger_yaml("t", "h-orders", "{function: f}", ""));
+    let proxy = crate::common::proxy::HangingProxy::start(api.port).await;
+    let mut daemon = Daemon::start_kube(&api.kubeconfig_via(proxy.port), &kafka.brokers, &[], &[]);
+    daemon.wait_ready().await;
+    let publisher = kafka.publisher();
+    for i in 0..20 {
+        publisher.publish("h-orders", None, format!("m{i}").as_bytes(), &[]).await.expect("publish");
+    }
+    wait_for("deliveries in progress", Duration::from_secs(30), || f.in_flight() > 0).await;
+
+    // The API server is unreachable (the connection hangs) when the pod is told to stop: the
+    // deliveries in progress finish and are committed inside the grace period.
+    proxy.hang();
+    assert!(
+        daemon.terminate_within(Duration::from_secs(30)),
+        "a clean exit within the grace period:\n{}",
+        daemon.log_text()
+    );
+    let delivered = f.delivered();
+    assert!(delivered > 0 && f.in_flight() == 0, "what was in progress finished ({delivered} delivered)");
+
+    // What was delivered was committed: a new daemon delivers only the rest, each once.
+    let restarted = Daemon::start_kube(&api.kubeconfig, &kafka.brokers, &[], &[]);
+    restarted.wait_ready().await;
+    wait_for("every message", Duration::from_secs(60), || f.counts().len() == 20).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = f.counts();
+    assert!(c.values().all(|n| *n == 1), "nothing delivered twice: {c:?}");
+}

@@ -150,6 +150,13 @@ impl KubeApi {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// The admin's kubeconfig reaching the API server through loopback port `port` (a proxy).
+    pub fn kubeconfig_via(&self, port: u16) -> PathBuf {
+        let path = self.dir.path().join(format!("admin-via-{port}.kubeconfig"));
+        std::fs::write(&path, kubeconfig_yaml(port, ADMIN_TOKEN, "default")).expect("kubeconfig");
+        path
+    }
+
     /// A kubeconfig for another identity (by token), e.g. the daemon's under RBAC.
     pub fn kubeconfig_for(&self, token: &str, namespace: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{token}.kubeconfig"));

@@ -3,6 +3,7 @@
 
 pub mod fake_kafka;
 pub mod kubeapi;
+pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener as StdListener;
@@ -605,6 +606,24 @@ impl Daemon {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let status = child.wait().expect("wait");
         assert!(status.success(), "daemon exited with {status} after SIGTERM; log:\n{}", self.log_text());
+    }
+
+    /// Sends SIGTERM and waits up to `grace` (a pod's termination grace period) for a clean exit;
+    /// past it the daemon is killed, as the kubelet would, and this returns false.
+    pub fn terminate_within(&mut self, grace: Duration) -> bool {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     pub fn is_running(&mut self) -> bool {

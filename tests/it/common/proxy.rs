@@ -1,0 +1,74 @@
+//! A TCP proxy on loopback that can hang: while hung it keeps every connection open and accepts
+//! new ones but forwards no byte either way (a half-open connection, as a dead node or a
+//! blackholing firewall leaves it).
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct HangingProxy {
+    pub port: u16,
+    hung: Arc<watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingProxy {
+    pub async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let hung = Arc::new(watch::Sender::new(false));
+        let task = tokio::spawn({
+            let hung = hung.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let hung = hung.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)).await else { return };
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::join!(relay(cr, sw, hung.clone()), relay(sr, cw, hung));
+                    });
+                }
+            }
+        });
+        Self { port, hung, task }
+    }
+
+    /// From now on no byte passes, on open connections or new ones.
+    pub fn hang(&self) {
+        self.hung.send_replace(true);
+    }
+}
+
+impl Drop for HangingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hung: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let now_hung = *hung.borrow_and_update();
+        if now_hung {
+            return std::future::pending().await;
+        }
+        let n = tokio::select! {
+            n = from.read(&mut buf) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+            _ = hung.changed() => continue,
+        };
+        let now_hung = *hung.borrow();
+        if now_hung {
+            return std::future::pending().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

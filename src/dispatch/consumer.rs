@@ -70,16 +70,6 @@ impl SourceSpec {
         }
     }
 
-    /// The offsets one partition (shard) may hold from its oldest unfinished one before the
-    /// source pauses it; none where the source has no such bound.
-    pub fn max_uncommitted(&self) -> Option<usize> {
-        match self {
-            Self::Kafka(k) => Some(k.max_uncommitted),
-            Self::Kinesis(k) => Some(k.max_uncommitted),
-            Self::Nats(_) | Self::Cron(_) => None,
-        }
-    }
-
     pub fn drain_timeout(&self) -> Duration {
         match self {
             Self::Kafka(k) => k.drain_timeout,
@@ -261,8 +251,7 @@ async fn run_once(
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting
     // on the source, no more.
     let (tx, rx) = mpsc::channel(max_in_flight.max(16));
-    let bounds = dispatch::Bounds::new(max_in_flight, spec.source.max_uncommitted());
-    let dispatcher = dispatch::Dispatcher::spawn(rx, deliverer, spec.delivery.ordering, bounds);
+    let dispatcher = dispatch::Dispatcher::spawn(rx, deliverer, spec.delivery.ordering, max_in_flight);
     // This source's part of the memory budget, for as long as it runs.
     let budget = services.budget.register();
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone(), budget };

@@ -2,15 +2,10 @@
 //! deliveries with an ordering guarantee and a bound on what is in flight.
 //!
 //! Ordering lanes: a message whose lane (its key, or its partition) already has a delivery running
-//! waits behind it; other lanes proceed in parallel. At most `max_in_flight` deliveries run; beyond
-//! that the dispatcher stops reading its channel, the channel fills, and the source pauses.
-//!
-//! Messages waiting behind busy lanes are bounded **per partition**, so one poisoned key holds back
-//! only its own partition: a Kafka partition or Kinesis shard is paused by its source when it holds
-//! `maxUncommitted` offsets from its oldest unfinished one, before its waiting messages reach the
-//! same bound here; only a source without such a bound (NATS) ever reaches it, and then the
-//! dispatcher stops reading. The bytes held are charged to the consumer's memory budget share.
-//! Memory is bounded by configuration, never by the backlog.
+//! waits behind it; other lanes proceed in parallel. At most `max_in_flight` deliveries run, and at
+//! most `max_waiting` messages wait behind busy lanes; beyond either, the dispatcher stops reading
+//! its channel, the channel fills, and the source pauses. Memory is bounded by configuration, never
+//! by the backlog.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -44,70 +39,10 @@ fn lane_of(ordering: Ordering, msg: &Message) -> Option<Lane> {
     }
 }
 
-/// Messages allowed to wait behind busy lanes of one partition, per in-flight slot, where the
-/// source does not bound a partition itself.
+/// Messages allowed to wait behind busy lanes, per in-flight slot. Enough that one hot key does
+/// not stall intake for the other keys at once, small enough to stay a fixed multiple of the
+/// configured bound.
 const WAITING_PER_SLOT: usize = 4;
-
-/// How much one dispatcher holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    /// Deliveries running at once.
-    pub in_flight: usize,
-    /// Messages waiting behind busy lanes, per partition.
-    pub waiting_per_partition: usize,
-}
-
-impl Bounds {
-    /// `in_flight` deliveries at once; the source bounds each partition's span to `max_uncommitted`
-    /// (none: [`WAITING_PER_SLOT`] per slot).
-    pub fn new(in_flight: usize, max_uncommitted: Option<usize>) -> Self {
-        let in_flight = in_flight.max(1);
-        let waiting_per_partition = max_uncommitted.unwrap_or(in_flight * WAITING_PER_SLOT).max(1);
-        Self { in_flight, waiting_per_partition }
-    }
-}
-
-impl From<usize> for Bounds {
-    fn from(in_flight: usize) -> Self {
-        Self::new(in_flight, None)
-    }
-}
-
-/// A partition: where the source bounds what is outstanding.
-type Partition = (Arc<str>, i32);
-
-fn partition_of(msg: &Message) -> Partition {
-    (msg.origin.source.clone(), msg.origin.partition)
-}
-
-/// Messages waiting behind busy lanes, counted per partition.
-#[derive(Default)]
-struct Waiting {
-    per_partition: HashMap<Partition, usize>,
-    /// Partitions at the bound: while any is, nothing more is read.
-    full: usize,
-}
-
-impl Waiting {
-    fn add(&mut self, msg: &Message, bound: usize) {
-        let n = self.per_partition.entry(partition_of(msg)).or_default();
-        *n += 1;
-        if *n == bound {
-            self.full += 1;
-        }
-    }
-
-    fn remove(&mut self, msg: &Message, bound: usize) {
-        let Entry::Occupied(mut n) = self.per_partition.entry(partition_of(msg)) else { return };
-        if *n.get() == bound {
-            self.full -= 1;
-        }
-        *n.get_mut() -= 1;
-        if *n.get() == 0 {
-            n.remove();
-        }
-    }
-}
 
 /// A dispatcher running in its own task. Dropping this (with whatever owned it: a consumer task
 /// aborted after its stop grace ran out) stops its deliveries and retries too: an abandoned consumer
@@ -122,10 +57,10 @@ impl Dispatcher {
         input: mpsc::Receiver<Message>,
         deliverer: Arc<Deliverer>,
         ordering: Ordering,
-        bounds: impl Into<Bounds>,
+        max_in_flight: usize,
     ) -> Self {
         let abort = CancellationToken::new();
-        let task = tokio::spawn(run(input, deliverer, ordering, bounds.into(), abort.clone()));
+        let task = tokio::spawn(run(input, deliverer, ordering, max_in_flight, abort.clone()));
         Self { task, abort: abort.drop_guard() }
     }
 
@@ -144,15 +79,15 @@ pub async fn run(
     mut input: mpsc::Receiver<Message>,
     deliverer: Arc<Deliverer>,
     ordering: Ordering,
-    bounds: impl Into<Bounds> + Send,
+    max_in_flight: usize,
     abort: CancellationToken,
 ) {
-    let bounds = bounds.into();
-    let (max_in_flight, bound) = (bounds.in_flight.max(1), bounds.waiting_per_partition.max(1));
+    let max_in_flight = max_in_flight.max(1);
+    let max_waiting = max_in_flight * WAITING_PER_SLOT;
     let mut running: JoinSet<Option<Lane>> = JoinSet::new();
     // A lane is present while a delivery of it runs; its queue holds the messages waiting behind.
     let mut busy: HashMap<Lane, VecDeque<Message>> = HashMap::new();
-    let mut waiting = Waiting::default();
+    let mut waiting = 0usize;
     let mut input_open = true;
 
     let spawn = |running: &mut JoinSet<Option<Lane>>, msg: Message, lane: Option<Lane>| {
@@ -172,7 +107,7 @@ pub async fn run(
         if !input_open && running.is_empty() {
             break;
         }
-        let can_take = input_open && running.len() < max_in_flight && waiting.full == 0;
+        let can_take = input_open && running.len() < max_in_flight && waiting < max_waiting;
         tokio::select! {
             biased;
             () = abort.cancelled() => {
@@ -184,7 +119,7 @@ pub async fn run(
                 if let Entry::Occupied(mut queue) = busy.entry(lane) {
                     match queue.get_mut().pop_front() {
                         Some(next) => {
-                            waiting.remove(&next, bound);
+                            waiting -= 1;
                             let lane = queue.key().clone();
                             spawn(&mut running, next, Some(lane));
                         }
@@ -202,8 +137,8 @@ pub async fn run(
                         None => spawn(&mut running, msg, None),
                         Some(lane) => match busy.entry(lane) {
                             Entry::Occupied(mut queue) => {
-                                waiting.add(&msg, bound);
                                 queue.get_mut().push_back(msg);
+                                waiting += 1;
                             }
                             Entry::Vacant(slot) => {
                                 let lane = slot.key().clone();

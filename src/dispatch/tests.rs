@@ -33,8 +33,6 @@ struct Stub {
     /// Statuses to answer, in order; 200 once they run out.
     script: Mutex<Vec<u16>>,
     delay: Duration,
-    /// Messages with this key are answered 503, always.
-    poison_key: Option<String>,
 }
 
 async fn handle(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Body) -> StatusCode {
@@ -50,9 +48,7 @@ async fn handle(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Body) -
     }
     let status = {
         let mut script = stub.script.lock().expect("lock");
-        if stub.poison_key.as_deref() == Some(key.as_str()) {
-            503
-        } else if script.is_empty() {
+        if script.is_empty() {
             200
         } else {
             script.remove(0)
@@ -472,40 +468,4 @@ async fn a_delivery_that_panics_reports_its_message_abandoned_and_its_lane_moves
     dispatch_all(deliverer(&url, retry(None), Some(Arc::new(PanickingSink))), Ordering::Key, 4, msgs).await;
     let outcomes: Vec<(i64, Outcome)> = acks.all().into_iter().map(|(p, o)| (p.offset, o)).collect();
     assert_eq!(outcomes, vec![(1, Outcome::Abandoned), (2, Outcome::Delivered)]);
-}
-
-#[tokio::test]
-async fn a_poisoned_key_holds_back_only_its_own_partition() {
-    let stub = Arc::new(Stub { poison_key: Some("poison".into()), ..Stub::default() });
-    let url = serve(stub.clone()).await;
-    let acks = Arc::new(Acks::default());
-    let (tx, rx) = mpsc::channel(4);
-    let abort = CancellationToken::new();
-    // 4 in flight; the source (Kafka) bounds each partition at 100 offsets from its oldest unfinished.
-    let bounds = Bounds::new(4, Some(100));
-    let task = tokio::spawn(run(rx, deliverer(&url, retry(None), None), Ordering::Key, bounds, abort.clone()));
-    // Partition 0: a key failing for ever, with 60 more of it behind (more than 4 × 4 waiting).
-    for offset in 0..61 {
-        tx.send(message(&acks, 0, offset, Some("poison"))).await.expect("send");
-    }
-    // Partition 1 keeps flowing meanwhile.
-    for offset in 0..200 {
-        tx.send(message(&acks, 1, offset, Some(&format!("k{}", offset % 8)))).await.expect("send");
-    }
-    let delivered = || acks.all().iter().filter(|(p, o)| p.slot == 1 && *o == Outcome::Delivered).count();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while delivered() < 200 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(delivered(), 200, "the other partition's messages, all delivered behind the poisoned key");
-    assert!(acks.all().iter().all(|(p, _)| p.slot == 1), "nothing of the poisoned partition finished");
-    abort.cancel();
-    task.await.expect("dispatcher stops on abort");
-}
-
-#[test]
-fn each_partition_may_hold_up_to_its_sources_bound_waiting() {
-    assert_eq!(Bounds::new(64, Some(10_000)), Bounds { in_flight: 64, waiting_per_partition: 10_000 });
-    assert_eq!(Bounds::from(64), Bounds { in_flight: 64, waiting_per_partition: 256 }, "no source bound: 4 per slot");
-    assert_eq!(Bounds::new(0, None), Bounds { in_flight: 1, waiting_per_partition: 4 });
 }

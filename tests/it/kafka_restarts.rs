@@ -35,8 +35,14 @@ async fn kill_dash_nine_mid_stream_then_restart_loses_no_message() {
     let kafka = Kafka::start().await;
     // A little latency per request keeps the stream going long enough to kill it in the middle.
     let f = Function::start(Behaviour::Slow(Duration::from_millis(5))).await;
-    let (_dir, mut daemon) = setup(&kafka, &f, "").await;
+    let (_dir, mut daemon) = setup(&kafka, &f, "  delivery:\n    maxInFlight: 8\n").await;
     wait_for("a third of the stream", Duration::from_secs(120), || f.delivered() >= MESSAGES / 3).await;
+    // Offsets are committed every second: kill after the first commit, so that the duplicates
+    // below are bounded by the window since (before it, everything would be read again).
+    wait_for("a commit", Duration::from_secs(30), || {
+        kafka.committed("default_t_f_stream", "stream", 4).iter().any(Option::is_some)
+    })
+    .await;
     daemon.kill9();
     // Requests the daemon sent before it died may still be in the function's handler (5 ms each);
     // they count as delivered before the kill.

@@ -131,6 +131,12 @@ impl Deliverer {
     /// Delivers `msg` until it is finished, or until `abort` or its partition is revoked (then the
     /// message is released unfinished and will be delivered again, by this consumer or the next owner).
     pub async fn deliver(&self, msg: Message, abort: &CancellationToken) {
+        self.deliver_noting_retries(msg, abort, &|| {}).await;
+    }
+
+    /// [`Self::deliver`], calling `retrying` each time an attempt failed and another will follow
+    /// here (not when the source redelivers).
+    pub async fn deliver_noting_retries(&self, msg: Message, abort: &CancellationToken, retrying: &(dyn Fn() + Sync)) {
         let received = Instant::now();
         // Every attempt carries the same headers: built again from the same inputs rather than
         // cloned for a retry that almost never comes.
@@ -198,6 +204,7 @@ impl Deliverer {
                 partition = msg.origin.partition, offset = msg.origin.offset, attempts, status = ?attempt.status,
                 error = %attempt.error, delay_ms = delay.as_millis() as u64, "Delivery failed; retrying."
             );
+            retrying();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = abort.cancelled() => return msg.ack.release(),

@@ -251,7 +251,15 @@ async fn run_once(
     // The channel holds one batch of in-flight work: enough to refill every slot without waiting
     // on the source, no more.
     let (tx, rx) = mpsc::channel(max_in_flight.max(16));
-    let dispatcher = dispatch::Dispatcher::spawn(rx, deliverer, spec.delivery.ordering, max_in_flight);
+    // Kafka and Kinesis bound each partition's span (maxUncommitted), JetStream what it hands out
+    // (max_ack_pending); core NATS nothing.
+    let source_bounds_partitions = match &spec.source {
+        SourceSpec::Kafka(_) | SourceSpec::Kinesis(_) => true,
+        SourceSpec::Nats(n) => n.jetstream_stream.is_some(),
+        SourceSpec::Cron(_) => false,
+    };
+    let bounds = dispatch::Bounds { in_flight: max_in_flight, source_bounds_partitions };
+    let dispatcher = dispatch::Dispatcher::spawn(rx, deliverer, spec.delivery.ordering, bounds);
     // This source's part of the memory budget, for as long as it runs.
     let budget = services.budget.register();
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone(), budget };

@@ -6,16 +6,23 @@
 //! most `max_waiting` messages wait behind busy lanes; beyond either, the dispatcher stops reading
 //! its channel, the channel fills, and the source pauses. Memory is bounded by configuration, never
 //! by the backlog.
+//!
+//! Messages waiting behind a lane whose delivery is being **retried** (a poisoned key) do not count
+//! towards `max_waiting` where the source bounds each partition itself (Kafka and Kinesis pause a
+//! partition at `maxUncommitted` offsets from its oldest unfinished one; JetStream hands out at most
+//! `max_ack_pending`): one failing key then holds back only its own partition, which its source
+//! pauses at that bound, while the other partitions keep flowing.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use kubeless_connector::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +51,41 @@ fn lane_of(ordering: Ordering, msg: &Message) -> Option<Lane> {
 /// configured bound.
 const WAITING_PER_SLOT: usize = 4;
 
+/// How much one dispatcher holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Deliveries running at once.
+    pub in_flight: usize,
+    /// Whether the source bounds what each partition has outstanding (so messages behind a
+    /// retried lane need no bound here).
+    pub source_bounds_partitions: bool,
+}
+
+impl From<usize> for Bounds {
+    /// `in_flight` deliveries at once, from a source that bounds nothing per partition.
+    fn from(in_flight: usize) -> Self {
+        Self { in_flight, source_bounds_partitions: false }
+    }
+}
+
+/// A lane with a delivery running, and the messages waiting behind it.
+#[derive(Default)]
+struct Busy {
+    queue: VecDeque<Message>,
+    /// Set while the running delivery is between attempts.
+    retrying: Arc<AtomicBool>,
+}
+
+/// Waiting messages that count towards `max_waiting`: all of them, less those behind a retried
+/// lane when the source bounds its partitions. Only looked at when the total is at the bound.
+fn counted_waiting(busy: &HashMap<Lane, Busy>, waiting: usize, source_bounds_partitions: bool) -> usize {
+    if !source_bounds_partitions {
+        return waiting;
+    }
+    let held: usize = busy.values().filter(|b| b.retrying.load(AtomicOrdering::Relaxed)).map(|b| b.queue.len()).sum();
+    waiting.saturating_sub(held)
+}
+
 /// A dispatcher running in its own task. Dropping this (with whatever owned it: a consumer task
 /// aborted after its stop grace ran out) stops its deliveries and retries too: an abandoned consumer
 /// must not keep calling the function with messages its source can no longer commit.
@@ -57,10 +99,10 @@ impl Dispatcher {
         input: mpsc::Receiver<Message>,
         deliverer: Arc<Deliverer>,
         ordering: Ordering,
-        max_in_flight: usize,
+        bounds: impl Into<Bounds>,
     ) -> Self {
         let abort = CancellationToken::new();
-        let task = tokio::spawn(run(input, deliverer, ordering, max_in_flight, abort.clone()));
+        let task = tokio::spawn(run(input, deliverer, ordering, bounds.into(), abort.clone()));
         Self { task, abort: abort.drop_guard() }
     }
 
@@ -79,24 +121,35 @@ pub async fn run(
     mut input: mpsc::Receiver<Message>,
     deliverer: Arc<Deliverer>,
     ordering: Ordering,
-    max_in_flight: usize,
+    bounds: impl Into<Bounds> + Send,
     abort: CancellationToken,
 ) {
-    let max_in_flight = max_in_flight.max(1);
+    let bounds = bounds.into();
+    let max_in_flight = bounds.in_flight.max(1);
     let max_waiting = max_in_flight * WAITING_PER_SLOT;
     let mut running: JoinSet<Option<Lane>> = JoinSet::new();
     // A lane is present while a delivery of it runs; its queue holds the messages waiting behind.
-    let mut busy: HashMap<Lane, VecDeque<Message>> = HashMap::new();
+    let mut busy: HashMap<Lane, Busy> = HashMap::new();
     let mut waiting = 0usize;
     let mut input_open = true;
+    // Woken when a delivery starts retrying, so a dispatcher stopped at `max_waiting` looks again.
+    let retries = Arc::new(Notify::new());
 
-    let spawn = |running: &mut JoinSet<Option<Lane>>, msg: Message, lane: Option<Lane>| {
-        let deliverer = deliverer.clone();
-        let abort = abort.clone();
+    let spawn = |running: &mut JoinSet<Option<Lane>>, msg: Message, lane: Option<(Lane, Arc<AtomicBool>)>| {
+        let (deliverer, abort, retries) = (deliverer.clone(), abort.clone(), retries.clone());
         running.spawn(async move {
+            let (lane, retrying) = lane.unzip();
+            let noted = || {
+                if let Some(flag) = &retrying {
+                    if !flag.swap(true, AtomicOrdering::Relaxed) {
+                        retries.notify_one();
+                    }
+                }
+            };
             // A panic is a bug, but it must not wedge the lane: the message stays unacknowledged
             // (delivered again after a restart) and the messages behind it keep flowing.
-            if AssertUnwindSafe(deliverer.deliver(msg, &abort)).catch_unwind().await.is_err() {
+            let delivery = deliverer.deliver_noting_retries(msg, &abort, &noted);
+            if AssertUnwindSafe(delivery).catch_unwind().await.is_err() {
                 tracing::error!("A delivery panicked; its message stays uncommitted.");
             }
             lane
@@ -107,7 +160,10 @@ pub async fn run(
         if !input_open && running.is_empty() {
             break;
         }
-        let can_take = input_open && running.len() < max_in_flight && waiting < max_waiting;
+        let room =
+            waiting < max_waiting || counted_waiting(&busy, waiting, bounds.source_bounds_partitions) < max_waiting;
+        let can_take = input_open && running.len() < max_in_flight && room;
+        let stalled = input_open && !room;
         tokio::select! {
             biased;
             () = abort.cancelled() => {
@@ -116,19 +172,23 @@ pub async fn run(
             }
             Some(done) = running.join_next(), if !running.is_empty() => {
                 let Ok(Some(lane)) = done else { continue };
-                if let Entry::Occupied(mut queue) = busy.entry(lane) {
-                    match queue.get_mut().pop_front() {
+                if let Entry::Occupied(mut lane_state) = busy.entry(lane) {
+                    match lane_state.get_mut().queue.pop_front() {
                         Some(next) => {
                             waiting -= 1;
-                            let lane = queue.key().clone();
-                            spawn(&mut running, next, Some(lane));
+                            // The next message's delivery starts on its first attempt.
+                            let retrying = Arc::new(AtomicBool::new(false));
+                            lane_state.get_mut().retrying = retrying.clone();
+                            let lane = lane_state.key().clone();
+                            spawn(&mut running, next, Some((lane, retrying)));
                         }
                         None => {
-                            queue.remove();
+                            lane_state.remove();
                         }
                     }
                 }
             }
+            () = retries.notified(), if stalled => {}
             msg = input.recv(), if can_take => match msg {
                 None => input_open = false,
                 Some(msg) => {
@@ -136,14 +196,14 @@ pub async fn run(
                     match lane_of(ordering, &msg) {
                         None => spawn(&mut running, msg, None),
                         Some(lane) => match busy.entry(lane) {
-                            Entry::Occupied(mut queue) => {
-                                queue.get_mut().push_back(msg);
+                            Entry::Occupied(mut lane_state) => {
+                                lane_state.get_mut().queue.push_back(msg);
                                 waiting += 1;
                             }
                             Entry::Vacant(slot) => {
                                 let lane = slot.key().clone();
-                                slot.insert(VecDeque::new());
-                                spawn(&mut running, msg, Some(lane));
+                                let retrying = slot.insert(Busy::default()).retrying.clone();
+                                spawn(&mut running, msg, Some((lane, retrying)));
                             }
                         },
                     }
@@ -162,13 +222,13 @@ const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 async fn release_all(
     mut input: mpsc::Receiver<Message>,
     mut running: JoinSet<Option<Lane>>,
-    busy: HashMap<Lane, VecDeque<Message>>,
+    busy: HashMap<Lane, Busy>,
 ) {
     input.close();
     while let Ok(msg) = input.try_recv() {
         msg.ack.release();
     }
-    for msg in busy.into_values().flatten() {
+    for msg in busy.into_values().flat_map(|b| b.queue) {
         msg.ack.release();
     }
     let drained = tokio::time::timeout(RELEASE_GRACE, async { while running.join_next().await.is_some() {} }).await;

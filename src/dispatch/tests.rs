@@ -33,6 +33,8 @@ struct Stub {
     /// Statuses to answer, in order; 200 once they run out.
     script: Mutex<Vec<u16>>,
     delay: Duration,
+    /// Messages with this key are answered 503, always.
+    poison_key: Option<String>,
 }
 
 async fn handle(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Body) -> StatusCode {
@@ -48,7 +50,9 @@ async fn handle(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Body) -
     }
     let status = {
         let mut script = stub.script.lock().expect("lock");
-        if script.is_empty() {
+        if stub.poison_key.as_deref() == Some(key.as_str()) {
+            503
+        } else if script.is_empty() {
             200
         } else {
             script.remove(0)
@@ -468,4 +472,49 @@ async fn a_delivery_that_panics_reports_its_message_abandoned_and_its_lane_moves
     dispatch_all(deliverer(&url, retry(None), Some(Arc::new(PanickingSink))), Ordering::Key, 4, msgs).await;
     let outcomes: Vec<(i64, Outcome)> = acks.all().into_iter().map(|(p, o)| (p.offset, o)).collect();
     assert_eq!(outcomes, vec![(1, Outcome::Abandoned), (2, Outcome::Delivered)]);
+}
+
+/// A key failing for ever on partition 0 with 60 more of it behind (more than the 16 that may wait
+/// with 4 in flight), then 200 messages on other keys of partition 1: how many of those are
+/// delivered within 20 s.
+async fn delivered_behind_a_poisoned_key(source_bounds_partitions: bool) -> usize {
+    let stub = Arc::new(Stub { poison_key: Some("poison".into()), ..Stub::default() });
+    let url = serve(stub.clone()).await;
+    let acks = Arc::new(Acks::default());
+    let (tx, rx) = mpsc::channel(4);
+    let abort = CancellationToken::new();
+    let bounds = Bounds { in_flight: 4, source_bounds_partitions };
+    let task = tokio::spawn(run(rx, deliverer(&url, retry(None), None), Ordering::Key, bounds, abort.clone()));
+    let sender = tokio::spawn({
+        let acks = acks.clone();
+        async move {
+            for offset in 0..61 {
+                tx.send(message(&acks, 0, offset, Some("poison"))).await.expect("send");
+            }
+            for offset in 0..200 {
+                tx.send(message(&acks, 1, offset, Some(&format!("k{}", offset % 8)))).await.expect("send");
+            }
+        }
+    });
+    let delivered = || acks.all().iter().filter(|(p, o)| p.slot == 1 && *o == Outcome::Delivered).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while delivered() < 200 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(acks.all().iter().all(|(p, _)| p.slot == 1), "nothing of the poisoned partition finished");
+    sender.abort();
+    abort.cancel();
+    task.await.expect("dispatcher stops on abort");
+    delivered()
+}
+
+#[tokio::test]
+async fn a_poisoned_key_holds_back_only_its_own_partition_where_the_source_bounds_partitions() {
+    assert_eq!(delivered_behind_a_poisoned_key(true).await, 200, "the other partition flows behind the poisoned key");
+}
+
+#[tokio::test]
+async fn without_a_bound_per_partition_from_the_source_the_waiting_bound_holds_for_all() {
+    // Core NATS: nothing else would bound what waits behind the failing key.
+    assert_eq!(delivered_behind_a_poisoned_key(false).await, 0, "reading stops at 4 × 4 waiting");
 }

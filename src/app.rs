@@ -63,10 +63,10 @@ struct Kube<'a> {
 
 impl Kube<'_> {
     /// Cron ticks on the API, fired by the leader; Kinesis shards split by Leases.
-    fn services(&self, budget: kubeless_connector::MemoryBudget) -> Services {
+    fn services(&self, http: HttpClient, budget: kubeless_connector::MemoryBudget) -> Services {
         let (leases, identity) = (self.leases.clone(), self.settings.identity.clone());
         Services {
-            http: HttpClient::new(),
+            http,
             scheduling: Some(Scheduling {
                 ticks: Arc::new(ApiTickStore::new(
                     self.clients.calls.clone(),
@@ -111,9 +111,10 @@ pub async fn run(
         memory_budget_mib = settings.memory_budget >> 20,
         "Message bytes held in memory are capped, shared fairly between consumers."
     );
+    let http = HttpClient::new().with_connection_lifetime(settings.connection_lifetime);
     let services = match &source {
-        Source::Directory(..) => Services::standalone(HttpClient::new(), budget.clone()),
-        Source::Api(kube) => kube.services(budget.clone()),
+        Source::Directory(..) => Services::standalone(http, budget.clone()),
+        Source::Api(kube) => kube.services(http, budget.clone()),
     };
     let supervisor = Supervisor::new(services);
     let report = SharedReport::default();

@@ -117,6 +117,12 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_MEMORY_BUDGET", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
 
+    /// How long a keep-alive connection to a function is reused before new requests open new ones
+    /// (`0s`: for ever). kube-proxy balances per connection, so without a bound the pods an HPA adds
+    /// get no traffic from connections opened before them.
+    #[arg(long, env = "KUBELESS_CONNECTION_LIFETIME", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connection_lifetime: Duration,
+
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -201,6 +207,8 @@ pub struct Settings {
     pub admin_token: Option<crate::admin::AdminToken>,
     /// `--memory-budget`, or its default from the container's limit.
     pub memory_budget: u64,
+    /// `--connection-lifetime`; none: for ever.
+    pub connection_lifetime: Option<Duration>,
 }
 
 impl Args {
@@ -227,6 +235,7 @@ impl Args {
             log_format: _,
             admin_token_file,
             memory_budget,
+            connection_lifetime,
             policy,
         } = self;
         let memory_budget = memory_budget
@@ -300,6 +309,7 @@ impl Args {
         Ok(Settings {
             admin_token,
             memory_budget,
+            connection_lifetime: (!connection_lifetime.is_zero()).then_some(*connection_lifetime),
             mode,
             index: IndexSettings {
                 kafka_brokers: kafka_brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),

@@ -30,10 +30,29 @@ const SNIPPET: usize = 200;
 /// Response bytes read so that the connection can be reused; a longer body costs the connection.
 const DRAIN_LIMIT: usize = 8 << 20;
 
+/// Idle keep-alive connections kept per function host.
+const MAX_IDLE_PER_HOST: usize = 256;
+/// How long an idle keep-alive connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Pooled = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One generation of pooled connections, used for new requests until it expires.
+struct Generation {
+    client: Pooled,
+    expires: Option<tokio::time::Instant>,
+}
+
 /// A pooled HTTP/1.1 client; cheap to clone.
+///
+/// With a connection lifetime, the pool is replaced by a fresh one when it reaches that age: new
+/// requests open new connections (which kube-proxy spreads over the pods that exist now), requests
+/// in flight finish on the old ones, which then close.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    current: Arc<arc_swap::ArcSwap<Generation>>,
+    connector: HttpsConnector<HttpConnector>,
+    lifetime: Option<Duration>,
 }
 
 /// What a function answered.
@@ -77,18 +96,34 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self { inner }
+        let first = generation(&connector, None);
+        Self { current: Arc::new(arc_swap::ArcSwap::from_pointee(first)), connector, lifetime: None }
+    }
+
+    /// Connections are reused for `lifetime` at most (none: for ever).
+    pub fn with_connection_lifetime(self, lifetime: Option<Duration>) -> Self {
+        let first = generation(&self.connector, lifetime);
+        Self { current: Arc::new(arc_swap::ArcSwap::from_pointee(first)), lifetime, ..self }
+    }
+
+    /// The pool new requests use: the current one, or a fresh one if it has expired.
+    fn pool(&self) -> arc_swap::Guard<Arc<Generation>> {
+        let current = self.current.load();
+        if current.expires.is_none_or(|at| tokio::time::Instant::now() < at) {
+            return current;
+        }
+        // Whoever swaps first wins; the others use the winner's pool.
+        let fresh = Arc::new(generation(&self.connector, self.lifetime));
+        let _ = self.current.compare_and_swap(&*current, fresh);
+        self.current.load()
     }
 
     /// Sends `request`; the status line and headers must arrive within `timeout`, and the body is
     /// read (to reuse the connection) only within the same deadline and up to `DRAIN_LIMIT`.
     pub async fn send(&self, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply, SendError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let response = tokio::time::timeout_at(deadline, self.inner.request(request))
+        let pending = self.pool().client.request(request);
+        let response = tokio::time::timeout_at(deadline, pending)
             .await
             .map_err(|_| SendError::Timeout(timeout))?
             .map_err(SendError::Request)?;
@@ -116,6 +151,16 @@ impl HttpClient {
     }
 }
 
+/// A pool whose connections are reused until `lifetime` from now.
+fn generation(connector: &HttpsConnector<HttpConnector>, lifetime: Option<Duration>) -> Generation {
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .build(connector.clone());
+    Generation { client, expires: lifetime.map(|l| tokio::time::Instant::now() + l) }
+}
+
 impl HttpClient {
     /// Sends `request` and reads the whole body (up to `limit` bytes, else an error), all within
     /// `timeout`: for the CLI, which shows what a function answered and downloads code.
@@ -126,7 +171,8 @@ impl HttpClient {
         limit: usize,
     ) -> Result<(u16, Bytes), FetchError> {
         let work = async {
-            let response = self.inner.request(request).await.map_err(|e| FetchError::Request(error_chain(&e)))?;
+            let pending = self.pool().client.request(request);
+            let response = pending.await.map_err(|e| FetchError::Request(error_chain(&e)))?;
             let status = response.status().as_u16();
             let mut body = response.into_body();
             let mut out = BytesMut::new();

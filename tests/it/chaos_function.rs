@@ -307,3 +307,45 @@ async fn sigterm_while_the_function_is_down_exits_0_within_the_drain_and_commits
     let log = daemon.log_text();
     assert!(log.contains("Drain timed out"), "the drain timeout was applied:\n{log}");
 }
+
+/// Core NATS messages published at 100/s for `seconds` to `subject`.
+async fn trickle(nats: &Nats, subject: &str, from: usize, seconds: u64) {
+    let client = nats.client().await;
+    for i in 0..(seconds * 100) as usize {
+        kubeless_nats::publish(&client, subject, format!("m{}", from + i).into_bytes()).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Messages a function behind a round-robin proxy gets from a second "pod" added after 3 s of
+/// traffic, with keep-alive connections reused for `lifetime` at most.
+async fn share_of_a_new_pod(lifetime: &str) -> (usize, usize) {
+    let nats = Nats::start().await;
+    let (a, b) = (Function::start(Behaviour::Ok).await, Function::start(Behaviour::Ok).await);
+    let port = |f: &Function| f.url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+    let proxy = crate::common::proxy::RoundRobinProxy::start(port(&a)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = format!("http://127.0.0.1:{}", proxy.port);
+    let manifests =
+        [function_yaml("f", "{function: f}", &service), nats_trigger_yaml("t", "pods", "{function: f}", "")];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let flags = ["--nats-url", &nats.url, "--connection-lifetime", lifetime];
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &flags).await;
+    daemon.wait_ready().await;
+    trickle(&nats, "pods", 0, 3).await;
+    proxy.add_backend(port(&b));
+    let before = b.delivered();
+    trickle(&nats, "pods", 300, 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (a.delivered(), b.delivered() - before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_added_behind_the_functions_service_gets_a_share_within_the_connection_lifetime() {
+    // Kept for ever (the pool as it was): the connection opened before the new pod keeps every request.
+    let (_, forever) = share_of_a_new_pod("0s").await;
+    assert!(forever < 60, "with connections kept for ever the new pod gets (almost) nothing: {forever} of 600");
+    // Reused for 1 s at most: new connections every second, spread over both pods.
+    let (old, new) = share_of_a_new_pod("1s").await;
+    assert!(new >= 150, "the new pod's share: {new} of 600 (the old pod had {old} in all)");
+}

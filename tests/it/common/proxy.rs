@@ -72,3 +72,49 @@ async fn relay(
         }
     }
 }
+
+/// A TCP proxy on loopback handing each new connection to the next of its backends in turn, as
+/// kube-proxy spreads connections over a Service's pods; backends ("pods") can be added.
+pub struct RoundRobinProxy {
+    pub port: u16,
+    backends: Arc<std::sync::Mutex<Vec<u16>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoundRobinProxy {
+    pub async fn start(first_backend: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let backends = Arc::new(std::sync::Mutex::new(vec![first_backend]));
+        let task = tokio::spawn({
+            let backends = backends.clone();
+            async move {
+                let mut next = 0usize;
+                while let Ok((client, _)) = listener.accept().await {
+                    let target = {
+                        let b = backends.lock().expect("lock");
+                        next += 1;
+                        b[(next - 1) % b.len()]
+                    };
+                    tokio::spawn(async move {
+                        let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else { return };
+                        let mut client = client;
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    });
+                }
+            }
+        });
+        Self { port, backends, task }
+    }
+
+    /// Another backend: it gets every other new connection from now on.
+    pub fn add_backend(&self, port: u16) {
+        self.backends.lock().expect("lock").push(port);
+    }
+}
+
+impl Drop for RoundRobinProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -75,9 +75,11 @@ impl Kube<'_> {
                 )),
                 leading: self.leading.clone(),
             }),
-            shard_leases: Some(Arc::new(move |reader: &str| -> Arc<dyn kubeless_kinesis::ShardLeases> {
-                Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity))
-            })),
+            shard_leases: Some(Arc::new(
+                move |reader: &str, legacy: Option<&str>| -> Arc<dyn kubeless_kinesis::ShardLeases> {
+                    Arc::new(ApiShardLeases::new(leases.clone(), reader, &identity).reading_first_from(legacy))
+                },
+            )),
             budget,
         }
     }

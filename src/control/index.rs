@@ -758,7 +758,9 @@ fn kinesis_consumer(trigger: &KinesisTrigger, policy: &DeliveryPolicy, ctx: &Ctx
             shard: spec.shard.clone(),
             starting_position,
             checkpoint_dir: settings.state_dir.clone(),
-            checkpoint_key: format!("{ns}_{name}_{}_{}", spec.function_name, spec.stream),
+            // Not the function's name: editing `function-name` goes on from the same checkpoints.
+            checkpoint_key: format!("{ns}_{name}_{}", spec.stream),
+            legacy_checkpoint_key: Some(format!("{ns}_{name}_{}_{}", spec.function_name, spec.stream)),
             poll_interval: KINESIS_POLL_INTERVAL,
             drain_timeout: settings.drain_timeout,
             max_uncommitted: policy.max_uncommitted as usize,

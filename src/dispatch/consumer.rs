@@ -98,9 +98,14 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    /// Unique among all consumers.
+    /// Unique among all consumers. A Kinesis trigger's reader is the same reader whichever function
+    /// it feeds (its checkpoints are the trigger's): a `function-name` edit replaces it only once
+    /// the old one has drained and saved them.
     pub fn key(&self) -> String {
-        format!("{}/{}/{}/{}", self.kind, self.trigger, self.function, self.source.id())
+        match &self.source {
+            SourceSpec::Kinesis(_) => format!("{}/{}//{}", self.kind, self.trigger, self.source.id()),
+            _ => format!("{}/{}/{}/{}", self.kind, self.trigger, self.function, self.source.id()),
+        }
     }
 
     /// The trigger this consumer serves.
@@ -124,8 +129,9 @@ pub struct Services {
     pub budget: MemoryBudget,
 }
 
-/// Makes the shard leases of one Kinesis reader from its checkpoint key.
-pub type ShardLeasesFor = Arc<dyn Fn(&str) -> Arc<dyn ShardLeases> + Send + Sync>;
+/// Makes the shard leases of one Kinesis reader from its checkpoint key (and an earlier version's
+/// key, whose checkpoints are read until its own exist).
+pub type ShardLeasesFor = Arc<dyn Fn(&str, Option<&str>) -> Arc<dyn ShardLeases> + Send + Sync>;
 
 impl Services {
     pub fn standalone(http: HttpClient, budget: MemoryBudget) -> Self {
@@ -267,7 +273,14 @@ async fn run_once(
         SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
         SourceSpec::Kinesis(k) => match &services.shard_leases {
-            Some(leases) => kubeless_kinesis::run_source_with(k.clone(), ctx, leases(&k.checkpoint_key)).await,
+            Some(leases) => {
+                kubeless_kinesis::run_source_with(
+                    k.clone(),
+                    ctx,
+                    leases(&k.checkpoint_key, k.legacy_checkpoint_key.as_deref()),
+                )
+                .await
+            }
             None => kubeless_kinesis::run_source(k.clone(), ctx).await,
         }
         .map_err(|e| e.to_string()),

@@ -100,14 +100,19 @@ struct Inner {
     held: BTreeMap<String, Lease>,
     /// When each lease (worker lease under "") was last written by this replica.
     written: BTreeMap<String, Instant>,
+    /// The earlier version's checkpoints, read once.
+    legacy: Option<BTreeMap<String, ShardCheckpoint>>,
 }
 
-/// The shard Leases of one Kinesis reader (trigger × function × stream) for one replica.
+/// The shard Leases of one Kinesis reader (trigger × stream) for one replica.
 pub struct ApiShardLeases {
     api: Api<Lease>,
     reader: String,
     hash: String,
     identity: String,
+    /// The label hash of an earlier version's leases for this reader, whose checkpoints are read
+    /// for shards this reader has none for yet.
+    legacy_hash: Option<String>,
     inner: Mutex<Inner>,
 }
 
@@ -122,8 +127,29 @@ impl ApiShardLeases {
             reader: reader.to_string(),
             hash: short_hash(reader),
             identity: identity.to_string(),
+            legacy_hash: None,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Reads the checkpoints an earlier version saved for this reader under `legacy` (its
+    /// checkpoint key named the function) where this reader has none yet.
+    pub fn reading_first_from(self, legacy: Option<&str>) -> Self {
+        Self { legacy_hash: legacy.filter(|l| *l != self.reader).map(short_hash), ..self }
+    }
+
+    /// The earlier version's checkpoints by shard (empty without one).
+    async fn legacy_checkpoints(&self) -> Result<BTreeMap<String, ShardCheckpoint>, kube::Error> {
+        let Some(hash) = &self.legacy_hash else { return Ok(BTreeMap::new()) };
+        let listed = self.api.list(&ListParams::default().labels(&format!("{LABEL_READER}={hash}"))).await?;
+        Ok(listed
+            .items
+            .iter()
+            .filter_map(|l| {
+                let shard = l.metadata.annotations.as_ref()?.get(ANN_SHARD)?.clone();
+                Some((shard, checkpoint_of(l)))
+            })
+            .collect())
     }
 
     fn shard_lease_name(&self, shard: &str) -> String {
@@ -214,8 +240,19 @@ impl ApiShardLeases {
             }
         }
 
-        let checkpoints: BTreeMap<String, ShardCheckpoint> =
+        let mut checkpoints: BTreeMap<String, ShardCheckpoint> =
             by_shard.iter().map(|(s, (l, _))| (s.clone(), checkpoint_of(l))).collect();
+        if self.legacy_hash.is_some() {
+            if inner.legacy.is_none() {
+                inner.legacy = Some(self.legacy_checkpoints().await?);
+            }
+            for (shard, old) in inner.legacy.iter().flatten() {
+                let own = checkpoints.entry(shard.clone()).or_default();
+                if *own == ShardCheckpoint::default() {
+                    *own = old.clone();
+                }
+            }
+        }
         let open: Vec<&String> = shards.iter().filter(|s| !checkpoints.get(*s).is_some_and(|c| c.finished)).collect();
         let mut mine: Vec<String> = Vec::new();
         let mut free: Vec<&String> = Vec::new();
@@ -298,6 +335,11 @@ impl ShardLeases for ApiShardLeases {
 
     fn save<'a>(&'a self, shard: &'a str, checkpoint: ShardCheckpoint) -> BoxFuture<'a, Result<(), CheckpointError>> {
         Box::pin(async move { self.save_checkpoint(shard, &checkpoint).await })
+    }
+
+    fn lease_duration(&self) -> Option<Duration> {
+        // Stop a little before another replica could take over.
+        Some(SHARD_LEASE_DURATION - RENEW_AFTER)
     }
 
     fn release<'a>(&'a self, shard: &'a str) -> BoxFuture<'a, ()> {

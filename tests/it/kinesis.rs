@@ -202,3 +202,134 @@ async fn one_record_retried_forever_stops_its_shard_at_the_uncommitted_limit() {
     f.heal();
     wait_for("every record", Duration::from_secs(120), || f.delivered() == RECORDS + 1).await;
 }
+
+/// A function that takes `delay` per call and counts calls arriving while the same body is still
+/// being handled (a record delivered twice at once), and the arrival order of bodies.
+struct Overlaps {
+    url: String,
+    state: std::sync::Arc<OverlapState>,
+}
+
+#[derive(Default)]
+struct OverlapState {
+    running: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    concurrent_duplicates: std::sync::atomic::AtomicUsize,
+    arrivals: std::sync::Mutex<Vec<String>>,
+    done: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Overlaps {
+    async fn start(delay: Duration) -> Self {
+        use axum::body::Bytes;
+        use axum::extract::State;
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+        async fn handle(State((s, delay)): State<(Arc<OverlapState>, Duration)>, body: Bytes) -> &'static str {
+            let body = String::from_utf8_lossy(&body).into_owned();
+            {
+                let mut running = s.running.lock().expect("lock");
+                let n = running.entry(body.clone()).or_default();
+                if *n > 0 {
+                    s.concurrent_duplicates.fetch_add(1, Ordering::SeqCst);
+                }
+                *n += 1;
+            }
+            s.arrivals.lock().expect("lock").push(body.clone());
+            tokio::time::sleep(delay).await;
+            *s.running.lock().expect("lock").entry(body.clone()).or_default() -= 1;
+            s.done.lock().expect("lock").insert(body);
+            "ok"
+        }
+        let state = Arc::new(OverlapState::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = axum::Router::new().fallback(handle).with_state((state.clone(), delay));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, state }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_records_error_mid_stream_drains_before_the_shard_is_read_again() {
+    const N: usize = 200;
+    let moto = Kinesis::moto().await;
+    let client = moto.client().await;
+    kubeless_kinesis::create_stream(&client, "faulty", 1).await.expect("stream");
+    put_all(&client, "faulty", "r", N, 20).await;
+    // The first GetRecords hands out all 200 records; the second fails while they are delivered.
+    let proxy = crate::common::proxy::KinesisFaults::start(&moto.endpoint, 2).await;
+    let f = Overlaps::start(Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = [
+        function_yaml("f", "{function: f}", &f.url),
+        kinesis_yaml("faulty", "f", "faulty", &proxy.endpoint, "  startingPosition: TRIM_HORIZON\n"),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    wait_for("every record", Duration::from_secs(120), || f.state.done.lock().expect("lock").len() == N).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        proxy.get_records.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "the error was injected and reading went on"
+    );
+    assert!(daemon.log_text().contains("injected by the test"), "the reader saw the error");
+    let concurrent = f.state.concurrent_duplicates.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(concurrent, 0, "records delivered twice at once");
+    // The failed reader drained and checkpointed all it handed out before the shard was read
+    // again: nothing was read twice.
+    let arrivals = f.state.arrivals.lock().expect("lock").len();
+    assert_eq!(arrivals, N, "each record once");
+    // Per key, records arrive in the order they were put (a repeat after the restart may come, but
+    // never one put later before one put earlier).
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    for body in f.state.arrivals.lock().expect("lock").iter() {
+        if !seen.insert(body.clone()) {
+            continue;
+        }
+        let i: usize = body.trim_start_matches('r').parse().expect("index");
+        if let Some(prev) = last.insert(format!("pk{}", i % 20), i) {
+            assert!(prev < i, "r{i} arrived after r{prev}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_kinesis_triggers_function_goes_on_from_its_checkpoint() {
+    const N: usize = 100;
+    let moto = Kinesis::moto().await;
+    let client = moto.client().await;
+    kubeless_kinesis::create_stream(&client, "edited", 1).await.expect("stream");
+    // The first function is slow and takes one record at a time: most records are still unread
+    // when the trigger is edited to the second.
+    let (slow, fast) =
+        (Function::start(Behaviour::Slow(Duration::from_millis(200))).await, Function::start(Behaviour::Ok).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |function: &str| {
+        let extra = "  delivery: {maxInFlight: 1, ordering: partition}\n";
+        let manifests = [
+            function_yaml("slow", "{function: slow}", &slow.url),
+            function_yaml("fast", "{function: fast}", &fast.url),
+            kinesis_yaml("edited", function, "edited", &moto.endpoint, extra),
+        ];
+        std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    };
+    write("slow");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--drain-timeout", "10s"]).await;
+    daemon.wait_ready().await;
+    // LATEST: the reader has its starting point before anything is put.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put_all(&client, "edited", "e", N, 10).await;
+    wait_for("the first records at the slow function", Duration::from_secs(60), || slow.delivered() >= 5).await;
+    write("fast");
+    // Every record reaches one of the two: the new reader starts after the old one's checkpoint,
+    // not at LATEST (which skipped every record the old reader had not read yet).
+    let all = || {
+        let mut got: HashSet<String> = slow.counts().into_keys().collect();
+        got.extend(fast.counts().into_keys());
+        got.len()
+    };
+    wait_for("every record at one function or the other", Duration::from_secs(60), || all() == N).await;
+    assert!(fast.delivered() > 0, "the edit moved the trigger to the second function");
+}

@@ -674,3 +674,33 @@ async fn sigterm_with_the_api_server_unreachable_still_drains_and_commits() {
     let c = f.counts();
     assert!(c.values().all(|n| *n == 1), "nothing delivered twice: {c:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_reader_goes_on_from_the_checkpoint_an_earlier_version_left_on_its_lease() {
+    let api = cluster_with_crds().await;
+    let moto = Kinesis::moto().await;
+    let client = moto.client().await;
+    kubeless_kinesis::create_stream(&client, "legacy", 1).await.expect("stream");
+    let mut sequences = Vec::new();
+    for i in 0..10 {
+        let (_, seq) =
+            kubeless_kinesis::put_record(&client, "legacy", "k", format!("a{i}").as_bytes()).await.expect("put");
+        sequences.push(seq);
+    }
+    // What an earlier version left: the shard's Lease under its reader key (which named the
+    // function), checkpointed after the fifth record, its holder gone.
+    let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(b"default_legacy_f_legacy"));
+    let lease = format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kinesis-{hash}-shardid-000000000000\n  namespace: default\n  labels: {{kubeless.io/kinesis-reader: \"{hash}\", kubeless.io/lease-for: shard}}\n  annotations: {{kubeless.io/checkpoint-key: default_legacy_f_legacy, kubeless.io/shard: shardId-000000000000, kubeless.io/sequence: \"{}\"}}\nspec: {{holderIdentity: old-pod, leaseDurationSeconds: 10}}\n",
+        sequences[4]
+    );
+    api.apply_ok(&lease);
+    let f = Function::start(Behaviour::Ok).await;
+    api.apply_ok(&function_yaml("f", "{function: f}", &f.url));
+    api.apply_ok(&kinesis_yaml("legacy", "f", "legacy", &moto.endpoint, "  startingPosition: TRIM_HORIZON\n"));
+    let daemon = Daemon::start_kube(&api.kubeconfig, "127.0.0.1:1", &[], &[]);
+    daemon.wait_ready().await;
+    wait_for("the records after the checkpoint", Duration::from_secs(60), || f.delivered() >= 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bodies(&f), (5..10).map(|i| format!("a{i}")).collect::<Vec<_>>(), "from the checkpoint, not the start");
+}

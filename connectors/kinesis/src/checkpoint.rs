@@ -68,6 +68,11 @@ pub trait ShardLeases: Send + Sync {
     fn save<'a>(&'a self, shard: &'a str, checkpoint: ShardCheckpoint) -> BoxFuture<'a, Result<(), CheckpointError>>;
     /// Gives up a shard whose reader has stopped and saved.
     fn release<'a>(&'a self, shard: &'a str) -> BoxFuture<'a, ()>;
+    /// How long a lease lasts without renewal before another reader may take it; none if leases
+    /// never expire (one process).
+    fn lease_duration(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// One process reads every shard, with its checkpoints in a file.
@@ -98,23 +103,45 @@ impl ShardLeases for FileCheckpointStore {
 /// `<dir>/kinesis/<key>.json`, replaced atomically on every save.
 pub struct FileCheckpointStore {
     path: PathBuf,
+    /// Read instead while `path` does not exist: an earlier version's file for this reader.
+    legacy: Option<PathBuf>,
     /// The file's contents, so a save rewrites every shard without reading the file again.
     cache: Mutex<Option<BTreeMap<String, ShardCheckpoint>>>,
 }
 
 impl FileCheckpointStore {
     pub fn new(dir: &Path, key: &str) -> Self {
+        Self { path: Self::file(dir, key), legacy: None, cache: Mutex::new(None) }
+    }
+
+    /// Reads the checkpoints of `legacy_key` until this store has saved its own.
+    pub fn reading_first_from(self, dir: &Path, legacy_key: &str) -> Self {
+        Self { legacy: Some(Self::file(dir, legacy_key)), ..self }
+    }
+
+    fn file(dir: &Path, key: &str) -> PathBuf {
         let file: String =
             key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-        Self { path: dir.join("kinesis").join(format!("{file}.json")), cache: Mutex::new(None) }
+        dir.join("kinesis").join(format!("{file}.json"))
     }
 
     fn read(&self) -> Result<BTreeMap<String, ShardCheckpoint>, CheckpointError> {
-        match std::fs::read_to_string(&self.path) {
+        match Self::read_file(&self.path)? {
+            Some(all) => Ok(all),
+            None => Ok(match &self.legacy {
+                Some(legacy) => Self::read_file(legacy)?.unwrap_or_default(),
+                None => BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn read_file(path: &Path) -> Result<Option<BTreeMap<String, ShardCheckpoint>>, CheckpointError> {
+        match std::fs::read_to_string(path) {
             Ok(s) => serde_json::from_str(&s)
-                .map_err(|e| CheckpointError::Read { path: self.path.clone(), reason: e.to_string() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(CheckpointError::Read { path: self.path.clone(), reason: e.to_string() }),
+                .map(Some)
+                .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CheckpointError::Read { path: path.to_path_buf(), reason: e.to_string() }),
         }
     }
 }
@@ -142,6 +169,21 @@ impl CheckpointStore for FileCheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_versions_checkpoints_are_read_until_the_store_saves_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = FileCheckpointStore::new(dir.path(), "ns_t_f_stream");
+        let at = ShardCheckpoint { sequence: Some("49".into()), ..ShardCheckpoint::default() };
+        CheckpointStore::save(&old, "shardId-000000000000", at.clone()).expect("save");
+        let new =
+            || FileCheckpointStore::new(dir.path(), "ns_t_stream").reading_first_from(dir.path(), "ns_t_f_stream");
+        assert_eq!(new().load().expect("load").get("shardId-000000000000"), Some(&at), "picked up where it was");
+        let later = ShardCheckpoint { sequence: Some("77".into()), ..ShardCheckpoint::default() };
+        CheckpointStore::save(&new(), "shardId-000000000000", later.clone()).expect("save");
+        assert_eq!(new().load().expect("load").get("shardId-000000000000"), Some(&later), "its own from then on");
+        assert_eq!(FileCheckpointStore::new(dir.path(), "ns_t_other").load().expect("load").len(), 0);
+    }
 
     #[test]
     fn checkpoints_survive_a_new_store_and_keep_other_shards() {

@@ -30,6 +30,9 @@ pub struct KinesisSourceConfig {
     /// Where checkpoints live, and the key of this reader's checkpoints.
     pub checkpoint_dir: PathBuf,
     pub checkpoint_key: String,
+    /// What earlier versions keyed this reader's checkpoints by (the function's name was part of
+    /// it): read while the key above has no checkpoint for a shard yet.
+    pub legacy_checkpoint_key: Option<String>,
     /// Pause between `GetRecords` calls on an idle shard (Kinesis allows 5 per second per shard).
     pub poll_interval: Duration,
     /// How long a stop waits for handed-out records before checkpointing what finished.

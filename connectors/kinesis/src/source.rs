@@ -61,7 +61,11 @@ pub async fn client(region: &str, endpoint: Option<&str>, credentials: Option<(&
 /// Runs until `ctx.shutdown`, reading every shard with checkpoints in a file; then every reader
 /// drains (bounded) and checkpoints.
 pub async fn run_source(config: KinesisSourceConfig, ctx: SourceContext) -> Result<(), KinesisSourceError> {
-    let leases = Arc::new(FileCheckpointStore::new(&config.checkpoint_dir, &config.checkpoint_key));
+    let store = FileCheckpointStore::new(&config.checkpoint_dir, &config.checkpoint_key);
+    let leases = Arc::new(match &config.legacy_checkpoint_key {
+        Some(legacy) => store.reading_first_from(&config.checkpoint_dir, legacy),
+        None => store,
+    });
     run_source_with(config, ctx, leases).await
 }
 
@@ -89,6 +93,9 @@ pub async fn run_source_with(
     let mut first = true;
     // Set by any failure: the stream may have been deleted (and created again) meanwhile.
     let mut suspect = false;
+    // The shards last listed (renewed even when listing fails), and when the leases last renewed.
+    let mut last_ids: Vec<String> = Vec::new();
+    let mut renewed = Instant::now();
     loop {
         if suspect {
             match identity(&client, &config.stream).await {
@@ -113,10 +120,31 @@ pub async fn run_source_with(
                     .filter(|s| config.shard.as_ref().is_none_or(|only| *only == s.id))
                     .map(|s| s.id.clone())
                     .collect();
+                last_ids.clone_from(&ids);
                 leases.balance(&ids).await.map(|a| (shards, a)).map_err(|e| e.to_string())
             }
-            Err(why) => Err(why),
+            Err(why) => {
+                // The leases held are renewed anyway, so another replica does not take shards
+                // this one is still reading.
+                if !last_ids.is_empty() && leases.balance(&last_ids).await.is_ok() {
+                    renewed = Instant::now();
+                }
+                Err(why)
+            }
         };
+        if round.is_ok() {
+            renewed = Instant::now();
+        }
+        // Leases that could not be renewed for their duration may be another replica's now:
+        // stop reading (each reader drains what it handed out).
+        if let Some(duration) = leases.lease_duration() {
+            if renewed.elapsed() >= duration && !running.is_empty() {
+                warn!(stream = %config.stream, unrenewed = ?renewed.elapsed(), "The shard leases could not be renewed in time; stopping every reader.");
+                for token in running.values() {
+                    token.cancel();
+                }
+            }
+        }
         match round {
             Ok((shards, mut assignment)) => {
                 let before = assignment.checkpoints.len();
@@ -351,7 +379,7 @@ impl ShardState {
     }
 }
 
-struct ShardAcker(Mutex<ShardState>, Health);
+struct ShardAcker(Mutex<ShardState>, Health, std::sync::atomic::AtomicBool);
 
 impl ShardAcker {
     /// Moves `saved` to the end of the finished prefix; true if it moved.
@@ -366,6 +394,12 @@ impl ShardAcker {
 }
 
 impl Acker for ShardAcker {
+    /// False once the reader stopped and its drain ran out: a record still waiting or retrying is
+    /// then given back, not delivered (the next reader delivers it, in order).
+    fn is_current(&self, _position: Position) -> bool {
+        !self.2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn ack(&self, position: Position, outcome: Outcome) {
         if outcome == Outcome::Abandoned {
             // The handle's drop logged it; the shard checkpoints no further until it is read again.
@@ -415,7 +449,7 @@ async fn read_shard(
         }
         _ => None,
     };
-    let state = Arc::new(ShardAcker(Mutex::new(ShardState::default()), ctx.health.clone()));
+    let state = Arc::new(ShardAcker(Mutex::new(ShardState::default()), ctx.health.clone(), Default::default()));
     let health_key = i64::from(shard_index(shard));
     let acker: Arc<dyn Acker> = state.clone();
     let stream_name: Arc<str> = Arc::from(config.stream.as_str());
@@ -435,13 +469,18 @@ async fn read_shard(
         let stream = Some(stream_id.to_string());
         save_checkpoint(store, shard, ShardCheckpoint { sequence: saved, finished, started_at_ms, stream }, ctx)
     };
-    let closed = loop {
+    // Ok(closed), or why reading failed: either way what was handed out drains before the reader
+    // returns, so the next reader never delivers a record this one still has out.
+    let outcome: Result<bool, String> = loop {
         if stop.is_cancelled() {
-            break false;
+            break Ok(false);
         }
         if last_save.elapsed() >= CHECKPOINT_INTERVAL {
             if state.advance(&mut saved) || unsaved {
-                unsaved = !save(saved.clone(), false).await?;
+                match save(saved.clone(), false).await {
+                    Ok(done) => unsaved = !done,
+                    Err(why) => break Err(why),
+                }
             }
             last_save = Instant::now();
         }
@@ -468,7 +507,10 @@ async fn read_shard(
                 let service = e.as_service_error();
                 if service.is_some_and(|s| s.is_expired_iterator_exception()) {
                     let resume = last_read.clone().map_or(start.clone(), Start::After);
-                    iterator = shard_iterator(client, config, shard, &resume).await?;
+                    match shard_iterator(client, config, shard, &resume).await {
+                        Ok(next) => iterator = next,
+                        Err(why) => break Err(why),
+                    }
                     continue;
                 }
                 if service.is_some_and(|s| s.is_provisioned_throughput_exceeded_exception()) {
@@ -476,7 +518,7 @@ async fn read_shard(
                     tokio::select! { () = tokio::time::sleep(THROTTLE_BACKOFF) => {}, () = stop.cancelled() => {} }
                     continue;
                 }
-                return Err(format!("GetRecords on {shard}: {}", error_chain(&e)));
+                break Err(format!("GetRecords on {shard}: {}", error_chain(&e)));
             }
         };
         for r in out.records() {
@@ -512,8 +554,10 @@ async fn read_shard(
                 room = async { ctx.budget.room().await; ctx.out.reserve().await } => match room {
                     Ok(permit) => permit.send(msg.charged(&ctx.budget)),
                     Err(_closed) => {
+                        state.0.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
                         msg.ack.release();
-                        return Ok(false);
+                        interrupted = true;
+                        break;
                     }
                 },
                 () = stop.cancelled() => {
@@ -530,36 +574,45 @@ async fn read_shard(
         if interrupted {
             // The rest of this batch was never handed out: the shard is not finished, even if
             // this was its last batch.
-            break false;
+            break Ok(false);
         }
         match out.next_shard_iterator() {
             Some(next) => iterator = next.to_string(),
-            None => break true,
+            None => break Ok(true),
         }
         let pause = if out.records().is_empty() { config.poll_interval } else { MIN_CALL_INTERVAL };
         let wait = pause.saturating_sub(called.elapsed());
         tokio::select! { () = tokio::time::sleep(wait) => {}, () = stop.cancelled() => {} }
     };
     // Wait for handed-out records: all of them for a closed shard (its children must not start
-    // before), bounded by the drain timeout on a stop.
+    // before), bounded by the drain timeout on a stop or a failure. Past it, what is still out is
+    // given back rather than delivered: the next reader reads it again from the checkpoint.
+    if let Err(why) = &outcome {
+        warn!(stream = %config.stream, shard, error = %why, "Reading the shard failed; draining what was handed out before it is read again.");
+    }
     let deadline = Instant::now() + config.drain_timeout;
     loop {
         let outstanding = state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding();
         if outstanding == 0 {
             break;
         }
-        if stop.is_cancelled() && Instant::now() >= deadline {
-            warn!(stream = %config.stream, shard, outstanding, "Drain timed out; those records are read again after a restart.");
+        if (stop.is_cancelled() || outcome.is_err()) && Instant::now() >= deadline {
+            warn!(stream = %config.stream, shard, outstanding, "Drain timed out; those records are given back and read again by the next reader.");
+            state.2.store(true, std::sync::atomic::Ordering::Relaxed);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ctx.health.set_oldest_unfinished(health_key, None);
+    let closed = matches!(outcome, Ok(true));
     let finished = closed && state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
     if state.advance(&mut saved) || finished || unsaved {
-        save(saved, finished).await?;
+        let saved = save(saved, finished).await;
+        // A failure to read is the reason to report; a lost lease while saving is one too.
+        outcome.as_ref().map_err(Clone::clone)?;
+        saved?;
     }
-    Ok(finished)
+    outcome.map(|_| finished)
 }
 
 /// Saves a shard's checkpoint: true if saved. A checkpoint file that cannot be written (a
@@ -673,6 +726,7 @@ mod tests {
             starting_position: start,
             checkpoint_dir: std::path::PathBuf::new(),
             checkpoint_key: "k".into(),
+            legacy_checkpoint_key: None,
             poll_interval: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(1),
             max_uncommitted: 100,

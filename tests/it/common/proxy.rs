@@ -118,3 +118,76 @@ impl Drop for RoundRobinProxy {
         self.task.abort();
     }
 }
+
+/// An HTTP proxy in front of a Kinesis emulator that answers the `fail`-th `GetRecords` call (and
+/// only it) with a 400 the SDK does not retry, as a real error mid-stream would surface.
+pub struct KinesisFaults {
+    pub endpoint: String,
+    pub get_records: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KinesisFaults {
+    pub async fn start(upstream: &str, fail: usize) -> Self {
+        use axum::body::Bytes;
+        use axum::extract::State;
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        struct Fwd {
+            upstream: String,
+            client: reqwest::Client,
+            calls: Arc<AtomicUsize>,
+            fail: usize,
+        }
+        async fn forward(
+            State(f): State<Arc<Fwd>>,
+            method: Method,
+            uri: Uri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> axum::response::Response {
+            let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if target.ends_with(".GetRecords") && f.calls.fetch_add(1, Ordering::SeqCst) + 1 == f.fail {
+                let body = r#"{"__type":"AccessDeniedException","message":"injected by the test"}"#;
+                return (StatusCode::BAD_REQUEST, [("content-type", "application/x-amz-json-1.1")], body)
+                    .into_response();
+            }
+            let url = format!("{}{}", f.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            let mut request = f.client.request(method, url).body(body);
+            for (name, value) in &headers {
+                if name != "host" && name != "content-length" {
+                    request = request.header(name, value);
+                }
+            }
+            let Ok(resp) = request.send().await else { return StatusCode::BAD_GATEWAY.into_response() };
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type =
+                resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let body = resp.bytes().await.unwrap_or_default();
+            (status, [("content-type", content_type)], body).into_response()
+        }
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(Fwd {
+            upstream: upstream.to_string(),
+            client: reqwest::Client::new(),
+            calls: calls.clone(),
+            fail,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { endpoint, get_records: calls, task }
+    }
+}
+
+impl Drop for KinesisFaults {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

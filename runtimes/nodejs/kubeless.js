@@ -12,10 +12,14 @@
 // - A call that outlives FUNC_TIMEOUT is answered 408 and the server goes on (Kubeless's runtime
 //   exited the whole process): a synchronous loop is interrupted, a promise is no longer awaited.
 //   An exception or a rejected promise is answered 500 and logged.
+// - A promise cannot be stopped, so work past its timeout goes on in the background. While
+//   FUNC_MAX_ABANDONED (16) such calls still run, new calls are answered 503 with a Retry-After of
+//   the timeout instead of piling more on (the broker retries them later), and /healthz answers 503
+//   (a liveness probe restarts a server whose abandoned work never ends).
 //
 // Settings (environment): MOD_NAME, FUNC_HANDLER, FUNC_PORT (8080), FUNC_TIMEOUT (180 s),
-// FUNC_RUNTIME, FUNC_MEMORY_LIMIT, REQ_MB_LIMIT (largest body, 100 MB), KUBELESS_DIR (where the
-// code and its node_modules are: /kubeless).
+// FUNC_RUNTIME, FUNC_MEMORY_LIMIT, REQ_MB_LIMIT (largest body, 100 MB), FUNC_MAX_ABANDONED (16),
+// KUBELESS_DIR (where the code and its node_modules are: /kubeless).
 
 const path = require('path');
 const vm = require('vm');
@@ -44,6 +48,9 @@ const codeDir = process.env.KUBELESS_DIR || '/kubeless';
 const timeout = setting('FUNC_TIMEOUT', '180');
 const port = setting('FUNC_PORT', '8080');
 const bodyLimit = setting('REQ_MB_LIMIT', '100');
+const maxAbandoned = setting('FUNC_MAX_ABANDONED', '16');
+// Calls answered 408 whose promise has not settled yet.
+let abandoned = 0;
 
 // Required from the code's own directory, so its dependencies resolve from codeDir/node_modules.
 const loaded = require(path.join(codeDir, `${modName}.js`));
@@ -80,9 +87,18 @@ function run(event) {
         return Promise.reject(err);
     }
     const left = Math.max(0, timeout * 1000 - (Date.now() - started));
+    const work = Promise.resolve(result);
     let timer;
-    const expired = new Promise((_, reject) => { timer = setTimeout(() => reject(new Timeout()), left); });
-    return Promise.race([Promise.resolve(result), expired]).finally(() => clearTimeout(timer));
+    const expired = new Promise((_, reject) => {
+        timer = setTimeout(() => {
+            // Answered now; the work goes on, counted until it settles.
+            abandoned += 1;
+            const settled = () => { abandoned -= 1; };
+            work.then(settled, settled);
+            reject(new Timeout());
+        }, left);
+    });
+    return Promise.race([work, expired]).finally(() => clearTimeout(timer));
 }
 
 function answer(res, result) {
@@ -105,7 +121,13 @@ app.disable('x-powered-by');
 app.use(morgan('combined'));
 app.use(express.raw({ type: () => true, limit: `${bodyLimit}mb` }));
 
-app.get('/healthz', (req, res) => res.send('OK'));
+app.get('/healthz', (req, res) => {
+    if (abandoned >= maxAbandoned) {
+        res.status(503).send(`${abandoned} calls are still running past the timeout`);
+    } else {
+        res.send('OK');
+    }
+});
 app.get('/metrics', async (req, res) => {
     res.type(prom.register.contentType);
     res.send(await prom.register.metrics());
@@ -117,6 +139,11 @@ app.all('*', (req, res) => {
         res.set('Access-Control-Allow-Methods', req.get('access-control-request-method'));
         res.set('Access-Control-Allow-Headers', req.get('access-control-request-headers') || '');
         res.end();
+        return;
+    }
+    if (abandoned >= maxAbandoned) {
+        res.set('Retry-After', String(Math.ceil(timeout)));
+        res.status(503).send(`${abandoned} calls are still running past the timeout; try again later`);
         return;
     }
     const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);

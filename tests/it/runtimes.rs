@@ -204,3 +204,29 @@ async fn kafka_messages_reach_a_kubeless_python_function_as_parsed_json_with_the
     let ids: std::collections::HashSet<&str> = calls.iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!(ids.len(), N, "one event-id per message");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runtime_bounds_the_work_still_running_past_its_timeout() {
+    let env = [("FUNC_TIMEOUT", "1"), ("FUNC_MAX_ABANDONED", "3")];
+    let rt = Runtime::start("nodejs", "contract.js", "contract", &env).await;
+    let url = rt.url.as_str();
+    // Three calls answered 408 whose promises go on for 4 s more.
+    for _ in 0..3 {
+        assert_eq!(call(url, json!({"op": "sleep", "seconds": 5})).await.0, 408);
+    }
+    // No more piles on: the next call is refused at once, to be retried after the timeout, and
+    // health says why.
+    let echo = json!({"op": "echo"}).to_string();
+    let request = reqwest::Client::new().post(url).header("content-type", "application/json").body(echo);
+    let resp = request.send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(get(&format!("{url}/healthz")).await.0, 503);
+    // Once that work has ended, calls are served again.
+    let start = std::time::Instant::now();
+    while call(url, json!({"op": "echo"})).await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "still refusing after the abandoned work ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(&format!("{url}/healthz")).await, (200, "OK".to_string()));
+}

@@ -3,6 +3,7 @@
 //! generator) and `produce` (the message generator).
 
 mod ceiling;
+mod kube;
 mod payload;
 mod procs;
 mod produce;

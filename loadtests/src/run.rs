@@ -26,6 +26,8 @@ pub struct Sizes {
     pub rate_seconds: u64,
     pub slow_seconds: u64,
     pub idle_triggers: usize,
+    /// Triggers whose status is written in the Kubernetes-mode scenario.
+    pub status_triggers: usize,
 }
 
 impl Sizes {
@@ -40,6 +42,7 @@ impl Sizes {
             rate_seconds: 20,
             slow_seconds: 30,
             idle_triggers: 100,
+            status_triggers: 1000,
         }
     }
 
@@ -54,6 +57,7 @@ impl Sizes {
             rate_seconds: 3,
             slow_seconds: 5,
             idle_triggers: 10,
+            status_triggers: 20,
         }
     }
 }
@@ -498,6 +502,7 @@ pub async fn run_all(
         "kafka-100-idle-triggers",
         "kafka-100-idle-triggers-no-lag",
         "kafka-fan-out-10-functions",
+        "kube-1000-triggers-status-writes",
     ];
     let mut flat_rate = half_rate.map(|r| r * 2.0);
     for name in names {
@@ -529,6 +534,14 @@ pub async fn run_all(
             "kafka-slow-function-1m-backlog" => slow_backlog(env, name, sizes).await,
             "kafka-100-idle-triggers" => idle(env, name, sizes.idle_triggers, &[]).await,
             "kafka-100-idle-triggers-no-lag" => idle(env, name, sizes.idle_triggers, NO_LAG).await,
+            "kube-1000-triggers-status-writes" => match root_dir() {
+                Ok(root) => {
+                    let args = env.daemon_args.clone();
+                    let (work, nats, sink) = (env.work.path(), &env.nats_url, &env.sink_url);
+                    crate::kube::status_writes(&root, work, name, sizes.status_triggers, nats, sink, &args).await
+                }
+                Err(e) => Err(e),
+            },
             _ => fan_out(env, name, sizes.fan_out).await,
         };
         match result {

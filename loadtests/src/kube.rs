@@ -218,30 +218,16 @@ pub async fn status_writes(
         "{name}: CPU {rest_cpu:.2}% at rest, {burst_cpu:.2}% over {burst_wall:.0} s with {n} status writes in {:.1} s: {us_per_write:.0} µs per write",
         patching.as_secs_f64()
     );
+    let description = format!(
+        "Kubernetes mode against a real kube-apiserver: {n} NATS triggers Ready; CPU for 20 s at rest, then for 20 s while each trigger's status is written once (merge patches through kubectl proxy, {PATCHES_IN_FLIGHT} at once) and comes back through the watch"
+    );
     Ok(Scenario {
-        name: name.to_string(),
-        description: format!(
-            "Kubernetes mode against a real kube-apiserver: {n} NATS triggers Ready; CPU for 20 s at rest, then for 20 s while each trigger's status is written once (merge patches through kubectl proxy, {PATCHES_IN_FLIGHT} at once) and comes back through the watch"
-        ),
-        mode: "idle",
-        messages: 0,
-        msgs_per_sec: 0.0,
-        ceiling_msgs_per_sec: None,
-        ratio_to_ceiling: None,
-        concurrency: 0,
-        p50_ms: None,
-        p99_ms: None,
-        p999_ms: None,
-        peak_rss_mib: peak,
-        cpu_percent: burst_cpu,
-        broker_cpu_percent: None,
-        sink_cpu_percent: None,
         daemon_cpu_us_per_msg: Some(us_per_write),
-        ceiling_client_cpu_us_per_req: None,
         target: "status writes add little above rest".into(),
         note: format!(
             "CPU {rest_cpu:.2}% at rest → {burst_cpu:.2}% with {n} status writes in {:.1} s ({us_per_write:.0} µs of daemon CPU per write); RSS {rss:.1} MiB",
             patching.as_secs_f64()
         ),
+        ..Scenario::without_traffic(name, description, peak, burst_cpu)
     })
 }

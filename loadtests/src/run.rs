@@ -107,6 +107,33 @@ pub struct Scenario {
     pub note: String,
 }
 
+impl Scenario {
+    /// A scenario without traffic: the daemon measured at rest (or under control-plane work).
+    pub fn without_traffic(name: &str, description: String, peak_rss_mib: f64, cpu_percent: f64) -> Self {
+        Self {
+            name: name.to_string(),
+            description,
+            mode: "idle",
+            messages: 0,
+            msgs_per_sec: 0.0,
+            ceiling_msgs_per_sec: None,
+            ratio_to_ceiling: None,
+            concurrency: 0,
+            p50_ms: None,
+            p99_ms: None,
+            p999_ms: None,
+            peak_rss_mib,
+            cpu_percent,
+            broker_cpu_percent: None,
+            sink_cpu_percent: None,
+            daemon_cpu_us_per_msg: None,
+            ceiling_client_cpu_us_per_req: None,
+            target: String::new(),
+            note: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Ceiling {
     pub scenario: String,
@@ -707,33 +734,18 @@ async fn idle(env: &mut Env, name: &str, triggers: usize, extra: &[&str]) -> any
     let rss = procs::rss_mib(daemon.proc.pid())?;
     let peak = procs::peak_rss_mib(daemon.proc.pid())?;
     eprintln!("{name}: RSS {rss:.1} MiB (peak {peak:.1}), CPU {cpu:.1}% at rest");
+    let description = format!(
+        "{triggers} Kafka triggers on {triggers} idle topics, one consumer group each; measured for 10 s at rest{}",
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!("; daemon run with `{}` (no consumer-lag metric)", extra.join(" "))
+        }
+    );
     Ok(Scenario {
-        name: name.to_string(),
-        description: format!(
-            "{triggers} Kafka triggers on {triggers} idle topics, one consumer group each; measured for 10 s at rest{}",
-            if extra.is_empty() {
-                String::new()
-            } else {
-                format!("; daemon run with `{}` (no consumer-lag metric)", extra.join(" "))
-            }
-        ),
-        mode: "idle",
-        messages: 0,
-        msgs_per_sec: 0.0,
-        ceiling_msgs_per_sec: None,
-        ratio_to_ceiling: None,
-        concurrency: 0,
-        p50_ms: None,
-        p99_ms: None,
-        p999_ms: None,
-        peak_rss_mib: peak,
-        cpu_percent: cpu,
-        broker_cpu_percent: None,
-        sink_cpu_percent: None,
-        daemon_cpu_us_per_msg: None,
-        ceiling_client_cpu_us_per_req: None,
         target: "RSS < 64 MiB".into(),
         note: format!("RSS at rest {rss:.1} MiB"),
+        ..Scenario::without_traffic(name, description, peak, cpu)
     })
 }
 

@@ -14,7 +14,7 @@
 //! pauses at that bound, while the other partitions keep flowing.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -68,21 +68,33 @@ impl From<usize> for Bounds {
     }
 }
 
-/// A lane with a delivery running, and the messages waiting behind it.
+/// Lanes whose running delivery is between attempts (a key failing), set and cleared by the
+/// deliveries themselves: nothing is allocated or locked for a delivery that needs no retry.
 #[derive(Default)]
-struct Busy {
-    queue: VecDeque<Message>,
-    /// Set while the running delivery is between attempts.
-    retrying: Arc<AtomicBool>,
+struct Retrying {
+    lanes: std::sync::Mutex<HashSet<Lane>>,
+    /// Woken when a lane starts retrying, so a dispatcher stopped at `max_waiting` looks again.
+    started: Notify,
+}
+
+impl Retrying {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashSet<Lane>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Waiting messages that count towards `max_waiting`: all of them, less those behind a retried
 /// lane when the source bounds its partitions. Only looked at when the total is at the bound.
-fn counted_waiting(busy: &HashMap<Lane, Busy>, waiting: usize, source_bounds_partitions: bool) -> usize {
+fn counted_waiting(
+    busy: &HashMap<Lane, VecDeque<Message>>,
+    waiting: usize,
+    retrying: &Retrying,
+    source_bounds_partitions: bool,
+) -> usize {
     if !source_bounds_partitions {
         return waiting;
     }
-    let held: usize = busy.values().filter(|b| b.retrying.load(AtomicOrdering::Relaxed)).map(|b| b.queue.len()).sum();
+    let held: usize = retrying.lanes().iter().filter_map(|lane| busy.get(lane)).map(VecDeque::len).sum();
     waiting.saturating_sub(held)
 }
 
@@ -129,20 +141,20 @@ pub async fn run(
     let max_waiting = max_in_flight * WAITING_PER_SLOT;
     let mut running: JoinSet<Option<Lane>> = JoinSet::new();
     // A lane is present while a delivery of it runs; its queue holds the messages waiting behind.
-    let mut busy: HashMap<Lane, Busy> = HashMap::new();
+    let mut busy: HashMap<Lane, VecDeque<Message>> = HashMap::new();
     let mut waiting = 0usize;
     let mut input_open = true;
-    // Woken when a delivery starts retrying, so a dispatcher stopped at `max_waiting` looks again.
-    let retries = Arc::new(Notify::new());
+    let retrying = Arc::new(Retrying::default());
 
-    let spawn = |running: &mut JoinSet<Option<Lane>>, msg: Message, lane: Option<(Lane, Arc<AtomicBool>)>| {
-        let (deliverer, abort, retries) = (deliverer.clone(), abort.clone(), retries.clone());
+    let spawn = |running: &mut JoinSet<Option<Lane>>, msg: Message, lane: Option<Lane>| {
+        let (deliverer, abort, retrying) = (deliverer.clone(), abort.clone(), retrying.clone());
         running.spawn(async move {
-            let (lane, retrying) = lane.unzip();
+            let retried = AtomicBool::new(false);
             let noted = || {
-                if let Some(flag) = &retrying {
-                    if !flag.swap(true, AtomicOrdering::Relaxed) {
-                        retries.notify_one();
+                if let Some(lane) = &lane {
+                    if !retried.swap(true, AtomicOrdering::Relaxed) {
+                        retrying.lanes().insert(lane.clone());
+                        retrying.started.notify_one();
                     }
                 }
             };
@@ -152,6 +164,9 @@ pub async fn run(
             if AssertUnwindSafe(delivery).catch_unwind().await.is_err() {
                 tracing::error!("A delivery panicked; its message stays uncommitted.");
             }
+            if let Some(lane) = lane.as_ref().filter(|_| retried.load(AtomicOrdering::Relaxed)) {
+                retrying.lanes().remove(lane);
+            }
             lane
         });
     };
@@ -160,8 +175,8 @@ pub async fn run(
         if !input_open && running.is_empty() {
             break;
         }
-        let room =
-            waiting < max_waiting || counted_waiting(&busy, waiting, bounds.source_bounds_partitions) < max_waiting;
+        let room = waiting < max_waiting
+            || counted_waiting(&busy, waiting, &retrying, bounds.source_bounds_partitions) < max_waiting;
         let can_take = input_open && running.len() < max_in_flight && room;
         let stalled = input_open && !room;
         tokio::select! {
@@ -172,23 +187,20 @@ pub async fn run(
             }
             Some(done) = running.join_next(), if !running.is_empty() => {
                 let Ok(Some(lane)) = done else { continue };
-                if let Entry::Occupied(mut lane_state) = busy.entry(lane) {
-                    match lane_state.get_mut().queue.pop_front() {
+                if let Entry::Occupied(mut queue) = busy.entry(lane) {
+                    match queue.get_mut().pop_front() {
                         Some(next) => {
                             waiting -= 1;
-                            // The next message's delivery starts on its first attempt.
-                            let retrying = Arc::new(AtomicBool::new(false));
-                            lane_state.get_mut().retrying = retrying.clone();
-                            let lane = lane_state.key().clone();
-                            spawn(&mut running, next, Some((lane, retrying)));
+                            let lane = queue.key().clone();
+                            spawn(&mut running, next, Some(lane));
                         }
                         None => {
-                            lane_state.remove();
+                            queue.remove();
                         }
                     }
                 }
             }
-            () = retries.notified(), if stalled => {}
+            () = retrying.started.notified(), if stalled => {}
             msg = input.recv(), if can_take => match msg {
                 None => input_open = false,
                 Some(msg) => {
@@ -196,14 +208,14 @@ pub async fn run(
                     match lane_of(ordering, &msg) {
                         None => spawn(&mut running, msg, None),
                         Some(lane) => match busy.entry(lane) {
-                            Entry::Occupied(mut lane_state) => {
-                                lane_state.get_mut().queue.push_back(msg);
+                            Entry::Occupied(mut queue) => {
+                                queue.get_mut().push_back(msg);
                                 waiting += 1;
                             }
                             Entry::Vacant(slot) => {
                                 let lane = slot.key().clone();
-                                let retrying = slot.insert(Busy::default()).retrying.clone();
-                                spawn(&mut running, msg, Some((lane, retrying)));
+                                slot.insert(VecDeque::new());
+                                spawn(&mut running, msg, Some(lane));
                             }
                         },
                     }
@@ -222,13 +234,13 @@ const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 async fn release_all(
     mut input: mpsc::Receiver<Message>,
     mut running: JoinSet<Option<Lane>>,
-    busy: HashMap<Lane, Busy>,
+    busy: HashMap<Lane, VecDeque<Message>>,
 ) {
     input.close();
     while let Ok(msg) = input.try_recv() {
         msg.ack.release();
     }
-    for msg in busy.into_values().flat_map(|b| b.queue) {
+    for msg in busy.into_values().flatten() {
         msg.ack.release();
     }
     let drained = tokio::time::timeout(RELEASE_GRACE, async { while running.join_next().await.is_some() {} }).await;

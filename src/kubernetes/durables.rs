@@ -37,32 +37,26 @@ const CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a deletion that keeps failing is retried.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
-/// One durable on one server.
+/// One durable: by stream and name, whatever URL reaches its server (names are unique per
+/// namespace, trigger, function and subject, so an edit of a trigger's `url` alone wants the same).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DurableRef {
-    pub url: String,
     pub stream: String,
     pub durable: String,
 }
 
-/// The durables the desired state wants, each with the settings of a consumer reading it.
+/// The durables the desired state wants, each with the settings of a consumer reading it: under
+/// its name, and under the name an earlier version gave it (which a consumer goes on with).
 pub fn wanted(snapshot: &Snapshot) -> BTreeMap<DurableRef, NatsSourceConfig> {
-    snapshot
-        .desired
-        .consumers
-        .values()
-        .filter_map(|c| match &c.source {
-            SourceSpec::Nats(n) => n.jetstream_stream.as_ref().map(|stream| {
-                let r = DurableRef {
-                    url: n.url.clone(),
-                    stream: stream.clone(),
-                    durable: kubeless_nats::durable_name(&n.group),
-                };
-                (r, n.clone())
-            }),
-            _ => None,
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for c in snapshot.desired.consumers.values() {
+        let SourceSpec::Nats(n) = &c.source else { continue };
+        let Some(stream) = &n.jetstream_stream else { continue };
+        for durable in [kubeless_nats::durable_name(&n.group), kubeless_nats::legacy_durable_name(&n.group)] {
+            out.insert(DurableRef { stream: stream.clone(), durable }, n.clone());
+        }
+    }
+    out
 }
 
 /// The namespace a consumer's durable belongs to (its owner is `namespace/trigger`).
@@ -83,31 +77,40 @@ pub async fn run(
     leading: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    let mut known: Option<BTreeMap<DurableRef, NatsSourceConfig>> = None;
+    // Whether a loaded snapshot was seen: durables leaving the desired state are those of later ones.
+    let mut loaded = false;
     let mut pending: BTreeMap<DurableRef, Pending> = BTreeMap::new();
     let mut last_sweep: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wants: BTreeMap<DurableRef, NatsSourceConfig> = BTreeMap::new();
     loop {
-        tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {}
+        let changed = tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return } else { true },
+            _ = tick.tick() => false,
             () = stop.cancelled() => return,
+        };
+        let now = Instant::now();
+        if changed {
+            let snapshot = snapshots.borrow_and_update().clone();
+            if !snapshot.loaded {
+                continue;
+            }
+            let previous = std::mem::replace(&mut wants, wanted(&snapshot));
+            if loaded {
+                for (r, config) in previous {
+                    if !wants.contains_key(&r) && !pending.contains_key(&r) {
+                        let due = now + config.drain_timeout + GRACE;
+                        pending.insert(r, Pending { config, due, since: now });
+                    }
+                }
+            }
+            loaded = true;
+            pending.retain(|r, _| !wants.contains_key(r));
         }
-        let snapshot = snapshots.borrow_and_update().clone();
-        if !snapshot.loaded {
+        if !loaded {
             continue;
         }
-        let now = Instant::now();
-        let wants = wanted(&snapshot);
-        for (r, config) in known.iter().flatten() {
-            if !wants.contains_key(r) && !pending.contains_key(r) {
-                let due = now + config.drain_timeout + GRACE;
-                pending.insert(r.clone(), Pending { config: config.clone(), due, since: now });
-            }
-        }
-        pending.retain(|r, _| !wants.contains_key(r));
-        known = Some(wants.clone());
         if !*leading.borrow() {
             last_sweep = None;
             continue;
@@ -158,14 +161,13 @@ async fn delete(config: &NatsSourceConfig, r: &DurableRef) -> Result<bool, Strin
 /// and none is waiting for its grace.
 pub fn unwanted_on(
     owned: Vec<String>,
-    url: &str,
     stream: &str,
     wants: &BTreeMap<DurableRef, NatsSourceConfig>,
     pending: &BTreeSet<DurableRef>,
 ) -> Vec<DurableRef> {
     owned
         .into_iter()
-        .map(|durable| DurableRef { url: url.to_string(), stream: stream.to_string(), durable })
+        .map(|durable| DurableRef { stream: stream.to_string(), durable })
         .filter(|r| !wants.contains_key(r) && !pending.contains(r))
         .collect()
 }
@@ -173,17 +175,21 @@ pub fn unwanted_on(
 /// Deletes the durables left while nobody led: on each (server, stream, namespace) some trigger
 /// reads, the ones the daemon made for that namespace that nothing wants.
 async fn sweep(wants: &BTreeMap<DurableRef, NatsSourceConfig>, pending: &BTreeMap<DurableRef, Pending>) {
-    let mut places: BTreeMap<(String, String, String), &NatsSourceConfig> = BTreeMap::new();
+    let mut places: BTreeMap<(String, String), &NatsSourceConfig> = BTreeMap::new();
     for (r, config) in wants {
-        places.entry((r.url.clone(), r.stream.clone(), namespace_of(config).to_string())).or_insert(config);
+        places.entry((r.stream.clone(), namespace_of(config).to_string())).or_insert(config);
     }
     let pending: BTreeSet<DurableRef> = pending.keys().cloned().collect();
-    for ((url, stream, namespace), config) in places {
+    for ((stream, namespace), config) in places {
         let call = async {
             let client = kubeless_nats::connect(&config.url, &config.auth, config.tls, config.ca_pem.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            kubeless_nats::owned_durables(&client, &stream, &namespace).await.map_err(|e| e.to_string())
+            // Younger durables are left: another replica may have just made one for a trigger
+            // the leader has not seen yet.
+            kubeless_nats::owned_durables(&client, &stream, &namespace, config.drain_timeout + GRACE)
+                .await
+                .map_err(|e| e.to_string())
         };
         let owned = match tokio::time::timeout(CALL_DEADLINE, call).await {
             Ok(Ok(owned)) => owned,
@@ -193,7 +199,7 @@ async fn sweep(wants: &BTreeMap<DurableRef, NatsSourceConfig>, pending: &BTreeMa
             }
             Err(_) => continue,
         };
-        for r in unwanted_on(owned, &url, &stream, wants, &pending) {
+        for r in unwanted_on(owned, &stream, wants, &pending) {
             if let Err(e) = delete(config, &r).await {
                 warn!(stream = %r.stream, durable = %r.durable, error = %e, "Cannot delete a durable no trigger wants.");
             }
@@ -223,11 +229,11 @@ mod tests {
 
     #[test]
     fn only_durables_nothing_wants_or_waits_for_are_swept() {
-        let r = |d: &str| DurableRef { url: "nats://127.0.0.1:4222".into(), stream: "S".into(), durable: d.into() };
+        let r = |d: &str| DurableRef { stream: "S".into(), durable: d.into() };
         let wants = BTreeMap::from([(r("a_t_f_s"), config("a/t", "a_t_f_s"))]);
         let pending = BTreeSet::from([r("a_old_f_s")]);
         let owned = vec!["a_t_f_s".to_string(), "a_old_f_s".to_string(), "a_gone_f_s".to_string()];
-        let unwanted = unwanted_on(owned, "nats://127.0.0.1:4222", "S", &wants, &pending);
+        let unwanted = unwanted_on(owned, "S", &wants, &pending);
         assert_eq!(unwanted, vec![r("a_gone_f_s")]);
         assert_eq!(namespace_of(&config("a/t", "g")), "a");
     }

@@ -40,13 +40,6 @@ pub enum KubeError {
     Client(#[from] kube::Error),
 }
 
-/// A client from `--kubeconfig`/`--context`, else kube-rs's inferred configuration (in-cluster
-/// service account or the local kubeconfig).
-pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
-    let config = config(settings.kubeconfig.as_deref(), settings.context.as_deref()).await?;
-    Ok(Client::try_from(config)?)
-}
-
 /// How long the API server may leave a call (a read, a write, a Lease renew) unanswered: shorter
 /// than the leader's renew deadline, so a call on a half-open connection fails in time for the
 /// leader to step down before another replica may take over.

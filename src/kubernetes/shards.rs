@@ -338,8 +338,9 @@ impl ShardLeases for ApiShardLeases {
     }
 
     fn lease_duration(&self) -> Option<Duration> {
-        // Stop a little before another replica could take over.
-        Some(SHARD_LEASE_DURATION - RENEW_AFTER)
+        // Counted from the last successful round, whose Lease write may be up to RENEW_AFTER older:
+        // stop a renewal interval before another replica could take over.
+        Some(SHARD_LEASE_DURATION - 2 * RENEW_AFTER)
     }
 
     fn release<'a>(&'a self, shard: &'a str) -> BoxFuture<'a, ()> {

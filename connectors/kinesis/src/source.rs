@@ -138,7 +138,7 @@ pub async fn run_source_with(
         // Leases that could not be renewed for their duration may be another replica's now:
         // stop reading (each reader drains what it handed out).
         if let Some(duration) = leases.lease_duration() {
-            if renewed.elapsed() >= duration && !running.is_empty() {
+            if renewed.elapsed() >= duration && running.values().any(|t| !t.is_cancelled()) {
                 warn!(stream = %config.stream, unrenewed = ?renewed.elapsed(), "The shard leases could not be renewed in time; stopping every reader.");
                 for token in running.values() {
                     token.cancel();
@@ -379,12 +379,17 @@ impl ShardState {
     }
 }
 
-struct ShardAcker(Mutex<ShardState>, Health, std::sync::atomic::AtomicBool);
+struct ShardAcker {
+    state: Mutex<ShardState>,
+    health: Health,
+    /// Set once the reader stopped and its drain ran out: what is still out is given back.
+    given_back: std::sync::atomic::AtomicBool,
+}
 
 impl ShardAcker {
     /// Moves `saved` to the end of the finished prefix; true if it moved.
     fn advance(&self, saved: &mut Option<String>) -> bool {
-        let next = self.0.lock().unwrap_or_else(|p| p.into_inner()).checkpoint();
+        let next = self.state.lock().unwrap_or_else(|p| p.into_inner()).checkpoint();
         let moved = next.is_some();
         if moved {
             *saved = next;
@@ -397,16 +402,16 @@ impl Acker for ShardAcker {
     /// False once the reader stopped and its drain ran out: a record still waiting or retrying is
     /// then given back, not delivered (the next reader delivers it, in order).
     fn is_current(&self, _position: Position) -> bool {
-        !self.2.load(std::sync::atomic::Ordering::Relaxed)
+        !self.given_back.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ack(&self, position: Position, outcome: Outcome) {
         if outcome == Outcome::Abandoned {
             // The handle's drop logged it; the shard checkpoints no further until it is read again.
-            self.1.note_abandoned();
+            self.health.note_abandoned();
         }
         if outcome.is_finished() {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.finish(position.offset);
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).tracker.finish(position.offset);
         }
     }
 }
@@ -449,7 +454,11 @@ async fn read_shard(
         }
         _ => None,
     };
-    let state = Arc::new(ShardAcker(Mutex::new(ShardState::default()), ctx.health.clone(), Default::default()));
+    let state = Arc::new(ShardAcker {
+        state: Mutex::new(ShardState::default()),
+        health: ctx.health.clone(),
+        given_back: Default::default(),
+    });
     let health_key = i64::from(shard_index(shard));
     let acker: Arc<dyn Acker> = state.clone();
     let stream_name: Arc<str> = Arc::from(config.stream.as_str());
@@ -485,7 +494,7 @@ async fn read_shard(
             last_save = Instant::now();
         }
         let (span, oldest) = {
-            let s = state.0.lock().unwrap_or_else(|p| p.into_inner());
+            let s = state.state.lock().unwrap_or_else(|p| p.into_inner());
             (s.tracker.span(), s.tracker.oldest_unfinished())
         };
         ctx.health.set_oldest_unfinished(health_key, oldest);
@@ -525,7 +534,7 @@ async fn read_shard(
             counter += 1;
             let seq = r.sequence_number().to_string();
             {
-                let mut s = state.0.lock().unwrap_or_else(|p| p.into_inner());
+                let mut s = state.state.lock().unwrap_or_else(|p| p.into_inner());
                 s.tracker.push(counter);
                 s.sequences.push_back((counter, seq.clone()));
             }
@@ -554,8 +563,10 @@ async fn read_shard(
                 room = async { ctx.budget.room().await; ctx.out.reserve().await } => match room {
                     Ok(permit) => permit.send(msg.charged(&ctx.budget)),
                     Err(_closed) => {
-                        state.0.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
+                        // The consumer is gone: like a stop, drain (bounded) what was handed out.
+                        state.state.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
                         msg.ack.release();
+                        stop.cancel();
                         interrupted = true;
                         break;
                     }
@@ -563,7 +574,7 @@ async fn read_shard(
                 () = stop.cancelled() => {
                     // Never handed out: not outstanding (the drain must not wait for it), and
                     // read again from the checkpoint by the next reader.
-                    state.0.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
+                    state.state.lock().unwrap_or_else(|p| p.into_inner()).unsend(counter);
                     msg.ack.release();
                     interrupted = true;
                     break;
@@ -592,20 +603,20 @@ async fn read_shard(
     }
     let deadline = Instant::now() + config.drain_timeout;
     loop {
-        let outstanding = state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding();
+        let outstanding = state.state.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding();
         if outstanding == 0 {
             break;
         }
         if (stop.is_cancelled() || outcome.is_err()) && Instant::now() >= deadline {
             warn!(stream = %config.stream, shard, outstanding, "Drain timed out; those records are given back and read again by the next reader.");
-            state.2.store(true, std::sync::atomic::Ordering::Relaxed);
+            state.given_back.store(true, std::sync::atomic::Ordering::Relaxed);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ctx.health.set_oldest_unfinished(health_key, None);
     let closed = matches!(outcome, Ok(true));
-    let finished = closed && state.0.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
+    let finished = closed && state.state.lock().unwrap_or_else(|p| p.into_inner()).tracker.outstanding() == 0;
     if state.advance(&mut saved) || finished || unsaved {
         let saved = save(saved, finished).await;
         // A failure to read is the reason to report; a lost lease while saving is one too.

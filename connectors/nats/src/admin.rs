@@ -80,29 +80,40 @@ pub async fn create_stream(client: &async_nats::Client, name: &str, subjects: &[
 }
 
 /// The durables on `stream` this daemon created for triggers of `namespace` (their description
-/// says so), by name.
+/// says so) and older than `min_age` (a replica may have just made a newer one for a trigger this
+/// one does not know yet), by name.
 pub async fn owned_durables(
     client: &async_nats::Client,
     stream: &str,
     namespace: &str,
+    min_age: std::time::Duration,
 ) -> Result<Vec<String>, AdminError> {
     use futures::TryStreamExt;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(stream).await.map_err(|e| AdminError::Request(e.to_string()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let old_enough =
+        |created: i64| now.as_secs() >= u64::try_from(created).unwrap_or(u64::MAX).saturating_add(min_age.as_secs());
     let infos: Vec<_> = stream.consumers().try_collect().await.map_err(|e| AdminError::Request(e.to_string()))?;
     Ok(infos
         .into_iter()
         .filter(|i| crate::config::owned_by_namespace(i.config.description.as_deref(), namespace))
+        .filter(|i| old_enough(i.created.unix_timestamp()))
         .map(|i| i.name)
         .collect())
 }
 
 /// Deletes durable `name` from `stream`; `false` if it was not there.
 pub async fn delete_durable(client: &async_nats::Client, stream: &str, name: &str) -> Result<bool, AdminError> {
+    use jetstream::stream::ConsumerErrorKind;
+    use jetstream::ErrorCode;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(stream).await.map_err(|e| AdminError::Request(e.to_string()))?;
-    match stream.consumer_info(name).await {
-        Err(_) => Ok(false),
-        Ok(_) => stream.delete_consumer(name).await.map(|_| true).map_err(|e| AdminError::Request(e.to_string())),
+    match stream.delete_consumer(name).await {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.kind(), ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) => {
+            Ok(false)
+        }
+        Err(e) => Err(AdminError::Request(e.to_string())),
     }
 }

@@ -10,6 +10,6 @@ mod dead_letter;
 mod source;
 
 pub use admin::{connect, create_stream, delete_durable, owned_durables, publish, AdminError};
-pub use config::{durable_name, NatsAuth, NatsSourceConfig};
+pub use config::{durable_name, legacy_durable_name, NatsAuth, NatsSourceConfig};
 pub use dead_letter::NatsDeadLetter;
 pub use source::{run_source, NatsSourceError};

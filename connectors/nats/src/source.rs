@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -201,50 +201,56 @@ async fn publish_acks(
 /// the server must not keep the old `ack_wait` (redelivering messages still in progress) or the old
 /// `max_ack_pending`. What cannot be updated is kept as the server has it (where it starts).
 ///
-/// A durable named as earlier versions named it (see [`legacy_durable_name`]) on the same subject
-/// is adopted: the new one starts after its acknowledged floor, and the old one is deleted.
+/// A durable an earlier version made under its ambiguous name (see [`legacy_durable_name`]) for the
+/// same subject, and not yet claimed by another trigger, is kept under that name and claimed (its
+/// description names this trigger): it goes on where it stopped, replicas of both versions share
+/// it during a rollout, and a WorkQueue stream never holds two durables for one subject.
+/// Returns the consumer and the name it has.
 async fn bind_durable(
     stream: &jetstream::stream::Stream,
     durable: &str,
     config: &NatsSourceConfig,
-) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
-    let mut wanted = pull::Config {
-        durable_name: Some(durable.to_string()),
-        description: Some(owned_description(&config.owner)),
+) -> Result<(jetstream::consumer::Consumer<pull::Config>, String), String> {
+    let not_found = |e: &jetstream::context::ConsumerInfoError| {
+        matches!(e.kind(), jetstream::context::ConsumerInfoErrorKind::NotFound)
+    };
+    let description = owned_description(&config.owner);
+    let mut name = durable.to_string();
+    let existing = match stream.consumer_info(durable).await {
+        Ok(info) => Some(info),
+        Err(e) if not_found(&e) => {
+            let legacy = legacy_durable_name(&config.group);
+            match stream.consumer_info(&legacy).await {
+                Ok(old)
+                    if legacy != durable
+                        && old.config.filter_subject == config.subject
+                        && old.config.description.as_deref().is_none_or(|d| d == description) =>
+                {
+                    name = legacy;
+                    Some(old)
+                }
+                Ok(_) => None,
+                Err(e) if not_found(&e) => None,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let wanted = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(description),
         filter_subject: config.subject.clone(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         max_ack_pending: config.max_ack_pending,
+        deliver_policy: existing.map(|info| info.config.deliver_policy).unwrap_or_default(),
         ..Default::default()
     };
-    let mut adopted = None;
-    match stream.consumer_info(durable).await {
-        Ok(info) => wanted.deliver_policy = info.config.deliver_policy,
-        Err(_) => {
-            let legacy = legacy_durable_name(&config.group);
-            if legacy != durable {
-                if let Ok(old) = stream.consumer_info(&legacy).await {
-                    if old.config.filter_subject == config.subject {
-                        let start_sequence = old.ack_floor.stream_sequence + 1;
-                        wanted.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
-                        adopted = Some(legacy);
-                    }
-                }
-            }
-        }
-    }
     let consumer = stream.create_consumer(wanted).await.map_err(|e| e.to_string())?;
-    if let Some(legacy) = adopted {
-        match stream.delete_consumer(&legacy).await {
-            Ok(_) => {
-                info!(durable, legacy = %legacy, "Adopted the durable an earlier version named ambiguously; deleted it.")
-            }
-            Err(e) => {
-                warn!(durable, legacy = %legacy, error = %e, "Adopted an earlier version's durable but cannot delete it.")
-            }
-        }
+    if name != durable {
+        info!(durable = %name, "Went on with the durable an earlier version made for this trigger.");
     }
-    Ok(consumer)
+    Ok((consumer, name))
 }
 
 async fn jetstream_consumer(
@@ -259,21 +265,20 @@ async fn jetstream_consumer(
         subject: config.subject.clone(),
         reason: e.to_string(),
     })?;
-    let durable = durable_name(&config.group);
-    let consumer_err =
-        |e: String| NatsSourceError::Consumer { stream: stream_name.to_string(), durable: durable.clone(), reason: e };
-    let consumer: pull::Stream = bind_durable(&stream, &durable, config)
+    let consumer_err = |durable: &str, reason: String| NatsSourceError::Consumer {
+        stream: stream_name.to_string(),
+        durable: durable.to_string(),
+        reason,
+    };
+    let (bound, durable) = bind_durable(&stream, &durable_name(&config.group), config)
         .await
-        .map_err(consumer_err)?
+        .map_err(|e| consumer_err(&durable_name(&config.group), e))?;
+    let consumer: pull::Stream = bound
         .stream()
         .max_messages_per_batch(config.max_ack_pending.clamp(1, MAX_BATCH) as usize)
         .messages()
         .await
-        .map_err(|e| NatsSourceError::Consumer {
-            stream: stream_name.to_string(),
-            durable: durable.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| consumer_err(&durable, e.to_string()))?;
     let mut messages = consumer;
     ctx.health.set(SourceState::Ready);
     info!(stream = stream_name, durable = %durable, subject = %config.subject, "JetStream durable consumer bound.");

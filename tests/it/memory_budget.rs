@@ -76,10 +76,14 @@ async fn forty_triggers_of_one_mib_messages_behind_a_slow_function_stay_inside_t
     let delivered = slow.received().len();
     eprintln!("idle RSS {idle:.1} MiB, peak {peak:.1} MiB, {delivered} deliveries in 30 s");
     assert!(delivered >= TRIGGERS, "every trigger delivers meanwhile ({delivered})");
-    // The budget; what librdkafka holds per consumer beyond it (its prefetch is capped at a quarter
-    // share, but a fetch returns at least one message: one 1 MiB record queued, one arriving); and
-    // allocator slack. Without the budget the triggers hold the backlog: +495 MiB measured.
-    let allowed = BUDGET_MIB + TRIGGERS as f64 * 2.5 + 32.0;
+    // What the daemon may hold: the budget plus one message past its share per consumer (the held
+    // bound asserted below); what librdkafka holds per consumer beyond it (its prefetch is capped at
+    // a quarter share, but a fetch returns at least one message: one 1 MiB record queued, one
+    // arriving); and allocator slack (jemalloc keeps freed pages for its decay time, librdkafka's
+    // glibc arenas keep theirs). Measured: +137..146 MiB here, +167 on CI's busier machine; without
+    // the budget the triggers hold the backlog: +495 MiB.
+    let held_bound = BUDGET_MIB + TRIGGERS as f64 * 1.0;
+    let allowed = held_bound + TRIGGERS as f64 * 2.0 + 32.0;
     assert!(
         peak - idle <= allowed,
         "RSS grew by {:.1} MiB (idle {idle:.1}, peak {peak:.1}), allowed {allowed}",

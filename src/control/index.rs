@@ -11,7 +11,7 @@ use kubeless_kafka::{InitialOffset, KafkaSourceConfig, Properties};
 use kubeless_kinesis::{KinesisSourceConfig, StartingPosition};
 use kubeless_nats::{NatsAuth, NatsSourceConfig};
 
-pub use crate::dispatch::consumer::{ConsumerSpec, CronSource, SourceSpec};
+pub use super::spec::{ConsumerSpec, CronSource, SourceSpec};
 
 use super::manifests::Resource;
 use super::store::{Kind, ObjectRef, Store};

@@ -9,6 +9,7 @@
 
 pub mod index;
 pub mod manifests;
+pub mod spec;
 pub mod store;
 pub mod supervisor;
 pub mod watch;

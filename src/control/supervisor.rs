@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::index::{ConsumerSpec, SourceSpec};
+use super::spec::{ConsumerSpec, SourceSpec};
 use super::store::ObjectRef;
 use super::Snapshot;
 use crate::dispatch::consumer::{supervise, Services};

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use super::schedule::{missed_tick, Schedule};
 use super::state::TickStore;
-use crate::control::index::CronSource;
+use crate::control::spec::CronSource;
 use crate::delivery::Deliverer;
 use crate::kubernetes::lease::{until_leading, until_not_leading};
 use crate::resources::ConcurrencyPolicy;

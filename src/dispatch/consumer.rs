@@ -4,116 +4,29 @@
 //! decides which consumers run; everything connector-specific about running one is here.
 
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use kubeless_connector::{DeadLetterSink, Health, MemoryBudget, SourceContext, SourceState};
-use kubeless_kafka::{run_source, KafkaDeadLetter, KafkaSourceConfig};
-use kubeless_kinesis::{KinesisSourceConfig, ShardLeases};
-use kubeless_nats::{NatsDeadLetter, NatsSourceConfig};
+use kubeless_kafka::{run_source, KafkaDeadLetter};
+use kubeless_kinesis::ShardLeases;
+use kubeless_nats::NatsDeadLetter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::control::store::{Kind, ObjectRef};
+use crate::control::spec::{ConsumerSpec, CronSource, SourceSpec};
 use crate::cron::runner::Scheduling;
 use crate::delivery::event::EventStyle;
 use crate::delivery::{Deliverer, HttpClient, Target};
-use crate::resources::{ConcurrencyPolicy, DeadLetterTarget, DeliveryPolicy, Ordering};
+use crate::resources::{DeadLetterTarget, Ordering};
 use crate::telemetry::{ConsumerMetrics, CronMetrics};
 use crate::{cron, dispatch};
 
 /// Backoff between restarts of a consumer whose source failed.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Where a consumer's messages come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
-    Kafka(KafkaSourceConfig),
-    Nats(NatsSourceConfig),
-    Kinesis(KinesisSourceConfig),
-    Cron(CronSource),
-}
-
-/// A cron trigger's schedule and policies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronSource {
-    pub schedule: String,
-    pub timezone: Option<String>,
-    /// The JSON body of each tick; none means a GET.
-    pub payload: Option<serde_json::Value>,
-    pub concurrency: ConcurrencyPolicy,
-    pub starting_deadline: Option<Duration>,
-    pub state_dir: PathBuf,
-}
-
-impl SourceSpec {
-    /// The consumer group, or what stands for it: for cron, the schedule.
-    pub fn id(&self) -> &str {
-        match self {
-            Self::Kafka(k) => &k.group_id,
-            Self::Nats(n) => &n.group,
-            Self::Kinesis(k) => &k.checkpoint_key,
-            Self::Cron(c) => &c.schedule,
-        }
-    }
-
-    pub fn topics(&self) -> Vec<String> {
-        match self {
-            Self::Kafka(k) => k.topics.clone(),
-            Self::Nats(n) => vec![n.subject.clone()],
-            Self::Kinesis(k) => vec![k.stream.clone()],
-            Self::Cron(_) => Vec::new(),
-        }
-    }
-
-    pub fn drain_timeout(&self) -> Duration {
-        match self {
-            Self::Kafka(k) => k.drain_timeout,
-            Self::Nats(n) => n.drain_timeout,
-            Self::Kinesis(k) => k.drain_timeout,
-            Self::Cron(_) => Duration::ZERO,
-        }
-    }
-}
-
-/// One consumer: a (trigger, function, group) and everything needed to run it. Two equal specs
-/// mean "nothing changed"; any difference restarts the consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerSpec {
-    /// The trigger's kind.
-    pub kind: Kind,
-    /// `namespace/trigger`.
-    pub trigger: String,
-    pub function: String,
-    pub event_namespace: &'static str,
-    pub source: SourceSpec,
-    pub url: String,
-    /// Per-request timeout: `spec.delivery.timeout`, else the Function's `spec.timeout`.
-    pub timeout: Duration,
-    pub delivery: DeliveryPolicy,
-}
-
-impl ConsumerSpec {
-    /// Unique among all consumers. A Kinesis trigger's reader is the same reader whichever function
-    /// it feeds (its checkpoints are the trigger's): a `function-name` edit replaces it only once
-    /// the old one has drained and saved them.
-    pub fn key(&self) -> String {
-        match &self.source {
-            SourceSpec::Kinesis(_) => format!("{}/{}//{}", self.kind, self.trigger, self.source.id()),
-            _ => format!("{}/{}/{}/{}", self.kind, self.trigger, self.function, self.source.id()),
-        }
-    }
-
-    /// The trigger this consumer serves.
-    pub fn trigger_ref(&self) -> ObjectRef {
-        let (ns, name) = self.trigger.split_once('/').unwrap_or(("", &self.trigger));
-        ObjectRef::new(self.kind, ns, name)
-    }
-}
 
 /// What consumers share beyond their specs.
 #[derive(Clone)]

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::control::spec::SourceSpec;
 use crate::control::Snapshot;
-use crate::dispatch::consumer::SourceSpec;
 
 /// Beyond the drain timeout, how long a durable that left the desired state is kept (replicas see
 /// the change at slightly different times).

@@ -53,7 +53,7 @@ enum Source<'a> {
 
 /// Kubernetes mode's shared pieces: the client, the leader flag and the Leases' namespace.
 struct Kube<'a> {
-    settings: &'a crate::config::KubeSettings,
+    settings: &'a crate::kubernetes::KubeSettings,
     clients: kubernetes::Clients,
     leading: tokio::sync::watch::Receiver<bool>,
     leases: Api<Lease>,
@@ -118,7 +118,7 @@ pub async fn run(
         Source::Directory(..) => Services::standalone(http, budget.clone()),
         Source::Api(kube) => kube.services(http, budget.clone()),
     };
-    let supervisor = Supervisor::new(services);
+    let supervisor = Supervisor::new(Arc::new(services), budget.clone());
     let report = SharedReport::default();
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));

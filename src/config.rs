@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::control::index::{IndexSettings, DEFAULT_URL_TEMPLATE};
+use crate::kubernetes::KubeSettings;
 use crate::policy::PolicyArgs;
 
 /// Kubeless's default for `KAFKA_BROKERS`.
@@ -176,26 +177,6 @@ pub enum Mode {
     Standalone { manifests: PathBuf, scan_interval: Duration },
     /// The API server.
     Kubernetes(KubeSettings),
-}
-
-#[derive(Debug, Clone)]
-pub struct KubeSettings {
-    pub kubeconfig: Option<PathBuf>,
-    pub context: Option<String>,
-    /// Empty: every namespace.
-    pub namespaces: Vec<String>,
-    pub field_manager: String,
-    /// This pod's name (env `POD_NAME`), for Events and leases; else the host name.
-    pub identity: String,
-    /// Where Leases live; none: the client's default namespace.
-    pub lease_namespace: Option<String>,
-    /// Run the Function reconciler.
-    pub function_controller: bool,
-    /// Where `kubeless-config` is (env `KUBELESS_NAMESPACE`, `KUBELESS_CONFIG`), if set.
-    pub config_namespace: Option<String>,
-    pub config_name: Option<String>,
-    /// `--acme-cluster-issuer`.
-    pub acme_cluster_issuer: Option<String>,
 }
 
 /// Settings checked and ready to run.

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use serde_yaml::Value;
 
 use crate::control::manifests::{parse_document, parse_file};
-use crate::cron::schedule::Schedule;
 use crate::delivery::event::{event_headers, EventStyle};
 use crate::delivery::retry::{parse_retry_after, RETRY_AFTER_CAP};
+use crate::schedule::Schedule;
 
 /// Any YAML value, a few levels deep.
 fn any_value() -> impl Strategy<Value = Value> {

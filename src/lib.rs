@@ -24,6 +24,7 @@ pub mod functions;
 pub mod kubernetes;
 pub mod policy;
 pub mod resources;
+pub mod schedule;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -13,12 +13,11 @@ use kubeless_nats::{NatsAuth, NatsSourceConfig};
 
 pub use super::spec::{ConsumerSpec, CronSource, SourceSpec};
 
-use super::manifests::Resource;
-use super::store::{Kind, ObjectRef, Store};
+use super::store::Store;
 use crate::policy::{broker_list, same_brokers, TenancyPolicy};
 use crate::resources::{
-    CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, KinesisTrigger,
-    NATSTrigger, StartingPositionSpec, URL_ANNOTATION,
+    CronJobTrigger, DeadLetterTarget, DeliveryPolicy, Function, InitialOffsetSpec, KafkaTrigger, Kind, KinesisTrigger,
+    NATSTrigger, ObjectRef, Resource, StartingPositionSpec, URL_ANNOTATION,
 };
 
 /// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.

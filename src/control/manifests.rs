@@ -10,41 +10,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::store::{Kind, ObjectRef};
 use crate::resources::{
-    CronJobTrigger, DeliveryPolicy, FieldError, Function, HTTPTrigger, KafkaTrigger, KinesisTrigger, NATSTrigger,
-    API_VERSION,
+    CronJobTrigger, FieldError, Function, HTTPTrigger, KafkaTrigger, Kind, KinesisTrigger, NATSTrigger, ObjectRef,
+    Resource, API_VERSION,
 };
 
 /// Namespace of a resource whose metadata names none (kubectl's default).
 pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// One valid resource.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resource {
-    /// A `v1` Secret: in standalone mode, the source of credentials triggers refer to.
-    Secret(k8s_openapi::api::core::v1::Secret),
-    Function(Function),
-    Kafka(KafkaTrigger, DeliveryPolicy),
-    Nats(NATSTrigger, DeliveryPolicy),
-    Kinesis(KinesisTrigger, DeliveryPolicy),
-    CronJob(CronJobTrigger, DeliveryPolicy),
-    Http(HTTPTrigger),
-}
-
-impl Resource {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Self::Secret(_) => Kind::Secret,
-            Self::Function(_) => Kind::Function,
-            Self::Kafka(..) => Kind::KafkaTrigger,
-            Self::Nats(..) => Kind::NATSTrigger,
-            Self::Kinesis(..) => Kind::KinesisTrigger,
-            Self::CronJob(..) => Kind::CronJobTrigger,
-            Self::Http(_) => Kind::HTTPTrigger,
-        }
-    }
-}
 
 /// A valid resource and where it was read.
 #[derive(Debug, Clone, PartialEq)]

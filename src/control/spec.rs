@@ -8,8 +8,8 @@ use kubeless_kafka::KafkaSourceConfig;
 use kubeless_kinesis::KinesisSourceConfig;
 use kubeless_nats::NatsSourceConfig;
 
-use crate::control::store::{Kind, ObjectRef};
 use crate::resources::{ConcurrencyPolicy, DeliveryPolicy};
+use crate::resources::{Kind, ObjectRef};
 
 /// Where a consumer's messages come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,16 +12,23 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
-use kubeless_connector::{Health, SourceState};
+use kubeless_connector::{Health, MemoryBudget, SourceState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::spec::{ConsumerSpec, SourceSpec};
-use super::store::ObjectRef;
 use super::Snapshot;
-use crate::dispatch::consumer::{supervise, Services};
+use crate::resources::{Kind, ObjectRef};
+
+/// Runs one consumer until `stop` is cancelled, reporting on `health`: the daemon's is
+/// `dispatch::consumer::supervise` (source, dispatcher and deliverer, restarted with backoff);
+/// the supervisor's tests run their own. The future ends once the consumer has drained, committed
+/// and left its group.
+pub trait Runner: Send + Sync + 'static {
+    fn run(&self, spec: ConsumerSpec, health: Health, stop: CancellationToken) -> BoxFuture<'static, ()>;
+}
 
 /// Extra time, beyond the drain timeout, a stopping consumer gets before its task is abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -41,7 +48,7 @@ struct Running {
 /// What `/readyz`, `/status` and the status writer show of one consumer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ConsumerStatus {
-    pub kind: crate::control::store::Kind,
+    pub kind: Kind,
     pub trigger: String,
     pub function: String,
     pub group: String,
@@ -73,13 +80,15 @@ struct Consumers {
 
 /// Owns every running consumer.
 pub struct Supervisor {
-    services: Services,
+    runner: Arc<dyn Runner>,
+    /// Shared equally between the running consumers that hold messages.
+    budget: MemoryBudget,
     consumers: Mutex<Consumers>,
 }
 
 impl Supervisor {
-    pub fn new(services: Services) -> Arc<Self> {
-        Arc::new(Self { services, consumers: Mutex::new(Consumers::default()) })
+    pub fn new(runner: Arc<dyn Runner>, budget: MemoryBudget) -> Arc<Self> {
+        Arc::new(Self { runner, budget, consumers: Mutex::new(Consumers::default()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Consumers> {
@@ -105,7 +114,7 @@ impl Supervisor {
     pub fn apply(&self, desired: &BTreeMap<String, ConsumerSpec>) {
         // Cron consumers hold no messages; the others share the memory budget.
         let sources = desired.values().filter(|c| !matches!(c.source, SourceSpec::Cron(_))).count();
-        self.services.budget.expect(sources);
+        self.budget.expect(sources);
         let mut guard = self.lock();
         let Consumers { running, stopping } = &mut *guard;
         stopping.retain(|_, done| done.peek().is_none());
@@ -124,7 +133,7 @@ impl Supervisor {
             if !running.contains_key(key) {
                 info!(trigger = %spec.trigger, function = %spec.function, source = %spec.source.id(), topics = ?spec.source.topics(), url = %kubeless_connector::redact_url(&spec.url), "Starting consumer.");
                 let predecessor = stopping.get(key).cloned();
-                running.insert(key.clone(), start(spec.clone(), self.services.clone(), predecessor));
+                running.insert(key.clone(), start(spec.clone(), self.runner.clone(), predecessor));
             }
         }
         metrics::gauge!(crate::telemetry::CONSUMERS).set(running.len() as f64);
@@ -189,7 +198,7 @@ async fn stop(r: Running) {
     }
 }
 
-fn start(spec: ConsumerSpec, services: Services, predecessor: Option<Stopped>) -> Running {
+fn start(spec: ConsumerSpec, runner: Arc<dyn Runner>, predecessor: Option<Stopped>) -> Running {
     let health = Health::new();
     let stop = CancellationToken::new();
     let task = tokio::spawn({
@@ -199,9 +208,13 @@ fn start(spec: ConsumerSpec, services: Services, predecessor: Option<Stopped>) -
                 done.await;
             }
             if !stop.is_cancelled() {
-                supervise(spec, services, health, stop).await;
+                runner.run(spec, health, stop).await;
             }
         }
     });
     Running { spec, health, stop, task }
 }
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

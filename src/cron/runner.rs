@@ -11,12 +11,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::schedule::{missed_tick, Schedule};
 use super::state::TickStore;
 use crate::control::spec::CronSource;
 use crate::delivery::Deliverer;
-use crate::kubernetes::lease::{until_leading, until_not_leading};
 use crate::resources::ConcurrencyPolicy;
+use crate::schedule::{missed_tick, Schedule};
 use crate::telemetry::CronMetrics;
 
 /// Calls of one trigger running at once under `Allow`; a tick beyond it is skipped.
@@ -209,5 +208,23 @@ impl Runner {
         };
         let (deliverer, cancel) = (self.deliverer.clone(), self.cancel_running.clone());
         self.running.spawn(async move { deliverer.deliver(msg, &cancel).await });
+    }
+}
+
+/// Waits until `leading` is true. A channel whose sender is gone keeps its last value.
+async fn until_leading(leading: &mut watch::Receiver<bool>) {
+    while !*leading.borrow_and_update() {
+        if leading.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Waits until `leading` is false.
+async fn until_not_leading(leading: &mut watch::Receiver<bool>) {
+    while *leading.borrow_and_update() {
+        if leading.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Where the scheduler remembers the last tick it fired, so a restart never fires a tick twice:
 //! files in standalone mode, the CronJobTrigger's `status.lastScheduleTime` in Kubernetes mode
-//! (`crate::kubernetes::ticks`), where claiming a tick is a resourceVersion-checked write, so
+//! (`kubernetes::ticks`), where claiming a tick is a resourceVersion-checked write, so
 //! two replicas can never both fire it.
 
 use std::path::PathBuf;

@@ -59,6 +59,17 @@ impl Services {
     }
 }
 
+impl crate::control::supervisor::Runner for Services {
+    fn run(
+        &self,
+        spec: ConsumerSpec,
+        health: Health,
+        stop: CancellationToken,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        supervise(spec, self.clone(), health, stop).boxed()
+    }
+}
+
 /// Runs one consumer, restarting it with backoff if its source fails, until `stop`.
 pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, stop: CancellationToken) {
     let metrics = ConsumerMetrics::new(spec.kind.as_str(), &spec.trigger, &spec.function);
@@ -143,7 +154,7 @@ async fn run_once(
         // next tick is due, so a failing function never piles up retrying calls.
         if retry.max_attempts.is_none() && retry.max_record_age.is_none() {
             let schedule =
-                cron::schedule::Schedule::parse(&c.schedule, c.timezone.as_deref()).map_err(|e| e.to_string())?;
+                crate::schedule::Schedule::parse(&c.schedule, c.timezone.as_deref()).map_err(|e| e.to_string())?;
             retry.max_record_age = schedule.interval_after(chrono::Utc::now());
         }
     }

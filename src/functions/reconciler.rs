@@ -37,13 +37,13 @@ use super::ingress::build_ingress;
 use super::objects::{build, Children, FunctionConfig, CREATED_BY};
 use super::readiness::{readiness, Readiness};
 use crate::policy::{pods, TenancyPolicy};
-use crate::resources::{Condition, Function, FunctionStatus, HTTPTrigger, TriggerStatus, API_VERSION, URL_ANNOTATION};
+use crate::resources::{
+    Condition, Function, FunctionStatus, HTTPTrigger, TriggerStatus, API_VERSION, KUBELESS_FINALIZER, URL_ANNOTATION,
+};
 
 /// Readiness reasons that are the cluster policy's refusals, each reported by a Warning Event.
 const POLICY_REASONS: [&str; 2] = ["PolicyRefused", "FunctionUrlNotAllowed"];
 
-/// Kubeless's finalizer on the Functions its controller managed.
-pub const KUBELESS_FINALIZER: &str = "kubeless.io/function";
 /// Where `kubeless-config` is when neither the environment nor the CRD says.
 pub const DEFAULT_CONFIG: (&str, &str) = ("kubeless", "kubeless-config");
 /// A Function or HTTPTrigger not ready is looked at again this often. Changes of what it owns,

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::watch::api_resource;
-use crate::control::manifests::Resource;
-use crate::control::store::{Kind, ObjectRef, Origin, Store};
+use crate::control::store::{Origin, Store};
 use crate::control::Snapshot;
+use crate::resources::{Kind, ObjectRef, Resource};
 
 /// The Functions in a loaded store.
 fn functions(store: &Store) -> BTreeSet<ObjectRef> {

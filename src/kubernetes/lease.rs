@@ -205,24 +205,6 @@ pub async fn elect(mut lock: LeaseLock, leading: watch::Sender<bool>, stop: Canc
     }
 }
 
-/// Waits until `leading` is true. A channel whose sender is gone keeps its last value.
-pub async fn until_leading(leading: &mut watch::Receiver<bool>) {
-    while !*leading.borrow_and_update() {
-        if leading.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Waits until `leading` is false.
-pub async fn until_not_leading(leading: &mut watch::Receiver<bool>) {
-    while *leading.borrow_and_update() {
-        if leading.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,9 +23,30 @@ pub fn api_writes() -> ApiWrites {
 }
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::PathBuf;
+
 use kube::{Client, Config};
 
-use crate::config::KubeSettings;
+/// Kubernetes mode's settings, from the daemon's flags.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    pub field_manager: String,
+    /// This pod's name (env `POD_NAME`), for Events and leases; else the host name.
+    pub identity: String,
+    /// Where Leases live; none: the client's default namespace.
+    pub lease_namespace: Option<String>,
+    /// Run the Function reconciler.
+    pub function_controller: bool,
+    /// Where `kubeless-config` is (env `KUBELESS_NAMESPACE`, `KUBELESS_CONFIG`), if set.
+    pub config_namespace: Option<String>,
+    pub config_name: Option<String>,
+    /// `--acme-cluster-issuer`.
+    pub acme_cluster_issuer: Option<String>,
+}
 
 /// Errors of Kubernetes mode's setup.
 #[derive(Debug, thiserror::Error)]

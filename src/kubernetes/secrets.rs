@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::control::manifests::Resource;
-use crate::control::store::{Change, Kind, ObjectRef, Origin, Store, Stored};
+use crate::control::store::{Change, Origin, Store, Stored};
 use crate::control::{Snapshot, SourceEvent};
+use crate::resources::{Kind, ObjectRef, Resource};
 
 /// How often every named Secret is read again.
 pub const RECHECK: Duration = Duration::from_secs(30);

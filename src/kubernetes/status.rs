@@ -20,10 +20,11 @@ use tracing::{debug, warn};
 
 use super::watch::api_resource;
 use crate::control::index::TriggerProblem;
-use crate::control::store::{Kind, ObjectRef, Origin};
+use crate::control::store::Origin;
 use crate::control::supervisor::{ConsumerStatus, Supervisor};
 use crate::control::Snapshot;
 use crate::resources::{Condition, FunctionConsumer, TriggerStatus, API_VERSION};
+use crate::resources::{Kind, ObjectRef};
 
 /// A change of lag alone is written at most this often per object.
 pub const LAG_INTERVAL: Duration = Duration::from_secs(15);

@@ -10,8 +10,8 @@ use kube::Client;
 
 use super::lease::is_conflict;
 use super::watch::api_resource;
-use crate::control::store::Kind;
 use crate::cron::state::{StateError, TickStore};
+use crate::resources::Kind;
 
 /// Conflicting writes (a status write racing the claim) before a claim gives up.
 const CLAIM_ATTEMPTS: usize = 5;

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::control::manifests::parse_document;
-use crate::control::store::{Change, Kind, ObjectRef, Origin, Scope, Stored};
+use crate::control::store::{Change, Origin, Scope, Stored};
 use crate::control::{lock_report, SharedReport, SourceEvent};
+use crate::resources::{Kind, ObjectRef};
 
 /// How often a failing watch is checked against the API server's `/version`, to clear a
 /// connection error once the server is back (the watch itself resumes silently).
@@ -136,7 +137,7 @@ fn terminating_as_deleted(event: Event<DynamicObject>) -> Option<Event<DynamicOb
             .finalizers
             .iter()
             .flatten()
-            .filter(|f| f.starts_with("kubeless.io/") && *f != crate::functions::reconciler::KUBELESS_FINALIZER)
+            .filter(|f| f.starts_with("kubeless.io/") && *f != crate::resources::KUBELESS_FINALIZER)
             .collect();
         if !kubeless.is_empty() {
             let kind = o.types.as_ref().map(|t| t.kind.to_lowercase()).unwrap_or_default();

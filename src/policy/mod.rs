@@ -13,7 +13,7 @@ pub use args::PolicyArgs;
 
 use std::time::Duration;
 
-use crate::cron::schedule::Schedule;
+use crate::schedule::Schedule;
 
 /// Where the policy applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::delivery::{DeliveryPolicy, DeliverySpec};
 use super::status::TriggerStatus;
 use super::validate::{check_object_name, check_required, Errors, FieldError};
-use crate::cron::schedule::{Schedule, ScheduleError};
+use crate::schedule::{Schedule, ScheduleError};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

@@ -14,6 +14,8 @@ use super::validate::{check_object_name, Errors, FieldError};
 
 /// Annotation holding the full URL of a function, winning over the URL template.
 pub const URL_ANNOTATION: &str = "kubeless.io/url";
+/// Kubeless's finalizer on the Functions its controller managed.
+pub const KUBELESS_FINALIZER: &str = "kubeless.io/function";
 /// Kubeless's default `spec.timeout`.
 pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(180);
 /// The port Kubeless runtimes listen on when the Service names none.

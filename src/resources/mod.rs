@@ -8,6 +8,7 @@ mod http;
 mod kafka;
 mod kinesis;
 mod nats;
+mod object;
 mod status;
 pub mod validate;
 
@@ -17,12 +18,14 @@ pub use delivery::{
     MAX_MAX_IN_FLIGHT, MAX_UNCOMMITTED_RANGE,
 };
 pub use function::{
-    Function, FunctionSpec, FunctionStatus, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, URL_ANNOTATION,
+    Function, FunctionSpec, FunctionStatus, DEFAULT_FUNCTION_PORT, DEFAULT_FUNCTION_TIMEOUT, KUBELESS_FINALIZER,
+    URL_ANNOTATION,
 };
 pub use http::{HTTPTrigger, HTTPTriggerSpec};
 pub use kafka::{InitialOffsetSpec, KafkaTrigger, KafkaTriggerSpec};
 pub use kinesis::{KinesisTrigger, KinesisTriggerSpec, StartingPositionSpec};
 pub use nats::{JetStreamSpec, NATSTrigger, NATSTriggerSpec, NatsTlsSpec, SecretRef};
+pub use object::{Kind, ObjectRef, Resource};
 pub use status::{Condition, FunctionConsumer, TriggerStatus};
 pub use validate::FieldError;
 

@@ -1,6 +1,7 @@
 //! Publishing: one message from `--data`, or many from `--file`/stdin (one per line), to Kafka, NATS
 //! (core or JetStream) or Kinesis, with thousands in flight, an optional rate, a progress bar on a
 //! terminal, a summary line, and an error when any message was not acknowledged by the broker.
+//! Each bus's `Sink` is beside its command: `topic` (Kafka), `trigger::nats`, `trigger::kinesis`.
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -11,13 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use clap::Args;
 use governor::{Quota, RateLimiter};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 /// Where messages come from and how fast they go.
 #[derive(Debug, Clone, Args)]
@@ -74,11 +73,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn acked(n: u64) -> Self {
+    pub fn acked(n: u64) -> Self {
         Self { acked: n, ..Self::default() }
     }
 
-    fn failed(n: u64, error: String) -> Self {
+    pub fn failed(n: u64, error: String) -> Self {
         Self { acked: 0, failed: n, error: Some(error) }
     }
 }
@@ -345,241 +344,11 @@ fn progress_bar(len: Option<u64>) -> ProgressBar {
     bar
 }
 
-/// Kafka through librdkafka: every record acknowledged on its own.
-pub struct KafkaSink {
-    pub publisher: kubeless_kafka::BulkPublisher,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub timeout: Duration,
-}
-
-impl Sink for KafkaSink {
-    async fn send(&mut self, msg: Message) -> Result<Option<Pending>, String> {
-        let delivery =
-            self.publisher.enqueue(msg.key.as_deref(), &msg.value, &self.headers).await.map_err(|e| e.to_string())?;
-        Ok(Some(Box::pin(async move {
-            match delivery.await {
-                Ok(()) => Outcome::acked(1),
-                Err(e) => Outcome::failed(1, e),
-            }
-        })))
-    }
-
-    async fn finish(&mut self) -> Option<Pending> {
-        self.publisher.flush(self.timeout).await;
-        None
-    }
-}
-
-/// Core NATS messages are acknowledged together by a flush (the server's PONG) every this many.
-const NATS_FLUSH_EVERY: u64 = 1_000;
-
-/// NATS: JetStream (each message acknowledged by the stream) or core (flushed in groups).
-pub struct NatsSink {
-    client: async_nats::Client,
-    jetstream: Option<async_nats::jetstream::Context>,
-    subject: String,
-    headers: async_nats::HeaderMap,
-    timeout: Duration,
-    unflushed: u64,
-}
-
-impl NatsSink {
-    /// Uses JetStream when a stream captures `subject`.
-    pub async fn new(
-        client: async_nats::Client,
-        subject: &str,
-        headers: &[(String, String)],
-        timeout: Duration,
-    ) -> (Self, Option<String>) {
-        let mut js = async_nats::jetstream::new(client.clone());
-        js.set_timeout(timeout);
-        let stream = js.stream_by_subject(subject).await.ok();
-        let mut map = async_nats::HeaderMap::new();
-        for (k, v) in headers {
-            map.insert(k.as_str(), v.as_str());
-        }
-        let sink = Self {
-            client,
-            jetstream: stream.is_some().then_some(js),
-            subject: subject.to_string(),
-            headers: map,
-            timeout,
-            unflushed: 0,
-        };
-        (sink, stream)
-    }
-
-    fn flush(&mut self) -> Option<Pending> {
-        let n = std::mem::take(&mut self.unflushed);
-        if n == 0 {
-            return None;
-        }
-        let (client, timeout) = (self.client.clone(), self.timeout);
-        Some(Box::pin(async move {
-            match tokio::time::timeout(timeout, client.flush()).await {
-                Ok(Ok(())) => Outcome::acked(n),
-                Ok(Err(e)) => Outcome::failed(n, e.to_string()),
-                Err(_) => Outcome::failed(n, format!("the server did not answer a flush within {timeout:?}")),
-            }
-        }))
-    }
-}
-
-impl Sink for NatsSink {
-    async fn send(&mut self, msg: Message) -> Result<Option<Pending>, String> {
-        let subject = self.subject.clone();
-        match &self.jetstream {
-            Some(js) => {
-                let ack = js
-                    .publish_with_headers(subject, self.headers.clone(), msg.value.into())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(Some(Box::pin(async move {
-                    match ack.await {
-                        Ok(_) => Outcome::acked(1),
-                        Err(e) => Outcome::failed(1, e.to_string()),
-                    }
-                })))
-            }
-            None => {
-                let publish = self.client.publish_with_headers(subject, self.headers.clone(), msg.value.into());
-                match tokio::time::timeout(self.timeout, publish).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err(format!("the client's buffer stayed full for {:?}", self.timeout)),
-                }
-                self.unflushed += 1;
-                Ok(if self.unflushed >= NATS_FLUSH_EVERY { self.flush() } else { None })
-            }
-        }
-    }
-
-    async fn finish(&mut self) -> Option<Pending> {
-        self.flush()
-    }
-}
-
-/// Kinesis: PutRecords of up to 500 records, eight calls at once, failed records retried until
-/// the timeout.
-pub struct KinesisSink {
-    client: aws_sdk_kinesis::Client,
-    stream: String,
-    partition_key: Option<String>,
-    timeout: Duration,
-    batch: Vec<PutRecordsRequestEntry>,
-    batch_bytes: usize,
-    calls: Arc<Semaphore>,
-}
-
-const KINESIS_BATCH: usize = 500;
-const KINESIS_BATCH_BYTES: usize = 4 << 20;
-
-impl KinesisSink {
-    pub fn new(
-        client: aws_sdk_kinesis::Client,
-        stream: &str,
-        partition_key: Option<String>,
-        timeout: Duration,
-    ) -> Self {
-        Self {
-            client,
-            stream: stream.to_string(),
-            partition_key,
-            timeout,
-            batch: Vec::new(),
-            batch_bytes: 0,
-            calls: Arc::new(Semaphore::new(8)),
-        }
-    }
-
-    async fn put(&mut self) -> Option<Pending> {
-        if self.batch.is_empty() {
-            return None;
-        }
-        let entries = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        let permit = self.calls.clone().acquire_owned().await.ok()?;
-        let (client, stream, timeout) = (self.client.clone(), self.stream.clone(), self.timeout);
-        let task = tokio::spawn(async move {
-            let outcome = put_records(&client, &stream, entries, timeout).await;
-            drop(permit);
-            outcome
-        });
-        Some(Box::pin(async move { task.await.unwrap_or_else(|e| Outcome::failed(0, e.to_string())) }))
-    }
-}
-
-async fn put_records(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    mut entries: Vec<PutRecordsRequestEntry>,
-    timeout: Duration,
-) -> Outcome {
-    let n = entries.len() as u64;
-    let deadline = Instant::now() + timeout;
-    let mut backoff = Duration::from_millis(50);
-    let mut acked = 0u64;
-    loop {
-        let call = client.put_records().stream_name(stream).set_records(Some(entries.clone())).send();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(left, call).await {
-            Err(_) => format!("no answer within {timeout:?}"),
-            Ok(Err(e)) => aws_sdk_kinesis::error::DisplayErrorContext(e).to_string(),
-            Ok(Ok(out)) => {
-                let results = out.records();
-                let retry: Vec<PutRecordsRequestEntry> = entries
-                    .iter()
-                    .zip(results)
-                    .filter(|(_, r)| r.error_code().is_some())
-                    .map(|(e, _)| e.clone())
-                    .collect();
-                acked += (entries.len() - retry.len()) as u64;
-                if retry.is_empty() {
-                    return Outcome::acked(acked);
-                }
-                let reason = results.iter().find_map(|r| r.error_message()).unwrap_or("throttled").to_string();
-                entries = retry;
-                reason
-            }
-        };
-        if Instant::now() + backoff >= deadline {
-            return Outcome { acked, failed: n - acked, error: Some(error) };
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-impl Sink for KinesisSink {
-    async fn send(&mut self, msg: Message) -> Result<Option<Pending>, String> {
-        let key = match (msg.key, &self.partition_key) {
-            (Some(k), _) => String::from_utf8(k).map_err(|_| "a partition key must be UTF-8".to_string())?,
-            (None, Some(k)) => k.clone(),
-            (None, None) => return Err("no partition key: give --partition-key or --key-separator".to_string()),
-        };
-        let size = msg.value.len() + key.len();
-        let entry = PutRecordsRequestEntry::builder()
-            .partition_key(key)
-            .data(Blob::new(msg.value))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut pending = None;
-        if self.batch.len() >= KINESIS_BATCH || self.batch_bytes + size > KINESIS_BATCH_BYTES {
-            pending = self.put().await;
-        }
-        self.batch.push(entry);
-        self.batch_bytes += size;
-        Ok(pending)
-    }
-
-    async fn finish(&mut self) -> Option<Pending> {
-        self.put().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use super::{parse_header, Input, Source};
 
     fn input() -> Input {
         Input {

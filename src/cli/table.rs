@@ -59,7 +59,7 @@ pub fn trigger_ready(status: Option<&TriggerStatus>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::render;
 
     #[test]
     fn columns_align_on_the_widest_cell() {

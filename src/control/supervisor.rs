@@ -55,13 +55,31 @@ pub struct ConsumerStatus {
     pub topics: Vec<String>,
     /// The function's URL, credentials redacted.
     pub url: String,
-    pub state: String,
+    /// `Starting`, `Ready` or `Failed: <detail>` in `/status`.
+    #[serde(serialize_with = "state_text")]
+    pub state: SourceState,
+    /// Why it failed, in a word (`BrokerUnreachable`, `TopicNotFound`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     pub ready: bool,
     pub lag: i64,
     /// Why the position could not be saved to the state directory (the last good one stays), until
     /// a save succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_error: Option<String>,
+}
+
+/// How a consumer's state reads in `/status` and a trigger's status.
+pub fn state_text_of(state: &SourceState) -> String {
+    match state {
+        SourceState::Starting => "Starting".to_string(),
+        SourceState::Ready => "Ready".to_string(),
+        SourceState::Failed(failure) => format!("Failed: {failure}"),
+    }
+}
+
+fn state_text<S: serde::Serializer>(state: &SourceState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&state_text_of(state))
 }
 
 impl ConsumerStatus {
@@ -175,11 +193,11 @@ impl Supervisor {
                     topics: r.spec.source.topics(),
                     url: kubeless_connector::redact_url(&r.spec.url),
                     ready: state == SourceState::Ready,
-                    state: match state {
-                        SourceState::Starting => "Starting".to_string(),
-                        SourceState::Ready => "Ready".to_string(),
-                        SourceState::Failed(why) => format!("Failed: {why}"),
+                    reason: match &state {
+                        SourceState::Failed(failure) => Some(failure.reason.as_str()),
+                        _ => None,
                     },
+                    state,
                     lag: r.health.lag(),
                     checkpoint_error: r.health.checkpoint_error(),
                 }

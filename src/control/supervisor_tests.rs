@@ -139,7 +139,7 @@ async fn every_new_consumer_starts_and_an_equal_snapshot_restarts_none() {
     assert_eq!(recorder.events().len(), 2, "{:?}", recorder.events());
     assert_eq!(sup.running(), 2);
     let status = sup.status();
-    assert!(status.iter().all(|s| s.ready && s.state == "Ready"), "{status:?}");
+    assert!(status.iter().all(|s| s.ready && s.state == SourceState::Ready), "{status:?}");
 }
 
 #[tokio::test(start_paused = true)]

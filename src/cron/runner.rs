@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use kubeless_connector::{AckHandle, Acker, Health, Message, Origin, Outcome, Position, SourceState};
+use kubeless_connector::{AckHandle, Acker, Failure, Health, Message, Origin, Outcome, Position, Reason, SourceState};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +69,11 @@ pub async fn run(
     health: &Health,
     scheduling: Scheduling,
     stop: &CancellationToken,
-) -> Result<(), String> {
-    let schedule = Schedule::parse(&source.schedule, source.timezone.as_deref()).map_err(|e| e.to_string())?;
+) -> Result<(), Failure> {
+    let invalid = |detail: String| Failure::new(Reason::InvalidConfig, detail);
+    let schedule = Schedule::parse(&source.schedule, source.timezone.as_deref()).map_err(|e| invalid(e.to_string()))?;
     let body = match &source.payload {
-        Some(p) => Bytes::from(serde_json::to_vec(p).map_err(|e| format!("payload cannot be encoded: {e}"))?),
+        Some(p) => Bytes::from(serde_json::to_vec(p).map_err(|e| invalid(format!("payload cannot be encoded: {e}")))?),
         None => Bytes::new(),
     };
     let mut runner = Runner {
@@ -110,9 +111,10 @@ pub async fn run(
 
 impl Runner {
     /// Fires ticks until `stop` (or until the caller stops polling: leadership lost).
-    async fn lead(&mut self, schedule: &Schedule, stop: &CancellationToken) -> Result<(), String> {
+    async fn lead(&mut self, schedule: &Schedule, stop: &CancellationToken) -> Result<(), Failure> {
         let trigger = self.trigger.clone();
-        let mut last = self.ticks.last_fired(&trigger).await.map_err(|e| e.to_string())?;
+        let mut last =
+            self.ticks.last_fired(&trigger).await.map_err(|e| Failure::new(Reason::SourceError, e.to_string()))?;
         info!(trigger, schedule = %self.source.schedule, last_fired = ?last, "Cron schedule loaded.");
         if let Some(tick) = missed_tick(schedule, last, Utc::now(), self.source.starting_deadline) {
             info!(trigger, %tick, "Firing a tick missed while no scheduler ran.");

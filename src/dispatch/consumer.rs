@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use kubeless_connector::{DeadLetterSink, Health, MemoryBudget, SourceContext, SourceState};
+use kubeless_connector::{DeadLetterSink, Failure, Health, MemoryBudget, Reason, SourceContext, SourceState};
 use kubeless_kafka::{run_source, KafkaDeadLetter};
 use kubeless_kinesis::ShardLeases;
 use kubeless_nats::NatsDeadLetter;
@@ -98,17 +98,25 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
     while !stop.is_cancelled() {
         // A panic in a source is a bug, but it must not leave the consumer dead and "Starting"
         // forever: report it and restart like any other failure.
-        let result = AssertUnwindSafe(run_once(&spec, &services, &health, &stop, &metrics))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Err(format!("the consumer panicked: {}", panic_text(&panic))));
+        let result =
+            AssertUnwindSafe(run_once(&spec, &services, &health, &stop, &metrics)).catch_unwind().await.unwrap_or_else(
+                |panic| Err(Failure::new(Reason::Panicked, format!("the consumer panicked: {}", panic_text(&panic)))),
+            );
         if stop.is_cancelled() {
             break;
         }
-        let why = result.err().unwrap_or_else(|| "the source stopped on its own".to_string());
-        error!(trigger = %spec.trigger, function = %spec.function, error = %why, retry_in_s = backoff.as_secs(), "Consumer failed; restarting.");
-        health.set(SourceState::Failed(why));
-        metrics.restarts.increment(1);
+        let failure =
+            result.err().unwrap_or_else(|| Failure::new(Reason::SourceStopped, "the source stopped on its own"));
+        health.set(SourceState::Failed(failure.clone()));
+        if !failure.is_retriable() {
+            // Trying again cannot help: the supervisor restarts this consumer when its spec (its
+            // trigger, function or their Secrets) changes.
+            error!(trigger = %spec.trigger, function = %spec.function, reason = %failure.reason, error = %failure.detail, "Consumer failed; it waits for its trigger or function to change.");
+            stop.cancelled().await;
+            break;
+        }
+        error!(trigger = %spec.trigger, function = %spec.function, reason = %failure.reason, error = %failure.detail, retry_in_s = backoff.as_secs(), "Consumer failed; restarting.");
+        metrics.restarted(failure.reason);
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = stop.cancelled() => break,
@@ -133,8 +141,9 @@ async fn run_once(
     health: &Health,
     stop: &CancellationToken,
     metrics: &ConsumerMetrics,
-) -> Result<(), String> {
-    let (url, authorization) = crate::delivery::function_target(&spec.url).map_err(|e| e.to_string())?;
+) -> Result<(), Failure> {
+    let (url, authorization) = crate::delivery::function_target(&spec.url)
+        .map_err(|e| Failure::new(Reason::InvalidFunctionUrl, e.to_string()))?;
     let dead_letter = dead_letter_sink(spec).await?;
     let (style, method) = match &spec.source {
         SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, http::Method::POST),
@@ -153,8 +162,8 @@ async fn run_once(
         // Kubeless made one call per tick. Without limits of its own, a tick's retries end when the
         // next tick is due, so a failing function never piles up retrying calls.
         if retry.max_attempts.is_none() && retry.max_record_age.is_none() {
-            let schedule =
-                crate::schedule::Schedule::parse(&c.schedule, c.timezone.as_deref()).map_err(|e| e.to_string())?;
+            let schedule = crate::schedule::Schedule::parse(&c.schedule, c.timezone.as_deref())
+                .map_err(|e| Failure::new(Reason::InvalidConfig, e.to_string()))?;
             retry.max_record_age = schedule.interval_after(chrono::Utc::now());
         }
     }
@@ -194,8 +203,8 @@ async fn run_once(
     let budget = services.budget.register();
     let ctx = SourceContext { out: tx, shutdown: stop.child_token(), health: health.clone(), budget };
     let result = match &spec.source {
-        SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.to_string()),
-        SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.to_string()),
+        SourceSpec::Kafka(kafka) => run_source(kafka.clone(), ctx).await.map_err(|e| e.failure()),
+        SourceSpec::Nats(nats) => kubeless_nats::run_source(nats.clone(), ctx).await.map_err(|e| e.failure()),
         SourceSpec::Kinesis(k) => match &services.shard_leases {
             Some(leases) => {
                 kubeless_kinesis::run_source_with(
@@ -207,7 +216,7 @@ async fn run_once(
             }
             None => kubeless_kinesis::run_source(k.clone(), ctx).await,
         }
-        .map_err(|e| e.to_string()),
+        .map_err(|e| e.failure()),
         SourceSpec::Cron(_) => Ok(()),
     };
     // The source has drained, committed and left its group (or failed): whatever still runs
@@ -218,20 +227,23 @@ async fn run_once(
 }
 
 /// The dead-letter destination of a consumer, if it has one.
-async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLetterSink>>, String> {
+async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLetterSink>>, Failure> {
     Ok(match (&spec.delivery.dead_letter, &spec.source) {
         (Some(DeadLetterTarget::Kafka { topic, brokers, properties, .. }), SourceSpec::Kafka(kafka)) => {
             // The index fills in the brokers and the properties the policy gives them.
             let brokers = brokers.as_deref().unwrap_or(&kafka.brokers);
             let properties = properties.as_ref().unwrap_or(&kafka.properties);
-            let sink = KafkaDeadLetter::new(brokers, topic, properties)
-                .map_err(|e| format!("cannot create the dead-letter producer for topic {topic}: {e}"))?;
+            let sink = KafkaDeadLetter::new(brokers, topic, properties).map_err(|e| {
+                let detail = format!("cannot create the dead-letter producer for topic {topic}: {e}");
+                Failure::new(Reason::InvalidConfig, detail)
+            })?;
             Some(Arc::new(sink))
         }
         (Some(DeadLetterTarget::Nats { subject }), SourceSpec::Nats(nats)) => {
-            let client = kubeless_nats::connect(&nats.url, &nats.auth, nats.tls, nats.ca_pem.as_deref())
-                .await
-                .map_err(|e| format!("dead-letter subject {subject}: {e}"))?;
+            let client =
+                kubeless_nats::connect(&nats.url, &nats.auth, nats.tls, nats.ca_pem.as_deref()).await.map_err(|e| {
+                    Failure::new(Reason::DeadLetterUnavailable, format!("dead-letter subject {subject}: {e}"))
+                })?;
             Some(Arc::new(NatsDeadLetter::new(client, subject, nats.jetstream_stream.is_some())))
         }
         _ => None,

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
+use kubeless_connector::{Failure, SourceState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -21,7 +22,7 @@ use tracing::{debug, warn};
 use super::watch::api_resource;
 use crate::control::index::TriggerProblem;
 use crate::control::store::Origin;
-use crate::control::supervisor::{ConsumerStatus, Supervisor};
+use crate::control::supervisor::{state_text_of, ConsumerStatus, Supervisor};
 use crate::control::Snapshot;
 use crate::resources::{Condition, FunctionConsumer, TriggerStatus, API_VERSION};
 use crate::resources::{Kind, ObjectRef};
@@ -56,7 +57,8 @@ pub fn trigger_status(kind: Kind, facts: Facts<'_>, previous: Option<&TriggerSta
         .iter()
         .map(|c| FunctionConsumer {
             name: c.function.clone(),
-            state: c.state.clone(),
+            state: state_text_of(&c.state),
+            reason: c.reason.map(str::to_string),
             group: c.group.clone(),
             lag: has_lag(kind).then_some(c.lag),
         })
@@ -92,14 +94,26 @@ fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
     if facts.consumers.is_empty() {
         return ("False", "Starting", "consumers are being started".to_string());
     }
-    let failed: Vec<String> = facts
+    // The first failed consumer's reason (functions in name order) names the condition; the
+    // message says every one's.
+    let failed: Vec<&Failure> = facts
         .consumers
         .iter()
-        .filter(|c| c.state.starts_with("Failed"))
-        .map(|c| format!("{}: {}", c.function, c.state.trim_start_matches("Failed: ")))
+        .filter_map(|c| match &c.state {
+            SourceState::Failed(failure) => Some(failure),
+            _ => None,
+        })
         .collect();
-    if !failed.is_empty() {
-        return ("False", "ConsumerFailed", failed.join("; "));
+    if let Some(first) = failed.first() {
+        let details: Vec<String> = facts
+            .consumers
+            .iter()
+            .filter_map(|c| match &c.state {
+                SourceState::Failed(failure) => Some(format!("{}: {failure}", c.function)),
+                _ => None,
+            })
+            .collect();
+        return ("False", first.reason.as_str(), details.join("; "));
     }
     let starting: Vec<&str> = facts.consumers.iter().filter(|c| !c.ready).map(|c| c.function.as_str()).collect();
     if !starting.is_empty() {

@@ -2,6 +2,14 @@ use super::*;
 use crate::control::index::Reason;
 
 fn consumer(function: &str, state: &str, lag: i64) -> ConsumerStatus {
+    let state = match state {
+        "Starting" => SourceState::Starting,
+        "Ready" => SourceState::Ready,
+        failed => {
+            let detail = failed.trim_start_matches("Failed: ");
+            SourceState::Failed(Failure::new(kubeless_connector::Reason::BrokerUnreachable, detail))
+        }
+    };
     ConsumerStatus {
         kind: Kind::KafkaTrigger,
         trigger: "ns/t".into(),
@@ -9,8 +17,12 @@ fn consumer(function: &str, state: &str, lag: i64) -> ConsumerStatus {
         group: format!("ns_t_{function}_orders"),
         topics: vec!["orders".into()],
         url: "http://f".into(),
-        state: state.into(),
-        ready: state == "Ready",
+        ready: state == SourceState::Ready,
+        reason: match &state {
+            SourceState::Failed(f) => Some(f.reason.as_str()),
+            _ => None,
+        },
+        state,
         lag,
         checkpoint_error: None,
     }
@@ -45,7 +57,8 @@ fn each_reason_a_trigger_is_not_ready_is_named() {
 
     let failed = consumer("fa", "Failed: broker 127.0.0.1:1 unreachable", 0);
     let s = trigger_status(Kind::KafkaTrigger, facts(&[&starting, &failed]), None, "T0");
-    assert_eq!(ready(&s), ("False", "ConsumerFailed", "fa: broker 127.0.0.1:1 unreachable"));
+    assert_eq!(ready(&s), ("False", "BrokerUnreachable", "fa: broker 127.0.0.1:1 unreachable"));
+    assert_eq!(s.functions.iter().filter_map(|f| f.reason.as_deref()).collect::<Vec<_>>(), ["BrokerUnreachable"]);
 
     let invalid = Facts { invalid: Some("spec.delivery.timeout: \"soon\" is not a duration"), ..facts(&[]) };
     let s = trigger_status(Kind::KafkaTrigger, invalid, None, "T0");

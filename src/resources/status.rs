@@ -72,6 +72,9 @@ pub struct FunctionConsumer {
     pub name: String,
     /// `Starting`, `Ready`, or `Failed: <why>`.
     pub state: String,
+    /// Why it failed, in a word: the reasons are listed in docs/operations.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Consumer group, durable, checkpoint key or schedule.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub group: String,

@@ -125,7 +125,7 @@ pub fn describe() {
         "1 while this replica leads: fires cron ticks, writes status, cleans up (Kubernetes mode)."
     );
     describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
-    describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error.");
+    describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error, by the error's reason.");
     describe_counter!(
         CRON_TICKS,
         Unit::Count,
@@ -151,7 +151,7 @@ pub struct ConsumerMetrics {
     pub abandoned: Counter,
     pub stale: Counter,
     pub checkpoint_failures: Counter,
-    pub restarts: Counter,
+    labels: [(&'static str, String); 3],
 }
 
 impl ConsumerMetrics {
@@ -173,8 +173,16 @@ impl ConsumerMetrics {
             abandoned: counter!(MESSAGES_ABANDONED, &labels),
             stale: counter!(MESSAGES_STALE, &labels),
             checkpoint_failures: counter!(CHECKPOINT_FAILURES, &labels),
-            restarts: counter!(CONSUMER_RESTARTS, &labels),
+            labels,
         }
+    }
+
+    /// Counts a restart after a failure, by its reason (restarts are rare: the series is made on
+    /// the first one of each reason).
+    pub fn restarted(&self, reason: kubeless_connector::Reason) {
+        let mut labels = self.labels.to_vec();
+        labels.push(("reason", reason.as_str().to_string()));
+        counter!(CONSUMER_RESTARTS, &labels).increment(1);
     }
 }
 

@@ -18,4 +18,5 @@ mod manifest_changes;
 mod memory_budget;
 mod nats;
 mod runtimes;
+mod status_reasons;
 mod tenancy;

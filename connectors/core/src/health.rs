@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::Failure;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceState {
     /// Connecting, or waiting for the consumer group to hand out partitions.
@@ -14,8 +16,9 @@ pub enum SourceState {
     /// Consuming: partitions assigned (possibly none, when the group has more members than
     /// partitions), subscription made.
     Ready,
-    /// Not consuming, with a reason a person can act on. The source keeps retrying.
-    Failed(String),
+    /// Not consuming, with a reason a person can act on. A source failing while it runs keeps
+    /// retrying; a consumer that ended with a permanent failure waits for its spec to change.
+    Failed(Failure),
 }
 
 /// Shared, cheaply cloned health of one source.

@@ -16,6 +16,7 @@
 mod ack;
 mod budget;
 mod dead_letter;
+mod failure;
 mod health;
 mod message;
 mod source;
@@ -24,6 +25,7 @@ mod tracker;
 pub use ack::{AckHandle, Acker, Outcome, Position};
 pub use budget::{cgroup_memory_limit, Charge, ConsumerBudget, MemoryBudget};
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterReason, DeadLetterSink};
+pub use failure::{Failure, Reason};
 pub use health::{Health, SourceState};
 pub use message::{Message, Origin};
 pub use source::SourceContext;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kubeless_connector::{
-    AckHandle, Acker, ConsumerBudget, Health, Message, Origin, Outcome, PartitionTracker, Position, SourceContext,
-    SourceState,
+    AckHandle, Acker, ConsumerBudget, Failure, Health, Message, Origin, Outcome, PartitionTracker, Position, Reason,
+    SourceContext, SourceState,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -56,9 +56,37 @@ pub enum KafkaSourceError {
 }
 
 impl KafkaSourceError {
-    /// Whether starting again later may succeed (a panic or a bad property will not).
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Subscribe { .. } | Self::SpawnThread { .. })
+    /// What the consumer's status shows. librdkafka refuses a bad property when the consumer is
+    /// created: that waits for the spec to change; the rest is tried again.
+    pub fn failure(&self) -> Failure {
+        let reason = match self {
+            Self::CreateConsumer { .. } => Reason::InvalidConfig,
+            Self::Subscribe { source, .. } => reason_of(source),
+            Self::SpawnThread { .. } => Reason::SourceError,
+            Self::ThreadPanicked { .. } => Reason::Panicked,
+        };
+        Failure::new(reason, self.to_string())
+    }
+}
+
+/// The reason a librdkafka error stands for.
+pub fn reason_of(err: &KafkaError) -> Reason {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match err.rdkafka_error_code() {
+        Some(Code::BrokerTransportFailure | Code::AllBrokersDown | Code::Resolve | Code::NetworkException) => {
+            Reason::BrokerUnreachable
+        }
+        Some(
+            Code::Authentication
+            | Code::SaslAuthenticationFailed
+            | Code::TopicAuthorizationFailed
+            | Code::GroupAuthorizationFailed
+            | Code::ClusterAuthorizationFailed,
+        ) => Reason::NotAuthorized,
+        Some(Code::SSL) => Reason::TlsFailed,
+        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition) => Reason::TopicNotFound,
+        Some(Code::InvalidArgument) => Reason::InvalidConfig,
+        _ => Reason::SourceError,
     }
 }
 
@@ -293,7 +321,8 @@ impl Shared {
     fn report_error(&self, err: &KafkaError) {
         warn!(group = %self.group, error = %err, "Kafka consumer error.");
         if !self.assigned.load(Ordering::Relaxed) {
-            self.health.set(SourceState::Failed(format!("Kafka consumer for group {}: {err}", self.group)));
+            let detail = format!("Kafka consumer for group {}: {err}", self.group);
+            self.health.set(SourceState::Failed(Failure::new(reason_of(err), detail)));
         }
     }
 }
@@ -674,7 +703,8 @@ impl ClientContext for SourceCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         warn!(group = %self.shared.group, error = %error, reason, "Kafka client error.");
         if !self.shared.assigned.load(Ordering::Relaxed) {
-            self.shared.health.set(SourceState::Failed(format!("Kafka group {}: {reason}", self.shared.group)));
+            let detail = format!("Kafka group {}: {reason}", self.shared.group);
+            self.shared.health.set(SourceState::Failed(Failure::new(reason_of(&error), detail)));
         }
     }
 }

@@ -5,12 +5,13 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamDescriptionSummary, StreamStatus};
 use aws_sdk_kinesis::Client;
 use bytes::Bytes;
 use kubeless_connector::{
-    error_chain, AckHandle, Acker, Health, Message, Origin, Outcome, PartitionTracker, Position, SourceContext,
-    SourceState,
+    error_chain, AckHandle, Acker, Failure, Health, Message, Origin, Outcome, PartitionTracker, Position, Reason,
+    SourceContext, SourceState,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,38 @@ pub enum KinesisSourceError {
     Stream { stream: String, reason: String },
     #[error(transparent)]
     Checkpoint(#[from] crate::CheckpointError),
+}
+
+impl KinesisSourceError {
+    /// What the consumer's status shows: both are tried again (a recreated stream is read anew).
+    pub fn failure(&self) -> Failure {
+        Failure::new(Reason::SourceError, self.to_string())
+    }
+}
+
+/// A failed AWS call: `what` names the call and its object.
+fn sdk_failure<E, R>(what: &str, e: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let reason = match e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Reason::BrokerUnreachable,
+        _ => match e.code() {
+            Some("ResourceNotFoundException") => Reason::StreamNotFound,
+            Some(
+                "UnrecognizedClientException"
+                | "AccessDeniedException"
+                | "InvalidSignatureException"
+                | "IncompleteSignature"
+                | "InvalidClientTokenId"
+                | "MissingAuthenticationToken"
+                | "ExpiredTokenException",
+            ) => Reason::NotAuthorized,
+            _ => Reason::SourceError,
+        },
+    };
+    Failure::new(reason, format!("{what}: {}", error_chain(e)))
 }
 
 /// How often the shard list is read again (new shards after resharding, finished parents).
@@ -88,7 +121,7 @@ pub async fn run_source_with(
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
     let mut surrendering: HashSet<String> = HashSet::new();
     let mut held: BTreeSet<String> = BTreeSet::new();
-    let mut readers: JoinSet<(String, Result<bool, String>)> = JoinSet::new();
+    let mut readers: JoinSet<(String, Result<bool, Failure>)> = JoinSet::new();
     let stop = ctx.shutdown.child_token();
     let mut first = true;
     // Set by any failure: the stream may have been deleted (and created again) meanwhile.
@@ -121,7 +154,11 @@ pub async fn run_source_with(
                     .map(|s| s.id.clone())
                     .collect();
                 last_ids.clone_from(&ids);
-                leases.balance(&ids).await.map(|a| (shards, a)).map_err(|e| e.to_string())
+                leases
+                    .balance(&ids)
+                    .await
+                    .map(|a| (shards, a))
+                    .map_err(|e| Failure::new(Reason::SourceError, e.to_string()))
             }
             Err(why) => {
                 // The leases held are renewed anyway, so another replica does not take shards
@@ -199,7 +236,8 @@ pub async fn run_source_with(
             Err(why) => {
                 warn!(stream = %config.stream, error = %why, "Listing or leasing shards failed; retrying.");
                 if first {
-                    ctx.health.set(SourceState::Failed(format!("stream {}: {why}", config.stream)));
+                    let detail = format!("stream {}: {why}", config.stream);
+                    ctx.health.set(SourceState::Failed(Failure::new(why.reason, detail)));
                 }
                 suspect = true;
             }
@@ -254,18 +292,19 @@ fn active_identity(s: &StreamDescriptionSummary) -> Option<String> {
 async fn wait_active(client: &Client, config: &KinesisSourceConfig, ctx: &SourceContext) -> Option<String> {
     let mut delay = Duration::from_millis(500);
     loop {
+        let not_active = |detail: String| Failure::new(Reason::StreamNotFound, detail);
         let why = match client.describe_stream_summary().stream_name(&config.stream).send().await {
             Ok(out) => match out.stream_description_summary() {
                 Some(s) => match active_identity(s) {
                     Some(identity) => return Some(identity),
-                    None => format!("stream {} is {}, not ACTIVE yet", config.stream, s.stream_status()),
+                    None => not_active(format!("stream {} is {}, not ACTIVE yet", config.stream, s.stream_status())),
                 },
-                None => format!("stream {} has no status", config.stream),
+                None => not_active(format!("stream {} has no status", config.stream)),
             },
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
-                format!("stream {} does not exist in {}", config.stream, config.region)
+                not_active(format!("stream {} does not exist in {}", config.stream, config.region))
             }
-            Err(e) => format!("cannot describe stream {}: {}", config.stream, error_chain(&e)),
+            Err(e) => sdk_failure(&format!("cannot describe stream {}", config.stream), &e),
         };
         warn!(stream = %config.stream, reason = %why, "Waiting for the stream.");
         ctx.health.set(SourceState::Failed(why));
@@ -322,7 +361,7 @@ struct ShardInfo {
     closed: bool,
 }
 
-async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, String> {
+async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, Failure> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -330,7 +369,7 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, St
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let page = req.send().await.map_err(|e| error_chain(&e))?;
+        let page = req.send().await.map_err(|e| sdk_failure(&format!("ListShards on {stream}"), &e))?;
         for s in page.shards() {
             let parents =
                 [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_string).collect();
@@ -436,7 +475,7 @@ async fn read_shard(
     store: &dyn ShardLeases,
     ctx: &SourceContext,
     stop: &CancellationToken,
-) -> Result<bool, String> {
+) -> Result<bool, Failure> {
     let started_at_ms = match &start {
         Start::Since(ms) => Some(*ms),
         Start::Configured if config.starting_position == StartingPosition::Latest => {
@@ -480,7 +519,7 @@ async fn read_shard(
     };
     // Ok(closed), or why reading failed: either way what was handed out drains before the reader
     // returns, so the next reader never delivers a record this one still has out.
-    let outcome: Result<bool, String> = loop {
+    let outcome: Result<bool, Failure> = loop {
         if stop.is_cancelled() {
             break Ok(false);
         }
@@ -527,7 +566,7 @@ async fn read_shard(
                     tokio::select! { () = tokio::time::sleep(THROTTLE_BACKOFF) => {}, () = stop.cancelled() => {} }
                     continue;
                 }
-                break Err(format!("GetRecords on {shard}: {}", error_chain(&e)));
+                break Err(sdk_failure(&format!("GetRecords on {shard}"), &e));
             }
         };
         for r in out.records() {
@@ -636,7 +675,7 @@ async fn save_checkpoint(
     shard: &str,
     checkpoint: ShardCheckpoint,
     ctx: &SourceContext,
-) -> Result<bool, String> {
+) -> Result<bool, Failure> {
     match store.save(shard, checkpoint).await {
         Ok(()) => {
             ctx.health.note_checkpoint_saved();
@@ -647,7 +686,7 @@ async fn save_checkpoint(
             ctx.health.note_checkpoint_failed(e.to_string());
             Ok(false)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Failure::new(Reason::SourceError, e.to_string())),
     }
 }
 
@@ -665,7 +704,7 @@ async fn shard_iterator(
     config: &KinesisSourceConfig,
     shard: &str,
     start: &Start,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     let mut req = client.get_shard_iterator().stream_name(&config.stream).shard_id(shard);
     req = match start {
         Start::After(seq) => {
@@ -683,8 +722,10 @@ async fn shard_iterator(
                 .timestamp(aws_sdk_kinesis::primitives::DateTime::from_secs(secs)),
         },
     };
-    let out = req.send().await.map_err(|e| format!("GetShardIterator on {shard}: {}", error_chain(&e)))?;
-    out.shard_iterator().map(str::to_string).ok_or_else(|| format!("no iterator for shard {shard}"))
+    let out = req.send().await.map_err(|e| sdk_failure(&format!("GetShardIterator on {shard}"), &e))?;
+    out.shard_iterator()
+        .map(str::to_string)
+        .ok_or_else(|| Failure::new(Reason::SourceError, format!("no iterator for shard {shard}")))
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Connection and helpers for the CLI and the tests: connect with auth, publish, create a stream.
 
 use async_nats::jetstream;
+use async_nats::ConnectErrorKind;
+use kubeless_connector::Reason;
 
 use crate::config::NatsAuth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// `why`: the reason a consumer failing to connect shows.
     #[error("cannot connect to NATS at {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect { url: String, reason: String, why: Reason },
     #[error("NATS request failed: {0}")]
     Request(String),
 }
@@ -20,13 +23,16 @@ pub async fn connect(
     ca_pem: Option<&str>,
 ) -> Result<async_nats::Client, AdminError> {
     // The URL may carry credentials (nats://user:password@host): never in an error.
-    let err = |reason: String| AdminError::Connect { url: kubeless_connector::redact_url(url), reason };
+    let err =
+        |why: Reason, reason: String| AdminError::Connect { url: kubeless_connector::redact_url(url), reason, why };
     let mut opts = async_nats::ConnectOptions::new().name("kubeless-broker");
     opts = match auth {
         NatsAuth::None => opts,
         NatsAuth::Token(t) => opts.token(t.clone()),
         NatsAuth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
-        NatsAuth::Credentials(creds) => opts.credentials(creds).map_err(|e| err(format!("bad credentials: {e}")))?,
+        NatsAuth::Credentials(creds) => {
+            opts.credentials(creds).map_err(|e| err(Reason::InvalidConfig, format!("bad credentials: {e}")))?
+        }
     };
     if tls {
         opts = opts.require_tls(true);
@@ -34,9 +40,20 @@ pub async fn connect(
     if let Some(pem) = ca_pem {
         // Trusted from memory, as the only root (as a CA file given to async-nats would be): no file
         // another local user could plant or swap under a predictable name.
-        opts = opts.tls_client_config(client_config_trusting(pem).map_err(err)?);
+        opts = opts.tls_client_config(client_config_trusting(pem).map_err(|e| err(Reason::InvalidConfig, e))?);
     }
-    opts.connect(url).await.map_err(|e| err(e.to_string()))
+    opts.connect(url).await.map_err(|e| {
+        let why = match e.kind() {
+            ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => Reason::NotAuthorized,
+            ConnectErrorKind::Tls => Reason::TlsFailed,
+            ConnectErrorKind::Dns
+            | ConnectErrorKind::Io
+            | ConnectErrorKind::TimedOut
+            | ConnectErrorKind::MaxReconnects => Reason::BrokerUnreachable,
+            ConnectErrorKind::ServerParse => Reason::InvalidConfig,
+        };
+        err(why, e.to_string())
+    })
 }
 
 /// A TLS client configuration trusting exactly the certificates of `pem`.

@@ -9,11 +9,13 @@ use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
-use kubeless_connector::{AckHandle, Acker, Health, Message, Origin, Outcome, Position, SourceContext, SourceState};
+use kubeless_connector::{
+    AckHandle, Acker, Failure, Health, Message, Origin, Outcome, Position, Reason, SourceContext, SourceState,
+};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use crate::admin::connect;
+use crate::admin::{connect, AdminError};
 use crate::config::{durable_name, legacy_durable_name, owned_description, NatsSourceConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,21 @@ pub enum NatsSourceError {
     Consumer { stream: String, durable: String, reason: String },
     #[error("the subscription to {subject:?} ended: {reason}")]
     Ended { subject: String, reason: String },
+}
+
+impl NatsSourceError {
+    /// What the consumer's status shows.
+    pub fn failure(&self) -> Failure {
+        let reason = match self {
+            Self::Connect(AdminError::Connect { why, .. }) => *why,
+            Self::Connect(AdminError::Request(_)) | Self::Subscribe { .. } | Self::Consumer { .. } => {
+                Reason::SourceError
+            }
+            Self::Stream { .. } => Reason::StreamNotFound,
+            Self::Ended { .. } => Reason::SourceStopped,
+        };
+        Failure::new(reason, self.to_string())
+    }
 }
 
 /// Messages pulled from JetStream per request: a small batch keeps the prefetch (and memory) small.

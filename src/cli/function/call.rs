@@ -13,8 +13,8 @@ use kube::api::{ListParams, LogParams};
 use kube::{Api, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::store::Store;
-use super::{table, ListOutput};
+use crate::cli::store::Store;
+use crate::cli::{table, ListOutput};
 use crate::control::index::{function_url, DEFAULT_URL_TEMPLATE};
 use crate::resources::Function;
 
@@ -263,7 +263,7 @@ pub async fn top(store: &Store, only: Option<&str>, out: &ListOutput) -> anyhow:
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{parse_metrics, MethodStats};
 
     #[test]
     fn metrics_are_summed_by_method() {

@@ -133,11 +133,9 @@ pub async fn run(
                 tick.tick().await;
                 // The daemon-wide gauges, set again every second (from the facts their owners set
                 // them from) so the idle timeout never takes them.
-                metrics::gauge!(crate::telemetry::MEMORY_BUDGET).set(budget.total() as f64);
-                metrics::gauge!(crate::telemetry::MEMORY_BUDGET_HELD).set(budget.held() as f64);
-                metrics::gauge!(crate::telemetry::CONSUMERS).set(supervisor.running() as f64);
-                let manifest_errors = crate::control::lock_report(&report).manifest_errors.len();
-                metrics::gauge!(crate::telemetry::MANIFEST_ERRORS).set(manifest_errors as f64);
+                crate::telemetry::set_memory_budget(budget.total(), budget.held());
+                crate::telemetry::set_consumers(supervisor.running());
+                crate::telemetry::set_manifest_errors(crate::control::lock_report(&report).manifest_errors.len());
                 ticks += 1;
                 if ticks % 5 == 0 {
                     handle.run_upkeep();

@@ -341,7 +341,49 @@ fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Pa
 mod tests {
     use std::collections::BTreeMap;
 
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// The `## Flags` table of `docs/running.md`: each row's flag (the first cell's leading
+    /// backticked `--name`) and its first cell.
+    fn documented_flags() -> BTreeMap<String, String> {
+        let doc = include_str!("../docs/running.md");
+        let table = doc.split("\n## Flags\n").nth(1).expect("docs/running.md has a ## Flags section");
+        let table = table.split("\n## ").next().unwrap_or(table);
+        table
+            .lines()
+            .filter_map(|line| {
+                let cell = line.strip_prefix("| `--")?.split(" |").next()?;
+                let name = cell.split('`').next()?;
+                Some((name.to_string(), cell.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_flags_table_in_the_docs_lists_every_flag_with_its_environment_variable() {
+        let documented = documented_flags();
+        let command = Args::command();
+        let mut flags = BTreeMap::new();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            flags.insert(long.to_string(), arg.get_env().map(|e| e.to_string_lossy().into_owned()));
+        }
+        let missing: Vec<&String> = flags.keys().filter(|f| !documented.contains_key(*f)).collect();
+        let unknown: Vec<&String> = documented.keys().filter(|f| !flags.contains_key(*f)).collect();
+        assert!(missing.is_empty(), "flags missing from docs/running.md#flags: {missing:?}");
+        assert!(unknown.is_empty(), "docs/running.md#flags lists flags the daemon does not have: {unknown:?}");
+        for (flag, env) in &flags {
+            if let Some(env) = env {
+                let cell = &documented[flag];
+                assert!(cell.contains(&format!("`{env}`")), "--{flag}'s row does not name {env}: {cell}");
+            }
+        }
+    }
 
     fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
         let args = Args::try_parse_from(["kubeless-broker", "--manifests", "/m"]).expect("flags");

@@ -11,10 +11,10 @@ use kube::{Api, ResourceExt};
 use super::store::{Object, Store};
 use super::{table, Global, ListOutput, Output};
 use crate::control::manifests::DEFAULT_NAMESPACE;
-use crate::cron::schedule::Schedule;
 use crate::functions::catalogue::Catalogue;
 use crate::functions::objects::FunctionConfig;
 use crate::resources::Function;
+use crate::schedule::Schedule;
 
 /// A flag's value the CLI refuses, and why (shown as `error: --flag: why`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -154,7 +154,7 @@ impl Supervisor {
                 running.insert(key.clone(), start(spec.clone(), self.runner.clone(), predecessor));
             }
         }
-        metrics::gauge!(crate::telemetry::CONSUMERS).set(running.len() as f64);
+        crate::telemetry::set_consumers(running.len());
     }
 
     /// Stops every consumer, each draining and committing, in parallel, and waits for the ones

@@ -100,7 +100,7 @@ async fn publish(
         error!(error = %e, "Manifest rejected.");
     }
     info!(resources = set.resources.len(), errors = set.errors.len(), "Manifests loaded.");
-    metrics::gauge!(crate::telemetry::MANIFEST_ERRORS).set(set.errors.len() as f64);
+    crate::telemetry::set_manifest_errors(set.errors.len());
     let objects = set
         .resources
         .iter()

@@ -3,7 +3,4 @@
 //! tick so a restart never fires a tick twice.
 
 pub mod runner;
-/// Moved to the crate root (resources and policy parse schedules too); kept until the CLI takes
-/// it from there.
-pub use crate::schedule;
 pub mod state;

@@ -18,10 +18,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http_body_util::Full;
 use kubeless_connector::{error_chain, DeadLetter, DeadLetterReason, DeadLetterSink, Message, Outcome};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
 
 pub use self::http::HttpClient;
 use crate::resources::RetryPolicy;
+use crate::telemetry::events::{
+    DeadLetterWriteFailed, DeadLettered, Delivered, Dropped, Emit, LastAttempt, MessageAt, RequestFinished,
+    RetryScheduled, Stale,
+};
 use crate::telemetry::ConsumerMetrics;
 use retry::{backoff, classify, Verdict};
 
@@ -112,6 +115,13 @@ struct Attempt {
     error: String,
 }
 
+impl Attempt {
+    /// This attempt, the `attempts`th, as events report it.
+    fn last(&self, attempts: u32) -> LastAttempt<'_> {
+        LastAttempt { attempts, status: self.status, error: &self.error }
+    }
+}
+
 impl Deliverer {
     pub fn new(
         client: HttpClient,
@@ -126,6 +136,20 @@ impl Deliverer {
 
     pub fn metrics(&self) -> &ConsumerMetrics {
         &self.metrics
+    }
+
+    /// Reports `event` through this consumer's handles.
+    pub fn emit(&self, event: impl Emit) {
+        event.emit(&self.metrics);
+    }
+
+    /// The trigger (`namespace/name`) and function this deliverer serves.
+    pub fn consumer(&self) -> (&str, &str) {
+        (&self.target.trigger, &self.target.function)
+    }
+
+    fn at<'a>(&'a self, msg: &'a Message) -> MessageAt<'a> {
+        MessageAt { trigger: &self.target.trigger, function: &self.target.function, origin: &msg.origin }
     }
 
     /// Delivers `msg` until it is finished, or until `abort` or its partition is revoked (then the
@@ -146,7 +170,7 @@ impl Deliverer {
         loop {
             attempts += 1;
             if !msg.ack.is_current() {
-                self.metrics.stale.increment(1);
+                self.emit(Stale);
                 return msg.ack.release();
             }
             if let Some(limiter) = &self.limiter {
@@ -162,8 +186,7 @@ impl Deliverer {
             let Some(attempt) = attempt else { return msg.ack.release() };
             let retry_after = match attempt.verdict {
                 Verdict::Success => {
-                    self.metrics.delivered.increment(1);
-                    self.metrics.dispatch_duration.record(received.elapsed().as_secs_f64());
+                    self.emit(Delivered { received });
                     msg.ack.finish(Outcome::Delivered);
                     return;
                 }
@@ -188,22 +211,13 @@ impl Deliverer {
                         .await;
                 }
             }
-            self.metrics.retries.increment(1);
             let delay = retry_after.unwrap_or_else(|| backoff(retry, attempts, &mut rand::rng()));
-            if self.target.redeliver_via_source {
-                warn!(
-                    trigger = %self.target.trigger, function = %self.target.function, source = %msg.origin.source,
-                    sequence = msg.origin.offset, attempts, status = ?attempt.status, error = %attempt.error,
-                    delay_ms = delay.as_millis() as u64, "Delivery failed; the broker redelivers it later."
-                );
+            let by_broker = self.target.redeliver_via_source;
+            self.emit(RetryScheduled { at: self.at(&msg), last: attempt.last(attempts), delay, by_broker });
+            if by_broker {
                 msg.ack.finish(Outcome::Redeliver { after: delay });
                 return;
             }
-            warn!(
-                trigger = %self.target.trigger, function = %self.target.function, topic = %msg.origin.source,
-                partition = msg.origin.partition, offset = msg.origin.offset, attempts, status = ?attempt.status,
-                error = %attempt.error, delay_ms = delay.as_millis() as u64, "Delivery failed; retrying."
-            );
             retrying();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -240,7 +254,7 @@ impl Deliverer {
             }
             Err(e) => Attempt { verdict: Verdict::Retry { after: None }, status: None, error: error_chain(&e) },
         };
-        self.metrics.request_duration.record(started.elapsed().as_secs_f64());
+        self.emit(RequestFinished { took: started.elapsed() });
         attempt
     }
 
@@ -255,13 +269,8 @@ impl Deliverer {
     ) {
         let t = &self.target;
         let Some(sink) = &self.dead_letter else {
-            error!(
-                trigger = %t.trigger, function = %t.function, topic = %msg.origin.source, partition = msg.origin.partition,
-                offset = msg.origin.offset, reason = reason.as_str(), attempts, status = ?last.status, error = %last.error,
-                "Message not delivered and no dead-letter destination is configured; it is dropped."
-            );
-            self.metrics.failed.increment(1);
-            self.metrics.dispatch_duration.record(received.elapsed().as_secs_f64());
+            let (at, last) = (self.at(&msg), last.last(attempts));
+            self.emit(Dropped { at, last, reason: reason.as_str(), received });
             msg.ack.finish(Outcome::DeadLettered);
             return;
         };
@@ -284,23 +293,15 @@ impl Deliverer {
             let Some(written) = written else { return msg.ack.release() };
             match written {
                 Ok(()) => {
-                    warn!(
-                        trigger = %t.trigger, function = %t.function, topic = %msg.origin.source, partition = msg.origin.partition,
-                        offset = msg.origin.offset, reason = reason.as_str(), attempts, status = ?last.status,
-                        "Message dead-lettered to {}.", sink.describe()
-                    );
-                    self.metrics.dead_lettered.increment(1);
-                    self.metrics.dispatch_duration.record(received.elapsed().as_secs_f64());
+                    let destination = sink.describe();
+                    let (at, last) = (self.at(&msg), last.last(attempts));
+                    self.emit(DeadLettered { at, last, reason: reason.as_str(), destination: &destination, received });
                     msg.ack.finish(Outcome::DeadLettered);
                     return;
                 }
                 Err(e) => {
-                    self.metrics.dead_letter_write_failures.increment(1);
+                    self.emit(DeadLetterWriteFailed { at: self.at(&msg), error: &e, tries });
                     let delay = backoff(&t.retry, tries, &mut rand::rng());
-                    error!(
-                        trigger = %t.trigger, function = %t.function, error = %e, tries,
-                        "Dead-letter write failed; the message stays uncommitted and the write is retried."
-                    );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = abort.cancelled() => return msg.ack.release(),

@@ -14,13 +14,13 @@ use kubeless_kinesis::ShardLeases;
 use kubeless_nats::NatsDeadLetter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 use crate::control::spec::{ConsumerSpec, CronSource, SourceSpec};
 use crate::cron::runner::Scheduling;
 use crate::delivery::event::EventStyle;
 use crate::delivery::{Deliverer, HttpClient, Target};
 use crate::resources::{DeadLetterTarget, Ordering};
+use crate::telemetry::events::{ConsumerFailed, Emit};
 use crate::telemetry::{ConsumerMetrics, CronMetrics};
 use crate::{cron, dispatch};
 
@@ -108,15 +108,14 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
         let failure =
             result.err().unwrap_or_else(|| Failure::new(Reason::SourceStopped, "the source stopped on its own"));
         health.set(SourceState::Failed(failure.clone()));
+        let (trigger, function) = (spec.trigger.as_str(), spec.function.as_str());
+        ConsumerFailed { trigger, function, failure: &failure, retry_in: backoff }.emit(&metrics);
         if !failure.is_retriable() {
             // Trying again cannot help: the supervisor restarts this consumer when its spec (its
             // trigger, function or their Secrets) changes.
-            error!(trigger = %spec.trigger, function = %spec.function, reason = %failure.reason, error = %failure.detail, "Consumer failed; it waits for its trigger or function to change.");
             stop.cancelled().await;
             break;
         }
-        error!(trigger = %spec.trigger, function = %spec.function, reason = %failure.reason, error = %failure.detail, retry_in_s = backoff.as_secs(), "Consumer failed; restarting.");
-        metrics.restarted(failure.reason);
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = stop.cancelled() => break,

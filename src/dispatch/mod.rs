@@ -30,6 +30,7 @@ pub mod consumer;
 
 use crate::delivery::Deliverer;
 use crate::resources::Ordering;
+use crate::telemetry::events::{DeliveryPanicked, Received};
 
 /// The lane a message must keep order within.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -162,7 +163,8 @@ pub async fn run(
             // (delivered again after a restart) and the messages behind it keep flowing.
             let delivery = deliverer.deliver_noting_retries(msg, &abort, &noted);
             if AssertUnwindSafe(delivery).catch_unwind().await.is_err() {
-                tracing::error!("A delivery panicked; its message stays uncommitted.");
+                let (trigger, function) = deliverer.consumer();
+                deliverer.emit(DeliveryPanicked { trigger, function });
             }
             if let Some(lane) = lane.as_ref().filter(|_| retried.load(AtomicOrdering::Relaxed)) {
                 retrying.lanes().remove(lane);
@@ -204,7 +206,7 @@ pub async fn run(
             msg = input.recv(), if can_take => match msg {
                 None => input_open = false,
                 Some(msg) => {
-                    deliverer.metrics().received.increment(1);
+                    deliverer.emit(Received);
                     match lane_of(ordering, &msg) {
                         None => spawn(&mut running, msg, None),
                         Some(lane) => match busy.entry(lane) {

@@ -188,7 +188,7 @@ pub async fn elect(mut lock: LeaseLock, leading: watch::Sender<bool>, stop: Canc
                 renewed.is_some_and(|at| at.elapsed() < RENEW_DEADLINE)
             }
         };
-        metrics::gauge!(crate::telemetry::LEADER).set(f64::from(u8::from(holds)));
+        crate::telemetry::set_leader(holds);
         let was = leading.send_replace(holds);
         if holds != was {
             info!(lease = %lock.name, identity = %lock.identity, leading = holds, "Leadership changed.");
@@ -199,7 +199,7 @@ pub async fn elect(mut lock: LeaseLock, leading: watch::Sender<bool>, stop: Canc
         }
     }
     leading.send_replace(false);
-    metrics::gauge!(crate::telemetry::LEADER).set(0.0);
+    crate::telemetry::set_leader(false);
     if let Err(e) = lock.release().await {
         warn!(lease = %lock.name, error = %kubeless_connector::error_chain(&e), "Cannot release the leader lease; another replica takes over when it expires.");
     }

@@ -1,5 +1,5 @@
 //! The policy's flags, each with an environment variable: the one place an admin sets what
-//! tenants may do (README: "Running a shared cluster").
+//! tenants may do (docs/shared-cluster.md).
 
 use std::time::Duration;
 

@@ -2,6 +2,13 @@
 //!
 //! Labels are bounded: `trigger` (`namespace/name`), `function`, and where needed `outcome`.
 //! Handles are registered once per consumer, so the hot path does no label hashing.
+//!
+//! The one place the `metrics` macros are used (`clippy.toml` bans them elsewhere): everything
+//! else reports through [`ConsumerMetrics`], [`CronMetrics`], the [`events`] and the daemon-wide
+//! setters below.
+#![allow(clippy::disallowed_macros)]
+
+pub mod events;
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit,
@@ -132,6 +139,27 @@ pub fn describe() {
         "Cron ticks by outcome: fired, skipped (Forbid), replaced (Replace), succeeded, failed."
     );
     describe_histogram!(CRON_LATENESS, Unit::Seconds, "How late a cron tick fired after its scheduled time.");
+}
+
+/// How many consumers run.
+pub fn set_consumers(running: usize) {
+    gauge!(CONSUMERS).set(running as f64);
+}
+
+/// How many manifest documents are rejected (standalone mode).
+pub fn set_manifest_errors(errors: usize) {
+    gauge!(MANIFEST_ERRORS).set(errors as f64);
+}
+
+/// Whether this replica leads (Kubernetes mode).
+pub fn set_leader(leading: bool) {
+    gauge!(LEADER).set(f64::from(u8::from(leading)));
+}
+
+/// The memory budget and what the consumers hold of it.
+pub fn set_memory_budget(total: u64, held: u64) {
+    gauge!(MEMORY_BUDGET).set(total as f64);
+    gauge!(MEMORY_BUDGET_HELD).set(held as f64);
 }
 
 /// The handles of one consumer.

@@ -1,3 +1,8 @@
+use base64::Engine;
+use k8s_openapi::api::core::v1::Container;
+
+use super::content::sha256_hex;
+use super::deployment::unique_by;
 use super::*;
 
 const CODE: &str = "def hello(event, context):\n    return event['data']\n";

@@ -1,9 +1,12 @@
 use std::path::PathBuf;
 
+use kubeless_kafka::KafkaSourceConfig;
+use kubeless_nats::NatsAuth;
+
 use super::*;
 use crate::control::manifests::parse_file;
 use crate::policy::TenancyPolicy;
-use crate::resources::ConcurrencyPolicy;
+use crate::resources::{ConcurrencyPolicy, DeadLetterTarget, Kind};
 
 fn settings() -> IndexSettings {
     IndexSettings {

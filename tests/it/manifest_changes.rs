@@ -153,8 +153,9 @@ async fn a_file_caught_half_written_keeps_its_objects_until_it_reads_again() {
     let f = Function::start(Behaviour::Ok).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("all.yaml");
-    let whole =
-        [function_yaml("f", "{function: f}", &f.url), trigger_yaml("t", "steady", "{function: f}", "")].join("---\n");
+    // Written out in flow style, as a person would: cut inside `{function: f}`, it is not YAML.
+    let trigger = "apiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {name: t, namespace: default}\nspec:\n  topic: steady\n  functionSelector:\n    matchLabels: {function: f}\n";
+    let whole = [function_yaml("f", "{function: f}", &f.url), trigger.to_string()].join("---\n");
     std::fs::write(&file, &whole).expect("write");
     let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
     daemon.wait_ready().await;

@@ -265,17 +265,17 @@ async fn a_timeout_edit_reaches_the_jetstream_durable_and_messages_in_progress_a
     let f = Function::start(Behaviour::Slow(Duration::from_secs(10))).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let write = |timeout: &str| {
-        let function = function_yaml("f", "{function: f}", &f.url).replace("timeout: \"30\"", timeout);
+        let function = function_with_timeout_yaml("f", "{function: f}", &f.url, timeout);
         let trigger = nats_trigger_yaml("t", "edited", "{function: f}", "  jetstream: {stream: EDITED}\n");
         std::fs::write(dir.path().join("m.yaml"), [function, trigger].join("---\n")).expect("write");
     };
-    write("timeout: \"1\"");
+    write("1");
     let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
     daemon.wait_ready().await;
     let durable = durable_of("t", "f", "edited");
     assert_eq!(ack_wait(&nats, "EDITED", &durable).await, Some(Duration::from_secs(6)));
 
-    write("timeout: \"30\"");
+    write("30");
     wait_for_async("the durable's new ack wait on the server", Duration::from_secs(60), || async {
         ack_wait(&nats, "EDITED", &durable).await == Some(Duration::from_secs(35))
     })

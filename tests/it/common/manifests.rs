@@ -41,15 +41,21 @@ fn yaml_of(object: &impl Serialize, extra: &str) -> String {
     serde_yaml::to_string(&value).expect("YAML")
 }
 
-/// A Function in `default`, labelled `labels` (`{function: f}`), reached at `url`.
+/// A Function in `default`, labelled `labels` (`{function: f}`), reached at `url`, with a 30 s
+/// timeout.
 pub fn function_yaml(name: &str, labels_flow: &str, url: &str) -> String {
+    function_with_timeout_yaml(name, labels_flow, url, "30")
+}
+
+/// [`function_yaml`] with `spec.timeout` (seconds, as Kubeless wrote it: a string).
+pub fn function_with_timeout_yaml(name: &str, labels_flow: &str, url: &str, timeout: &str) -> String {
     let mut metadata = meta(name);
     metadata.labels = Some(labels(labels_flow));
     metadata.annotations = Some([(URL_ANNOTATION.to_string(), url.to_string())].into());
     let spec = FunctionSpec {
         runtime: "python3.7".into(),
         handler: "h.f".into(),
-        timeout: Some(IntOrString::String("30".into())),
+        timeout: Some(IntOrString::String(timeout.into())),
         ..FunctionSpec::default()
     };
     yaml_of(&Function { metadata, spec, status: None }, "")

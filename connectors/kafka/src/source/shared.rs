@@ -1,12 +1,5 @@
-//! The Kafka source: one consumer-group member on its own thread.
-//!
-//! Messages go to the dispatcher through a bounded channel. While it is briefly full the thread
-//! waits for room; if it stays full (a slow function) the assigned partitions are paused, so
-//! librdkafka stops fetching and memory stays bounded, and the thread keeps polling to serve
-//! rebalances. Acknowledgements come back over a channel; the contiguous finished prefix of each
-//! partition is stored and auto-committed, and committed synchronously on revocation and shutdown.
-//! A partition whose uncommitted span reaches `max_uncommitted` (one message retried forever holds
-//! back every later offset) is paused on its own until the span shrinks.
+//! The consumer thread's state: the partitions it owns with their trackers, the messages waiting
+//! for room in the dispatch channel, and the acker that brings outcomes back to the thread.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,86 +9,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kubeless_connector::{
-    AckHandle, Acker, ConsumerBudget, Failure, Health, Message, Origin, Outcome, PartitionTracker, Position, Reason,
-    SourceContext, SourceState,
+    AckHandle, Acker, ConsumerBudget, Failure, Health, Message, Origin, Outcome, PartitionTracker, Position,
+    SourceState,
 };
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, error, info, warn};
 
-use crate::KafkaSourceConfig;
+use super::reason_of;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KafkaSourceError {
-    #[error("cannot create a Kafka consumer for group {group}: {source}")]
-    CreateConsumer {
-        group: String,
-        #[source]
-        source: Box<KafkaError>,
-    },
-    #[error("cannot subscribe group {group} to topics {topics:?}: {source}")]
-    Subscribe {
-        group: String,
-        topics: Vec<String>,
-        #[source]
-        source: Box<KafkaError>,
-    },
-    #[error("cannot start the consumer thread for group {group}: {source}")]
-    SpawnThread {
-        group: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the consumer thread for group {group} panicked")]
-    ThreadPanicked { group: String },
-}
-
-impl KafkaSourceError {
-    /// What the consumer's status shows. librdkafka refuses a bad property when the consumer is
-    /// created: that waits for the spec to change; the rest is tried again.
-    pub fn failure(&self) -> Failure {
-        let reason = match self {
-            Self::CreateConsumer { .. } => Reason::InvalidConfig,
-            Self::Subscribe { source, .. } => reason_of(source),
-            Self::SpawnThread { .. } => Reason::SourceError,
-            Self::ThreadPanicked { .. } => Reason::Panicked,
-        };
-        Failure::new(reason, self.to_string())
-    }
-}
-
-/// The reason a librdkafka error stands for.
-pub fn reason_of(err: &KafkaError) -> Reason {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    match err.rdkafka_error_code() {
-        Some(Code::BrokerTransportFailure | Code::AllBrokersDown | Code::Resolve | Code::NetworkException) => {
-            Reason::BrokerUnreachable
-        }
-        Some(
-            Code::Authentication
-            | Code::SaslAuthenticationFailed
-            | Code::TopicAuthorizationFailed
-            | Code::GroupAuthorizationFailed
-            | Code::ClusterAuthorizationFailed,
-        ) => Reason::NotAuthorized,
-        Some(Code::SSL) => Reason::TlsFailed,
-        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition) => Reason::TopicNotFound,
-        Some(Code::InvalidArgument) => Reason::InvalidConfig,
-        _ => Reason::SourceError,
-    }
-}
-
-/// How long one `poll` waits for a record; also the longest a rebalance or shutdown waits for us.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long the thread waits for room in the dispatch channel before pausing its partitions.
-/// Pausing makes librdkafka drop its prefetch and fetch again on resume, so brief fullness (the
-/// normal state when the function is the bottleneck) is waited out instead.
-const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How often finished offsets are handed to librdkafka's offset store. It auto-commits the store
 /// every second, and revocation and shutdown commit directly, so storing after every message would
 /// only cost an FFI list per record.
@@ -103,186 +28,11 @@ const STORE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long taking partitions waits to read their committed offsets.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs a consumer until `ctx.shutdown` is cancelled or the dispatch channel closes, then drains and
-/// commits. Returns once the consumer has left its group.
-pub async fn run_source(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), KafkaSourceError> {
-    let runtime = tokio::runtime::Handle::current();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let group = config.group_id.clone();
-    std::thread::Builder::new()
-        .name("kafka-source".to_string())
-        .spawn(move || {
-            let result = consume(config, ctx, runtime);
-            // The receiver is gone only if the task awaiting us was dropped; nothing to tell then.
-            let _ = done_tx.send(result);
-        })
-        .map_err(|source| KafkaSourceError::SpawnThread { group: group.clone(), source })?;
-    done_rx.await.unwrap_or(Err(KafkaSourceError::ThreadPanicked { group }))
-}
-
-fn consume(
-    config: KafkaSourceConfig,
-    ctx: SourceContext,
-    runtime: tokio::runtime::Handle,
-) -> Result<(), KafkaSourceError> {
-    let (ack_tx, ack_rx) = std_mpsc::channel();
-    let live = Arc::new(RwLock::new(HashSet::new()));
-    let acker: Arc<dyn Acker> = Arc::new(ChannelAcker { acks: ack_tx, live: live.clone() });
-    let shared = Arc::new(Shared {
-        group: config.group_id.clone(),
-        health: ctx.health.clone(),
-        drain_timeout: config.drain_timeout,
-        assigned: AtomicBool::new(false),
-        rebalancing: AtomicBool::new(false),
-        inner: Mutex::new(Inner {
-            health: ctx.health.clone(),
-            max_uncommitted: config.max_uncommitted.max(1),
-            live,
-            slots: Vec::new(),
-            next_generation: 1,
-            acks: ack_rx,
-            stash: VecDeque::new(),
-            paused: false,
-            last_store: Instant::now(),
-            unsaved: HashMap::new(),
-        }),
-    });
-    let consumer: BaseConsumer<SourceCtx> = config
-        .client_config_within(ctx.budget.share())
-        .create_with_context(SourceCtx { shared: shared.clone() })
-        .map_err(|source| KafkaSourceError::CreateConsumer {
-            group: config.group_id.clone(),
-            source: Box::new(source),
-        })?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(|source| KafkaSourceError::Subscribe {
-        group: config.group_id.clone(),
-        topics: config.topics.clone(),
-        source: Box::new(source),
-    })?;
-    info!(group = %config.group_id, topics = ?config.topics, "Kafka consumer subscribed.");
-
-    while !ctx.shutdown.is_cancelled() {
-        shared.lock().settle(&consumer);
-        if !shared.lock().flush_stash(&ctx.out) {
-            break;
-        }
-        // Nothing more is taken from librdkafka while messages wait in the stash (the channel was
-        // full) or while the consumer holds its share of the memory budget: the stash goes out as
-        // the channel makes room; new records once the budget does.
-        let (stashed, over_budget) = (shared.lock().has_stash(), !ctx.budget.has_room());
-        if stashed || over_budget {
-            if !shared.lock().paused {
-                // Wait for half the channel rather than one slot: waking this thread for every
-                // message the dispatcher takes cost more CPU than the message itself.
-                let want = (ctx.out.max_capacity() / 2).max(1);
-                // The timer must be created inside block_on, where the runtime context exists.
-                let room = runtime.block_on(async {
-                    tokio::time::timeout(PAUSE_AFTER, async {
-                        if !stashed {
-                            ctx.budget.room().await;
-                        }
-                        ctx.out.reserve_many(want).await
-                    })
-                    .await
-                });
-                match room {
-                    Ok(Ok(mut permits)) => {
-                        {
-                            let mut inner = shared.lock();
-                            while !inner.stash.is_empty() {
-                                let Some(permit) = permits.next() else { break };
-                                if let Some(msg) = inner.stash.pop_front() {
-                                    permit.send(msg);
-                                }
-                            }
-                        }
-                        // Fill the rest of the room with what librdkafka has already fetched,
-                        // within the memory budget.
-                        for permit in permits {
-                            if !ctx.budget.has_room() {
-                                break;
-                            }
-                            match consumer.poll(Duration::ZERO) {
-                                None => break,
-                                Some(Err(err)) => {
-                                    shared.report_error(&err);
-                                    break;
-                                }
-                                Some(Ok(record)) => {
-                                    if let Some(msg) = shared.lock().track(&record, &acker, &ctx.budget) {
-                                        permit.send(msg);
-                                    }
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    Ok(Err(_closed)) => break,
-                    Err(_elapsed) => shared.lock().pause(&consumer, true),
-                }
-            }
-        } else if shared.lock().paused {
-            shared.lock().pause(&consumer, false);
-        }
-        // The lock is never held across poll: rebalance callbacks run inside it and take it.
-        let polled = consumer.poll(POLL_INTERVAL);
-        match polled {
-            None => {}
-            Some(Err(err)) => shared.report_error(&err),
-            Some(Ok(record)) => {
-                let mut inner = shared.lock();
-                let Some(msg) = inner.track(&record, &acker, &ctx.budget) else { continue };
-                if inner.has_stash() {
-                    inner.stash.push_back(msg);
-                } else {
-                    match ctx.out.try_send(msg) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(msg)) => inner.stash.push_back(msg),
-                        Err(TrySendError::Closed(msg)) => {
-                            msg.ack.release();
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    // A stop in the middle of a rebalance (partitions revoked and drained, the new assignment not
-    // yet received) lets the rebalance finish before leaving, within the drain timeout: a member
-    // leaving mid-join makes the group start its join over, and tansu 0.6 never completes a join
-    // whose leader left during it. Nothing polled meanwhile is handed out, so none of it is
-    // delivered or committed.
-    let deadline = Instant::now() + shared.drain_timeout;
-    if shared.rebalancing.load(Ordering::Relaxed) {
-        info!(group = %config.group_id, "Kafka consumer stopping during a rebalance: waiting for it to finish before leaving.");
-        while shared.rebalancing.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Some(Err(err)) = consumer.poll(POLL_INTERVAL) {
-                shared.report_error(&err);
-            }
-        }
-    }
-    info!(group = %config.group_id, "Kafka consumer stopping: draining in-flight messages.");
-    {
-        let mut inner = shared.lock();
-        inner.pause(&consumer, true);
-        let all: Vec<usize> = (0..inner.slots.len()).collect();
-        // One deadline for the whole stop, so it stays within the drain timeout.
-        inner.release(&consumer, &all, deadline, &shared.group);
-    }
-    ctx.health.clear_oldest_unfinished();
-    // Dropping the consumer leaves the group; its revoke callback finds nothing left to drain.
-    drop(consumer);
-    info!(group = %config.group_id, "Kafka consumer stopped.");
-    Ok(())
-}
-
-struct ChannelAcker {
-    acks: std_mpsc::Sender<(Position, Outcome)>,
+pub(super) struct ChannelAcker {
+    pub(super) acks: std_mpsc::Sender<(Position, Outcome)>,
     /// Generations of the partitions owned now (each assignment of a partition gets a new one).
     /// Read before every delivery attempt, written only on rebalances.
-    live: Arc<RwLock<HashSet<u32>>>,
+    pub(super) live: Arc<RwLock<HashSet<u32>>>,
 }
 
 impl Acker for ChannelAcker {
@@ -297,28 +47,28 @@ impl Acker for ChannelAcker {
     }
 }
 
-struct Shared {
-    group: String,
-    health: Health,
-    drain_timeout: Duration,
+pub(super) struct Shared {
+    pub(super) group: String,
+    pub(super) health: Health,
+    pub(super) drain_timeout: Duration,
     /// Set by the first assignment; errors before it mean "not connected", after it they are
     /// transient and only logged.
-    assigned: AtomicBool,
+    pub(super) assigned: AtomicBool,
     /// Between a revocation and the assignment that ends its rebalance.
-    rebalancing: AtomicBool,
+    pub(super) rebalancing: AtomicBool,
     /// Touched only by the consumer thread (the loop and the callbacks librdkafka runs inside its
     /// `poll`), so it is never contended; the mutex is what lets the callback context be `Sync`.
-    inner: Mutex<Inner>,
+    pub(super) inner: Mutex<Inner>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock means this thread panicked earlier while holding it; the data is still
         // consistent enough to drain and commit, so keep going.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn report_error(&self, err: &KafkaError) {
+    pub(super) fn report_error(&self, err: &KafkaError) {
         warn!(group = %self.group, error = %err, "Kafka consumer error.");
         if !self.assigned.load(Ordering::Relaxed) {
             let detail = format!("Kafka consumer for group {}: {err}", self.group);
@@ -328,7 +78,7 @@ impl Shared {
 }
 
 /// One owned partition.
-struct Slot {
+pub(super) struct Slot {
     topic: Arc<str>,
     partition: i32,
     generation: u32,
@@ -345,32 +95,32 @@ impl Slot {
     }
 }
 
-struct Inner {
-    health: Health,
-    max_uncommitted: usize,
-    live: Arc<RwLock<HashSet<u32>>>,
+pub(super) struct Inner {
+    pub(super) health: Health,
+    pub(super) max_uncommitted: usize,
+    pub(super) live: Arc<RwLock<HashSet<u32>>>,
     /// Owned partitions; `Position::slot` indexes this. A revoked partition leaves `None` so the
     /// indices of the others stay valid. Partitions per consumer are few, so lookup is a scan.
-    slots: Vec<Option<Slot>>,
+    pub(super) slots: Vec<Option<Slot>>,
     /// Bumped on every assignment so acks for a partition we lost and got back are ignored.
-    next_generation: u32,
-    acks: std_mpsc::Receiver<(Position, Outcome)>,
+    pub(super) next_generation: u32,
+    pub(super) acks: std_mpsc::Receiver<(Position, Outcome)>,
     /// Messages taken from librdkafka that the dispatch channel had no room for, in order. At most
     /// what librdkafka had prefetched when the partitions were paused.
-    stash: VecDeque<Message>,
-    paused: bool,
-    last_store: Instant,
+    pub(super) stash: VecDeque<Message>,
+    pub(super) paused: bool,
+    pub(super) last_store: Instant,
     /// Next offsets that were finished when their partition was released but whose commit failed.
-    unsaved: HashMap<(Arc<str>, i32), i64>,
+    pub(super) unsaved: HashMap<(Arc<str>, i32), i64>,
 }
 
 impl Inner {
-    fn has_stash(&self) -> bool {
+    pub(super) fn has_stash(&self) -> bool {
         !self.stash.is_empty()
     }
 
     /// Sends stashed messages while the channel has room. False if the channel is closed.
-    fn flush_stash(&mut self, out: &tokio::sync::mpsc::Sender<Message>) -> bool {
+    pub(super) fn flush_stash(&mut self, out: &tokio::sync::mpsc::Sender<Message>) -> bool {
         while let Some(msg) = self.stash.pop_front() {
             match out.try_send(msg) {
                 Ok(()) => {}
@@ -411,7 +161,7 @@ impl Inner {
 
     /// Applies every ack that arrived, pauses or resumes partitions at their uncommitted limit, and
     /// stores the offsets that moved.
-    fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    pub(super) fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         while let Ok(ack) = self.acks.try_recv() {
             self.apply(ack);
         }
@@ -439,7 +189,7 @@ impl Inner {
     }
 
     /// Pauses every partition (the dispatcher is full), or resumes those not at their limit.
-    fn pause<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, pause: bool) {
+    pub(super) fn pause<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, pause: bool) {
         let result = if pause {
             let Ok(assignment) = consumer.assignment() else { return };
             consumer.pause(&assignment)
@@ -487,7 +237,7 @@ impl Inner {
 
     /// Registers a record as handed out and turns it into a message.
     /// Registers a record as handed out and turns it into a message charged to `budget`.
-    fn track(
+    pub(super) fn track(
         &mut self,
         record: &BorrowedMessage<'_>,
         acker: &Arc<dyn Acker>,
@@ -525,7 +275,7 @@ impl Inner {
         )
     }
 
-    fn assign(&mut self, tpl: &TopicPartitionList) {
+    pub(super) fn assign(&mut self, tpl: &TopicPartitionList) {
         for elem in tpl.elements() {
             let generation = self.next_generation;
             self.next_generation = self.next_generation.wrapping_add(1);
@@ -546,7 +296,7 @@ impl Inner {
         self.paused = false;
     }
 
-    fn slots_of(&self, tpl: &TopicPartitionList) -> Vec<usize> {
+    pub(super) fn slots_of(&self, tpl: &TopicPartitionList) -> Vec<usize> {
         let elems = tpl.elements();
         self.slots
             .iter()
@@ -560,7 +310,7 @@ impl Inner {
     /// Gives up the given slots: drops their stashed messages (never handed out, the next owner
     /// reads them), waits until `deadline` for the rest to finish, commits the finished prefix
     /// synchronously and forgets the slots.
-    fn release<C: ConsumerContext>(
+    pub(super) fn release<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         slots: &[usize],
@@ -635,7 +385,7 @@ impl Inner {
     /// failed (a broker restart ends the member's generation mid-stream): without it, everything
     /// since the last auto-commit would be delivered again. Only ever moves a committed offset
     /// forward, so another member's progress in between is kept.
-    fn commit_unsaved<C: ConsumerContext>(
+    pub(super) fn commit_unsaved<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         assigned: &TopicPartitionList,
@@ -680,57 +430,6 @@ impl Inner {
             Err(err) => {
                 warn!(group, error = %err, "Committing offsets delivered before the last release failed; they will be delivered again.")
             }
-        }
-    }
-}
-
-struct SourceCtx {
-    shared: Arc<Shared>,
-}
-
-impl ClientContext for SourceCtx {
-    fn stats(&self, statistics: Statistics) {
-        let lag = statistics
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .sum();
-        self.shared.health.set_lag(lag);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        warn!(group = %self.shared.group, error = %error, reason, "Kafka client error.");
-        if !self.shared.assigned.load(Ordering::Relaxed) {
-            let detail = format!("Kafka group {}: {reason}", self.shared.group);
-            self.shared.health.set(SourceState::Failed(Failure::new(reason_of(&error), detail)));
-        }
-    }
-}
-
-impl ConsumerContext for SourceCtx {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                self.shared.rebalancing.store(true, Ordering::Relaxed);
-                let mut inner = self.shared.lock();
-                let slots = inner.slots_of(tpl);
-                info!(group = %self.shared.group, partitions = tpl.count(), "Partitions revoked: draining before release.");
-                inner.release(consumer, &slots, Instant::now() + self.shared.drain_timeout, &self.shared.group);
-            }
-            Rebalance::Error(err) => warn!(group = %self.shared.group, error = %err, "Rebalance error."),
-            Rebalance::Assign(tpl) => self.shared.lock().commit_unsaved(consumer, tpl, &self.shared.group),
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.shared.lock().assign(tpl);
-            self.shared.assigned.store(true, Ordering::Relaxed);
-            self.shared.rebalancing.store(false, Ordering::Relaxed);
-            self.shared.health.set(SourceState::Ready);
-            info!(group = %self.shared.group, partitions = tpl.count(), "Partitions assigned.");
         }
     }
 }

@@ -82,6 +82,7 @@ pub async fn supervise(spec: ConsumerSpec, services: Services, health: Health, s
             while !stop.is_cancelled() {
                 tick.tick().await;
                 metrics.lag.set(health.lag() as f64);
+                metrics.failing.set(f64::from(u8::from(matches!(health.state(), SourceState::Failed(_)))));
                 // Touched, so a consumer idle for long keeps its series (a stopped one's go).
                 metrics.in_flight.increment(0.0);
                 metrics.oldest_unacked.set(health.oldest_unfinished_age().unwrap_or_default().as_secs_f64());
@@ -234,7 +235,7 @@ async fn dead_letter_sink(spec: &ConsumerSpec) -> Result<Option<Arc<dyn DeadLett
             let properties = properties.as_ref().unwrap_or(&kafka.properties);
             let sink = KafkaDeadLetter::new(brokers, topic, properties).map_err(|e| {
                 let detail = format!("cannot create the dead-letter producer for topic {topic}: {e}");
-                Failure::new(Reason::InvalidConfig, detail)
+                Failure::new(kubeless_kafka::creation_reason(&e), detail)
             })?;
             Some(Arc::new(sink))
         }

@@ -94,9 +94,9 @@ fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
     if facts.consumers.is_empty() {
         return ("False", "Starting", "consumers are being started".to_string());
     }
-    // The first failed consumer's reason (functions in name order) names the condition; the
-    // message says every one's.
-    let failed: Vec<&Failure> = facts
+    // A failure that needs a person (a permanent one) names the condition first, then the first
+    // failed consumer's (functions in name order); the message says every one's.
+    let mut failed: Vec<&Failure> = facts
         .consumers
         .iter()
         .filter_map(|c| match &c.state {
@@ -104,6 +104,7 @@ fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
             _ => None,
         })
         .collect();
+    failed.sort_by_key(|f| f.is_retriable());
     if let Some(first) = failed.first() {
         let details: Vec<String> = facts
             .consumers

@@ -60,6 +60,17 @@ fn each_reason_a_trigger_is_not_ready_is_named() {
     assert_eq!(ready(&s), ("False", "BrokerUnreachable", "fa: broker 127.0.0.1:1 unreachable"));
     assert_eq!(s.functions.iter().filter_map(|f| f.reason.as_deref()).collect::<Vec<_>>(), ["BrokerUnreachable"]);
 
+    // A failure that needs a person names the condition before a retriable one.
+    let mut refused = consumer("fb", "Failed: sasl.mechanism: invalid value", 0);
+    let config =
+        kubeless_connector::Failure::new(kubeless_connector::Reason::InvalidConfig, "sasl.mechanism: invalid value");
+    refused.state = SourceState::Failed(config);
+    let s = trigger_status(Kind::KafkaTrigger, facts(&[&failed, &refused]), None, "T0");
+    assert_eq!(
+        ready(&s),
+        ("False", "InvalidConfig", "fa: broker 127.0.0.1:1 unreachable; fb: sasl.mechanism: invalid value")
+    );
+
     let invalid = Facts { invalid: Some("spec.delivery.timeout: \"soon\" is not a duration"), ..facts(&[]) };
     let s = trigger_status(Kind::KafkaTrigger, invalid, None, "T0");
     assert_eq!(ready(&s), ("False", "InvalidSpec", "spec.delivery.timeout: \"soon\" is not a duration"));

@@ -33,6 +33,8 @@ pub const CONSUMERS: &str = "kubeless_consumers";
 pub const LEADER: &str = "kubeless_leader";
 pub const MANIFEST_ERRORS: &str = "kubeless_manifest_errors";
 pub const CONSUMER_RESTARTS: &str = "kubeless_consumer_restarts_total";
+/// 1 while a consumer's source is failed (retrying, or waiting for its spec to change).
+pub const CONSUMER_FAILED: &str = "kubeless_consumer_failed";
 pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
 pub const CRON_LATENESS: &str = "kubeless_cron_tick_lateness_seconds";
 pub const MEMORY_BUDGET: &str = "kubeless_memory_budget_bytes";
@@ -61,6 +63,7 @@ pub const ALL: &[&str] = &[
     LEADER,
     MANIFEST_ERRORS,
     CONSUMER_RESTARTS,
+    CONSUMER_FAILED,
     CRON_TICKS,
     CRON_LATENESS,
     MEMORY_BUDGET,
@@ -132,7 +135,16 @@ pub fn describe() {
         "1 while this replica leads: fires cron ticks, writes status, cleans up (Kubernetes mode)."
     );
     describe_gauge!(MANIFEST_ERRORS, Unit::Count, "Manifest documents that failed to load or validate.");
-    describe_counter!(CONSUMER_RESTARTS, Unit::Count, "Consumers restarted after an error, by the error's reason.");
+    describe_counter!(
+        CONSUMER_RESTARTS,
+        Unit::Count,
+        "Consumers restarted after an error, by the error's reason (a series appears at its first restart)."
+    );
+    describe_gauge!(
+        CONSUMER_FAILED,
+        Unit::Count,
+        "1 while a consumer's source is failed: retrying, or (a permanent failure) waiting for its trigger to change."
+    );
     describe_counter!(
         CRON_TICKS,
         Unit::Count,
@@ -179,6 +191,8 @@ pub struct ConsumerMetrics {
     pub abandoned: Counter,
     pub stale: Counter,
     pub checkpoint_failures: Counter,
+    /// 1 while the source is failed.
+    pub failing: Gauge,
     labels: [(&'static str, String); 3],
 }
 
@@ -201,6 +215,7 @@ impl ConsumerMetrics {
             abandoned: counter!(MESSAGES_ABANDONED, &labels),
             stale: counter!(MESSAGES_STALE, &labels),
             checkpoint_failures: counter!(CHECKPOINT_FAILURES, &labels),
+            failing: gauge!(CONSUMER_FAILED, &labels),
             labels,
         }
     }

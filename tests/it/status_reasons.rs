@@ -97,6 +97,8 @@ async fn five_failures_show_five_ready_reasons_and_a_permanent_one_waits_for_its
     .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(restarts("garbled-creds").await, 0.0, "a consumer whose config is refused was restarted");
+    let failed = daemon.metric("kubeless_consumer_failed{trigger=\"default/garbled-creds\"").await;
+    assert_eq!(failed, 1.0, "a permanent failure shows on /metrics");
     let waiting = daemon.log_text().matches("it waits for its trigger or function to change").count();
     assert_eq!(waiting, 1, "the permanent failure is reported once");
     let restarted = daemon.metric("kubeless_consumer_restarts_total{trigger=\"default/wrong-password\"").await;

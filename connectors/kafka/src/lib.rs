@@ -19,4 +19,4 @@ pub use dead_letter::KafkaDeadLetter;
 pub use properties::{
     is_security_property, is_sensitive_property, secret_properties, Properties, SecretPropertiesError,
 };
-pub use source::{run_source, KafkaSourceError};
+pub use source::{creation_reason, run_source, KafkaSourceError};

@@ -50,7 +50,8 @@ pub async fn connect(
             | ConnectErrorKind::Io
             | ConnectErrorKind::TimedOut
             | ConnectErrorKind::MaxReconnects => Reason::BrokerUnreachable,
-            ConnectErrorKind::ServerParse => Reason::InvalidConfig,
+            // Also raised for addresses the server advertises: not necessarily ours to fix.
+            ConnectErrorKind::ServerParse => Reason::SourceError,
         };
         err(why, e.to_string())
     })

@@ -53,20 +53,30 @@ pub enum KafkaSourceError {
 }
 
 impl KafkaSourceError {
-    /// What the consumer's status shows. librdkafka refuses a bad property when the consumer is
-    /// created: that waits for the spec to change; the rest is tried again.
+    /// What the consumer's status shows. A property librdkafka refuses waits for the spec to
+    /// change; everything else is tried again, creation included (it also fails for passing
+    /// reasons: no thread to spare, a certificate file not there yet).
     pub fn failure(&self) -> Failure {
         let reason = match self {
-            Self::CreateConsumer { .. } => Reason::InvalidConfig,
-            Self::Subscribe { source, .. } => reason_of(source),
-            Self::SpawnThread { .. } => Reason::SourceError,
+            Self::CreateConsumer { source, .. } => creation_reason(source),
+            // librdkafka's subscription errors carry no code: nothing finer to say.
+            Self::Subscribe { .. } | Self::SpawnThread { .. } => Reason::SourceError,
             Self::ThreadPanicked { .. } => Reason::Panicked,
         };
         Failure::new(reason, self.to_string())
     }
 }
 
-/// The reason a librdkafka error stands for.
+/// Why creating a librdkafka client failed: a property it refuses is the configuration's fault
+/// (permanent); `rd_kafka_new` failing otherwise (threads, files it loads) may pass.
+pub fn creation_reason(err: &KafkaError) -> Reason {
+    match err {
+        KafkaError::ClientConfig(..) => Reason::InvalidConfig,
+        _ => Reason::SourceError,
+    }
+}
+
+/// The reason an error of a running librdkafka client stands for.
 pub fn reason_of(err: &KafkaError) -> Reason {
     use rdkafka::types::RDKafkaErrorCode as Code;
     match err.rdkafka_error_code() {
@@ -82,7 +92,6 @@ pub fn reason_of(err: &KafkaError) -> Reason {
         ) => Reason::NotAuthorized,
         Some(Code::SSL) => Reason::TlsFailed,
         Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition) => Reason::TopicNotFound,
-        Some(Code::InvalidArgument) => Reason::InvalidConfig,
         _ => Reason::SourceError,
     }
 }

@@ -202,21 +202,45 @@ def invoke():
 
 
 def _access_log(wsgi_app):
-    """One line per request on stdout: method, path, status, seconds."""
+    """One line per request on stdout, as Kubeless's runtime wrote it (wsgi-request-logger's
+    ApacheFormatter: the combined log format and the time taken), which its users' scripts grep:
+    `10.0.0.5 - - [16/Dec/2021:10:00:00 +0000] "GET / HTTP/1.1" 200 11 "" "curl/8.5.0" 0/1234`."""
 
     def logged(environ, start_response):
-        started, status = time.monotonic(), ["-"]
+        started, answer = time.monotonic(), {"status": "-", "size": "-"}
 
         def start(s, headers, exc_info=None):
-            status[0] = s.split(" ", 1)[0]
+            answer["status"] = s.split(" ", 1)[0]
+            for name, value in headers:
+                if name.lower() == "content-length":
+                    answer["size"] = value
             return start_response(s, headers, exc_info)
 
         try:
             return wsgi_app(environ, start)
         finally:
-            path = environ.get("PATH_INFO", "")
-            took = time.monotonic() - started
-            print(f'{environ.get("REQUEST_METHOD")} {path} {status[0]} {took:.3f}s', flush=True)
+            micros = int((time.monotonic() - started) * 1_000_000)
+            query = environ.get("QUERY_STRING", "")
+            request = "{} {}{} {}".format(
+                environ.get("REQUEST_METHOD", "-"),
+                environ.get("PATH_INFO", ""),
+                "?" + query if query else "",
+                environ.get("SERVER_PROTOCOL", "-"),
+            )
+            print(
+                '{} - - [{}] "{}" {} {} "{}" "{}" {}/{}'.format(
+                    environ.get("REMOTE_ADDR", "-"),
+                    time.strftime("%d/%b/%Y:%H:%M:%S %z"),
+                    request,
+                    answer["status"],
+                    answer["size"],
+                    environ.get("HTTP_REFERER", ""),
+                    environ.get("HTTP_USER_AGENT", ""),
+                    micros // 1_000_000,
+                    micros,
+                ),
+                flush=True,
+            )
 
     return logged
 

@@ -92,8 +92,8 @@ pub struct Output {
 
 #[derive(Debug, Clone, Args)]
 pub struct ListOutput {
-    /// yaml or json instead of a table.
-    #[arg(short = 'o', long, value_parser = ["yaml", "json"])]
+    /// yaml or json instead of a table (`--out`, Kubeless's name, works too).
+    #[arg(short = 'o', long, visible_alias = "out", value_parser = ["yaml", "json"])]
     pub output: Option<String>,
 }
 

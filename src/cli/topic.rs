@@ -41,9 +41,12 @@ pub enum TopicCommand {
         #[command(flatten)]
         kafka: KafkaFlags,
     },
-    /// List topics.
+    /// List topics: their names, one per line, as Kubeless printed them (scripts grep them).
     #[command(alias = "ls")]
     List {
+        /// A table with each topic's partitions and replication instead.
+        #[arg(long)]
+        details: bool,
         #[command(flatten)]
         kafka: KafkaFlags,
     },
@@ -89,14 +92,20 @@ pub async fn run(c: TopicCommand) -> anyhow::Result<()> {
             kubeless_kafka::delete_topic(&kafka.brokers, &props, &topic_name).await.context(KAFKA_SETTING)?;
             eprintln!("Topic {topic_name} deleted.");
         }
-        TopicCommand::List { kafka } => {
+        TopicCommand::List { details, kafka } => {
             note_kafka_namespace(&kafka);
             let topics = kubeless_kafka::list_topics(&kafka.brokers, &props).await.context(KAFKA_SETTING)?;
-            let rows: Vec<Vec<String>> = topics
-                .iter()
-                .map(|t| vec![t.name.clone(), t.partitions.to_string(), t.replication.to_string()])
-                .collect();
-            print!("{}", table::render(&["NAME", "PARTITIONS", "REPLICATION"], &rows));
+            if details {
+                let rows: Vec<Vec<String>> = topics
+                    .iter()
+                    .map(|t| vec![t.name.clone(), t.partitions.to_string(), t.replication.to_string()])
+                    .collect();
+                print!("{}", table::render(&["NAME", "PARTITIONS", "REPLICATION"], &rows));
+            } else {
+                for t in &topics {
+                    println!("{}", t.name);
+                }
+            }
         }
         TopicCommand::Publish { topic, input, kafka } => {
             note_kafka_namespace(&kafka);

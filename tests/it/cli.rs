@@ -328,6 +328,9 @@ async fn cli_with_a_manifest_directory_reaches_the_function_without_a_cluster() 
     .await
     .expect_ok();
     kubeless(&["topic", "create", "cli-orders", "--brokers", &kafka.brokers], None).await.expect_ok();
+    // Bare names, one per line, as Kubeless printed them: its tests `grep -qxF` them.
+    let topics = kubeless(&["topic", "list", "--brokers", &kafka.brokers], None).await.expect_ok().stdout;
+    assert!(topics.lines().any(|l| l == "cli-orders"), "{topics}");
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -355,6 +358,9 @@ async fn cli_with_a_manifest_directory_reaches_the_function_without_a_cluster() 
         Some("cli.kubeless.io")
     );
     assert!(called.ok);
+    // Kubeless's flag and keys: its examples grep `function top --function F --out yaml`.
+    let top = k(&["function", "top", "--function", "hello", "--out", "yaml"]).await.expect_ok().stdout;
+    assert!(top.starts_with("- function: hello\n  namespace: default\n"), "{top}");
 
     k(&["trigger", "kafka", "update", "orders", "--trigger-topic", "cli-orders-2"]).await.expect_ok();
     let text = std::fs::read_to_string(dir.path().join("kafkatrigger-default-orders.yaml")).expect("file");

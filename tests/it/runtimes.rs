@@ -19,7 +19,7 @@ fn root() -> &'static Path {
 /// A runtime serving `file` (from tests/data/runtimes) as module `module`, handler `handler`, from
 /// a ConfigMap-shaped directory of its own.
 struct Runtime {
-    _server: Server,
+    server: Server,
     _code: tempfile::TempDir,
     url: String,
 }
@@ -48,7 +48,7 @@ impl Runtime {
         env.sort();
         let command = vec![root().join("runtimes/run").display().to_string(), runtime.to_string()];
         let server = Server::start(&format!("runtime-{runtime}"), command, env, port).await;
-        Self { _server: server, _code: code, url: format!("http://127.0.0.1:{port}") }
+        Self { server, _code: code, url: format!("http://127.0.0.1:{port}") }
     }
 }
 
@@ -143,6 +143,25 @@ async fn contract(runtime: &str, file: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_runtime_keeps_kubeless_runtime_contract() {
     contract("python", "contract.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_runtime_logs_each_request_in_the_format_kubeless_scripts_grep() {
+    let runtime = Runtime::start("python", "contract.py", "handler", &[]).await;
+    let answer = reqwest::Client::new()
+        .get(format!("{}/?n=1", runtime.url))
+        .header("user-agent", "curl/8.5.0")
+        .send()
+        .await
+        .expect("request");
+    let size = answer.text().await.expect("body").len();
+    // Kubeless's runtime logged the combined log format and the time taken; its examples grep
+    // `"GET / HTTP/1.1" 200 11 ""` and its cron tests `"GET / HTTP/1.1" 200`.
+    let line = format!("\"GET /?n=1 HTTP/1.1\" 200 {size} \"\" \"curl/8.5.0\" ");
+    wait_for("the access log line", Duration::from_secs(10), || runtime.server.log_text().contains(&line)).await;
+    let log = runtime.server.log_text();
+    let logged = log.lines().find(|l| l.contains(&line)).unwrap_or_default();
+    assert!(logged.starts_with("127.0.0.1 - - ["), "{logged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

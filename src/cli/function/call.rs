@@ -188,13 +188,74 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, MethodStats> {
     out
 }
 
-/// `function top [-f NAME]`: each function's calls, failures and durations.
+/// One row of `function top`, as Kubeless printed it (`pkg/utils/metrics.go`'s `Metric`): its
+/// keys, and zeros and empty strings left out, so scripts that grep `--out yaml` keep working.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct TopRow {
+    #[serde(rename = "function", skip_serializing_if = "String::is_empty")]
+    pub function: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "is_zero", serialize_with = "as_go_number")]
+    pub total_calls: f64,
+    #[serde(skip_serializing_if = "is_zero", serialize_with = "as_go_number")]
+    pub total_failures: f64,
+    #[serde(skip_serializing_if = "is_zero", serialize_with = "as_go_number")]
+    pub total_duration_seconds: f64,
+    #[serde(skip_serializing_if = "is_zero", serialize_with = "as_go_number")]
+    pub avg_duration_seconds: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// A float as Go's encoder writes it: `2`, not `2.0`.
+fn as_go_number<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+/// Kubeless's message for a function whose metrics cannot be read (its tests grep it), then why.
+const NO_METRICS: &str = "Function does not expose metrics";
+
+/// The rows of one function: one per method its `/metrics` counts, or one with why it has none.
+pub fn top_rows(
+    function: &str,
+    namespace: &str,
+    scraped: Result<BTreeMap<String, MethodStats>, String>,
+) -> Vec<TopRow> {
+    let base = TopRow { function: function.to_string(), namespace: namespace.to_string(), ..TopRow::default() };
+    match scraped {
+        Ok(methods) if methods.is_empty() => vec![base],
+        Ok(methods) => methods
+            .into_iter()
+            .map(|(method, s)| TopRow {
+                method,
+                total_calls: s.calls,
+                total_failures: s.failures,
+                total_duration_seconds: s.duration,
+                avg_duration_seconds: if s.calls > 0.0 { s.duration / s.calls } else { 0.0 },
+                ..base.clone()
+            })
+            .collect(),
+        Err(why) => vec![TopRow { message: format!("{NO_METRICS}: {why}"), ..base }],
+    }
+}
+
+/// `function top [-f NAME] [-o|--out yaml|json]`: each function's calls, failures and durations.
 pub async fn top(store: &Store, only: Option<&str>, out: &ListOutput) -> anyhow::Result<()> {
     let functions: Vec<Function> = match only {
         Some(name) => vec![store.need(name).await?],
         None => store.list().await?,
     };
-    let mut rows = Vec::new();
     let mut records = Vec::new();
     for f in &functions {
         let (name, ns) = (f.name_any(), f.namespace().unwrap_or_default());
@@ -204,66 +265,71 @@ pub async fn top(store: &Store, only: Option<&str>, out: &ListOutput) -> anyhow:
             Ok((status, _)) => Err(format!("/metrics answered HTTP {status}")),
             Err(e) => Err(format!("{e:#}")),
         };
-        match stats {
-            Ok(methods) => {
-                for (method, s) in methods {
-                    let avg = if s.calls > 0.0 { s.duration / s.calls } else { 0.0 };
-                    records.push(serde_json::json!({
-                        "name": name, "namespace": ns, "method": method, "totalCalls": s.calls,
-                        "totalFailures": s.failures, "totalDurationSeconds": s.duration, "avgDurationSeconds": avg,
-                    }));
-                    rows.push(vec![
-                        name.clone(),
-                        ns.clone(),
-                        method,
-                        s.calls.to_string(),
-                        s.failures.to_string(),
-                        format!("{:.6}", s.duration),
-                        format!("{avg:.6}"),
-                        String::new(),
-                    ]);
-                }
-            }
-            Err(message) => {
-                records.push(serde_json::json!({"name": name, "namespace": ns, "message": message}));
-                rows.push(vec![
-                    name,
-                    ns,
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    message,
-                ]);
-            }
-        }
+        records.extend(top_rows(&name, &ns, stats));
     }
-    match &out.output {
-        Some(format) => print!("{}", table::format(format, &records)?),
-        None => print!(
-            "{}",
-            table::render(
-                &[
-                    "NAME",
-                    "NAMESPACE",
-                    "METHOD",
-                    "TOTAL_CALLS",
-                    "TOTAL_FAILURES",
-                    "TOTAL_DURATION_SECONDS",
-                    "AVG_DURATION_SECONDS",
-                    "MESSAGE"
-                ],
-                &rows
-            )
-        ),
+    match out.output.as_deref() {
+        // A list, as Kubeless printed it (not a Kubernetes `List`).
+        Some("json") => println!("{}", serde_json::to_string_pretty(&records)?),
+        Some(_) => print!("{}", serde_yaml::to_string(&records)?),
+        None => {
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    if r.message.is_empty() {
+                        vec![
+                            r.function.clone(),
+                            r.namespace.clone(),
+                            r.method.clone(),
+                            r.total_calls.to_string(),
+                            r.total_failures.to_string(),
+                            format!("{:.6}", r.total_duration_seconds),
+                            format!("{:.6}", r.avg_duration_seconds),
+                            String::new(),
+                        ]
+                    } else {
+                        let mut row = vec![r.function.clone(), r.namespace.clone()];
+                        row.extend(std::iter::repeat_n(String::new(), 5));
+                        row.push(r.message.clone());
+                        row
+                    }
+                })
+                .collect();
+            let header = [
+                "NAME",
+                "NAMESPACE",
+                "METHOD",
+                "TOTAL_CALLS",
+                "TOTAL_FAILURES",
+                "TOTAL_DURATION_SECONDS",
+                "AVG_DURATION_SECONDS",
+                "MESSAGE",
+            ];
+            print!("{}", table::render(&header, &rows));
+        }
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_metrics, MethodStats};
+    use super::{parse_metrics, top_rows, MethodStats};
+
+    #[test]
+    fn top_prints_kubeless_keys_and_leaves_out_zeros() {
+        let stats = MethodStats { calls: 2.0, failures: 0.0, duration: 0.5 };
+        let rows = top_rows("get-python", "default", Ok([("GET".to_string(), stats)].into()));
+        let yaml = serde_yaml::to_string(&rows).expect("yaml");
+        assert_eq!(
+            yaml,
+            "- function: get-python\n  namespace: default\n  method: GET\n  total_calls: 2\n  total_duration_seconds: 0.5\n  avg_duration_seconds: 0.25\n"
+        );
+        let missing = top_rows("f", "default", Err("connection refused".to_string()));
+        let json = serde_json::to_value(&missing).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!([{"function": "f", "namespace": "default", "message": "Function does not expose metrics: connection refused"}])
+        );
+    }
 
     #[test]
     fn metrics_are_summed_by_method() {

@@ -36,11 +36,19 @@ impl Server {
         }
     }
 
+    fn log_path(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-{}.log", self.name, self.port))
+    }
+
+    /// What the server printed (stdout and stderr), across restarts.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// Starts the server again and waits until it listens.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "kill {} before restarting it", self.name);
-        let path = std::env::temp_dir().join(format!("{}-{}.log", self.name, self.port));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new(&self.command[0])
             .args(&self.command[1..])
             .envs(self.env.iter().map(|(k, v)| (k, v)))

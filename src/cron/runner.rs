@@ -2,6 +2,7 @@
 //! tick, and hands the call to the shared delivery path (timeout, retries, metrics).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -105,8 +106,22 @@ pub async fn run(
     };
     // Nothing to commit for a tick: calls still running are cancelled with the trigger.
     runner.cancel_running.cancel();
-    runner.running.abort_all();
+    let calls = std::mem::take(&mut runner.running);
+    let _ = tokio::spawn(cancelled(calls)).await;
     result
+}
+
+/// How long cancelled calls get to hand their ticks back before their tasks are aborted. They
+/// answer a cancellation at their next await (a request, a retry's sleep), well inside this.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+/// Waits for calls whose token was cancelled to release their ticks, then aborts what is left.
+/// Aborting at once would drop their handles without an outcome, which reads as a lost message.
+async fn cancelled(mut calls: JoinSet<()>) {
+    let released = async { while calls.join_next().await.is_some() {} };
+    if tokio::time::timeout(CANCEL_GRACE, released).await.is_err() {
+        calls.abort_all();
+    }
 }
 
 impl Runner {
@@ -187,7 +202,8 @@ impl Runner {
                 warn!(trigger = %self.trigger, %tick, "Cancelling the running call for the new tick (Replace).");
                 self.metrics.replaced.increment(1);
                 self.cancel_running.cancel();
-                self.running.abort_all();
+                // The replaced call hands its tick back in the background; the new one starts now.
+                tokio::spawn(cancelled(std::mem::take(&mut self.running)));
                 self.cancel_running = CancellationToken::new();
             }
             _ => {}

@@ -102,6 +102,45 @@ async fn a_failing_function_gets_one_calls_retries_per_tick_not_a_growing_storm(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_replaced_or_stopped_mid_retry_is_handed_back_not_dropped() {
+    // Always 500: every call is between retries when the next tick replaces it, or when its
+    // trigger goes. Aborting those calls dropped their ticks without an outcome, which logs as a
+    // lost message; they are cancelled and hand their ticks back instead.
+    let f = Function::start(Behaviour::Status(500)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let function = function_yaml("f", "{function: f}", &f.url);
+    let replace = cron_yaml(
+        "replace",
+        "f",
+        "* * * * * *",
+        "  concurrencyPolicy: Replace\n  delivery:\n    retry: {initialBackoff: 5s, maxBackoff: 5s}\n",
+    );
+    let retrying = cron_yaml("retrying", "f", "* * * * * *", "  delivery:\n    retry: {initialBackoff: 300ms}\n");
+    std::fs::write(dir.path().join("m.yaml"), [function.clone(), replace.clone(), retrying].join("---\n"))
+        .expect("write");
+    let mut daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    daemon.wait_ready().await;
+    let replaced = "kubeless_cron_ticks_total{trigger=\"default/replace\",function=\"f\",outcome=\"replaced\"}";
+    wait_for_async("ticks replaced mid-retry", Duration::from_secs(30), || async {
+        daemon.metric(replaced).await >= 3.0
+    })
+    .await;
+    let retries = "kubeless_delivery_retries_total{trigger=\"default/retrying\"";
+    wait_for_async("ticks retried", Duration::from_secs(30), || async { daemon.metric(retries).await >= 3.0 }).await;
+
+    // The retrying trigger goes while one of its ticks waits for its next attempt.
+    std::fs::write(dir.path().join("m.yaml"), [function, replace].join("---\n")).expect("write");
+    wait_for_async("the trigger to stop", Duration::from_secs(30), || async {
+        daemon.log_text().contains("Stopping consumer.") && daemon.log_text().contains("default/retrying")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = daemon.log_text();
+    assert!(!log.contains("dropped without an outcome"), "a tick was dropped:\n{log}");
+    assert!(daemon.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_runs_at_most_ten_calls_of_one_trigger_at_once_and_skips_ticks_beyond() {
     // Every second, each call taking 30 s: without a bound, calls would pile up without end.
     let f = Function::start(Behaviour::Slow(Duration::from_secs(30))).await;

@@ -107,7 +107,7 @@ pub async fn run(
     // Nothing to commit for a tick: calls still running are cancelled with the trigger.
     runner.cancel_running.cancel();
     let calls = std::mem::take(&mut runner.running);
-    let _ = tokio::spawn(cancelled(calls)).await;
+    cancelled(calls).await;
     result
 }
 

@@ -96,24 +96,16 @@ fn ready_condition(facts: Facts<'_>) -> (&'static str, &'static str, String) {
     }
     // A failure that needs a person (a permanent one) names the condition first, then the first
     // failed consumer's (functions in name order); the message says every one's.
-    let mut failed: Vec<&Failure> = facts
+    let failed: Vec<(&str, &Failure)> = facts
         .consumers
         .iter()
         .filter_map(|c| match &c.state {
-            SourceState::Failed(failure) => Some(failure),
+            SourceState::Failed(failure) => Some((c.function.as_str(), failure)),
             _ => None,
         })
         .collect();
-    failed.sort_by_key(|f| f.is_retriable());
-    if let Some(first) = failed.first() {
-        let details: Vec<String> = facts
-            .consumers
-            .iter()
-            .filter_map(|c| match &c.state {
-                SourceState::Failed(failure) => Some(format!("{}: {failure}", c.function)),
-                _ => None,
-            })
-            .collect();
+    if let Some((_, first)) = failed.iter().min_by_key(|(_, f)| f.is_retriable()) {
+        let details: Vec<String> = failed.iter().map(|(function, f)| format!("{function}: {f}")).collect();
         return ("False", first.reason.as_str(), details.join("; "));
     }
     let starting: Vec<&str> = facts.consumers.iter().filter(|c| !c.ready).map(|c| c.function.as_str()).collect();

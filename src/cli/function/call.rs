@@ -192,7 +192,7 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, MethodStats> {
 /// keys, and zeros and empty strings left out, so scripts that grep `--out yaml` keep working.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct TopRow {
-    #[serde(rename = "function", skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub function: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// The bearer token `/status` asks of callers on the admin address.
     pub token: Option<AdminToken>,
+    /// The functions run locally (standalone mode).
+    pub local: crate::local::LocalReports,
 }
 
 /// The bearer token of `/status` (`--admin-token-file`), kept as its digest and never printed.
@@ -117,6 +119,9 @@ struct StatusBody {
     consumers: Vec<ConsumerStatus>,
     /// Consumers stopped but still draining in-flight messages and committing.
     stopping: Vec<String>,
+    /// The functions the daemon runs itself (standalone mode), by `namespace/name`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    local_functions: std::collections::BTreeMap<String, crate::local::LocalReport>,
 }
 
 #[derive(serde::Serialize)]
@@ -165,6 +170,7 @@ fn status_body(s: &AdminState) -> Json<serde_json::Value> {
         unserved: snapshot.desired.unserved.iter().map(ToString::to_string).collect(),
         consumers: s.supervisor.status(),
         stopping: s.supervisor.stopping(),
+        local_functions: s.local.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     Json(serde_json::to_value(body).unwrap_or_default())
 }

@@ -81,6 +81,7 @@ impl Kube<'_> {
                 },
             )),
             budget,
+            routes: crate::delivery::route::Routes::default(),
         }
     }
 }
@@ -114,9 +115,11 @@ pub async fn run(
         "Message bytes held in memory are capped, shared fairly between consumers."
     );
     let http = HttpClient::new().with_connection_lifetime(settings.connection_lifetime);
+    let routes = crate::delivery::route::Routes::default();
+    let local_reports = crate::local::LocalReports::default();
     let services = match &source {
-        Source::Directory(..) => Services::standalone(http, budget.clone()),
-        Source::Api(kube) => kube.services(http, budget.clone()),
+        Source::Directory(..) => Services::standalone(http.clone(), budget.clone(), routes.clone()),
+        Source::Api(kube) => kube.services(http.clone(), budget.clone()),
     };
     let supervisor = Supervisor::new(Arc::new(services), budget.clone());
     let report = SharedReport::default();
@@ -125,7 +128,7 @@ pub async fn run(
 
     let upkeep = tokio::spawn({
         let (handle, stop, budget) = (prometheus.clone(), stop.clone(), budget.clone());
-        let (supervisor, report) = (supervisor.clone(), report.clone());
+        let (supervisor, report, local) = (supervisor.clone(), report.clone(), local_reports.clone());
         async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             let mut ticks = 0u64;
@@ -136,6 +139,9 @@ pub async fn run(
                 crate::telemetry::set_memory_budget(budget.total(), budget.held());
                 crate::telemetry::set_consumers(supervisor.running());
                 crate::telemetry::set_manifest_errors(crate::control::lock_report(&report).manifest_errors.len());
+                for (function, r) in local.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    crate::telemetry::set_local_function_up(function, r.url.is_some());
+                }
                 ticks += 1;
                 if ticks % 5 == 0 {
                     handle.run_upkeep();
@@ -150,6 +156,7 @@ pub async fn run(
             report: report.clone(),
             snapshot: snapshot_rx.clone(),
             token: settings.admin_token.clone(),
+            local: local_reports.clone(),
         };
         let (admin_app, status_app) = (admin::router(state.clone()), admin::status_router(state));
         let stop = stop.clone();
@@ -160,6 +167,8 @@ pub async fn run(
             a.and(s)
         }
     });
+    let local_stop = CancellationToken::new();
+    let mut local_functions = None;
     let index = tokio::spawn(control::run_index(events_rx, settings.index.clone(), snapshot_tx));
     let applier = tokio::spawn(supervisor.clone().run(snapshot_rx.clone(), stop.clone()));
     let source = match source {
@@ -214,6 +223,17 @@ pub async fn run(
             tokio::spawn(kubernetes::watch::run(clients.watches, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
         Source::Directory(manifests, scan_interval) => {
+            if let Some(local) = settings.local.clone() {
+                local_functions = Some(tokio::spawn(crate::local::run(
+                    local,
+                    http.clone(),
+                    routes.clone(),
+                    local_reports.clone(),
+                    snapshot_rx.clone(),
+                    events_tx.clone(),
+                    local_stop.clone(),
+                )));
+            }
             tokio::spawn(control::watch::run(manifests.to_path_buf(), scan_interval, events_tx, report, stop.clone()))
         }
     };
@@ -225,6 +245,11 @@ pub async fn run(
     // The consumers drain and commit first: nothing on the API server (a hung connection at
     // SIGTERM) may hold that up.
     supervisor.shutdown().await;
+    // Local functions stop once nothing delivers to them any more.
+    local_stop.cancel();
+    if let Some(local) = local_functions {
+        let _ = local.await;
+    }
     let _ = source.await;
     let _ = index.await;
     let finished = futures::future::join_all(side_tasks.iter_mut());

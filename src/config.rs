@@ -124,6 +124,18 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_CONNECTION_LIFETIME", default_value = "30s", value_parser = humantime::parse_duration)]
     pub connection_lifetime: Duration,
 
+    /// Standalone mode: run each Function without a `kubeless.io/url` annotation as a child
+    /// process (a local function) and deliver to it. Off: such a Function is reached at
+    /// `--function-url-template`.
+    #[arg(long, env = "KUBELESS_LOCAL_FUNCTIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub local_functions: bool,
+
+    /// The runtimes local functions run on (`runtimes/`, with its `run` script). Default:
+    /// `runtimes/` beside the executable, two levels up (a cargo build), or in
+    /// `../share/kubeless-broker/` from it (an installed one).
+    #[arg(long, env = "KUBELESS_RUNTIMES_DIR")]
+    pub runtimes_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -190,6 +202,9 @@ pub struct Settings {
     pub memory_budget: u64,
     /// `--connection-lifetime`; none: for ever.
     pub connection_lifetime: Option<Duration>,
+    /// Standalone mode with `--local-functions`: where local functions keep their files and which
+    /// runtimes they run on.
+    pub local: Option<crate::local::LocalSettings>,
 }
 
 impl Args {
@@ -217,6 +232,8 @@ impl Args {
             admin_token_file,
             memory_budget,
             connection_lifetime,
+            local_functions,
+            runtimes_dir,
             policy,
         } = self;
         let memory_budget = memory_budget
@@ -287,6 +304,16 @@ impl Args {
                 "--kafka-property partition.assignment.strategy={strategy}: cooperative (incremental) rebalancing is not supported; use range or roundrobin (the default)"
             );
         }
+        let local = (*local_functions && manifests.is_some()).then(|| crate::local::LocalSettings {
+            state_dir: state_dir.clone(),
+            runtimes_dir: runtimes_dir.clone().or_else(default_runtimes_dir),
+        });
+        if let Some(dir) = runtimes_dir.as_ref().filter(|d| !d.join("run").is_file()) {
+            anyhow::bail!(
+                "--runtimes-dir {}: no run script there (it is the project's runtimes/ directory)",
+                dir.display()
+            );
+        }
         Ok(Settings {
             admin_token,
             memory_budget,
@@ -301,7 +328,9 @@ impl Args {
                 nats_url: nats_url.clone(),
                 default_max_backoff,
                 policy,
+                local_functions: local.is_some(),
             },
+            local,
         })
     }
 }
@@ -327,7 +356,18 @@ fn kubeless_environment(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result
     Ok(Some(interval))
 }
 
-fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+/// `runtimes/` beside the executable, two levels up from it (`target/debug/`), or in
+/// `../share/kubeless-broker/` from it; the first with a `run` script.
+fn default_runtimes_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?;
+    [bin.join("runtimes"), bin.join("../../runtimes"), bin.join("../share/kubeless-broker/runtimes")]
+        .into_iter()
+        .find(|d| d.join("run").is_file())
+        .and_then(|d| d.canonicalize().ok())
+}
+
+pub fn default_state_dir(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = env("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("kubeless-broker"));
     }

@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod functions;
 pub mod kubernetes;
+pub mod local;
 pub mod policy;
 pub mod resources;
 pub mod schedule;

@@ -17,7 +17,8 @@
 //   the timeout instead of piling more on (the broker retries them later), and /healthz answers 503
 //   (a liveness probe restarts a server whose abandoned work never ends).
 //
-// Settings (environment): MOD_NAME, FUNC_HANDLER, FUNC_PORT (8080), FUNC_TIMEOUT (180 s),
+// Settings (environment): MOD_NAME, FUNC_HANDLER, FUNC_PORT (8080), FUNC_ADDR (the address listened
+// on, every one by default; the broker's local functions use 127.0.0.1), FUNC_TIMEOUT (180 s),
 // FUNC_RUNTIME, FUNC_MEMORY_LIMIT, REQ_MB_LIMIT (largest body, 100 MB), FUNC_MAX_ABANDONED (16),
 // KUBELESS_DIR (where the code and its node_modules are: /kubeless).
 
@@ -182,7 +183,7 @@ app.all('*', (req, res) => {
         .finally(end);
 });
 
-const server = app.listen(port, () => {
+const server = app.listen(port, process.env.FUNC_ADDR || undefined, () => {
     console.log(`Serving ${modName}.${handlerName} on port ${port} (timeout ${timeout}s).`);
 });
 

@@ -14,7 +14,8 @@ The contract is Kubeless's runtime contract, so functions written for Kubeless r
   function, so a call that outlives `FUNC_TIMEOUT` is killed and answered 408 while the server and
   every other call go on; an exception is answered 500 and logged.
 
-Settings (environment): `MOD_NAME`, `FUNC_HANDLER`, `FUNC_PORT` (8080), `FUNC_TIMEOUT` (180 s),
+Settings (environment): `MOD_NAME`, `FUNC_HANDLER`, `FUNC_PORT` (8080), `FUNC_ADDR` (the address
+listened on, 0.0.0.0; the broker's local functions use 127.0.0.1), `FUNC_TIMEOUT` (180 s),
 `FUNC_RUNTIME`, `FUNC_MEMORY_LIMIT`, `FUNC_MEMFILE_MAX` (largest body kept in memory, 100 MiB),
 `FUNC_BODY_MAX` (largest body taken at all, 100 MiB; a larger one is answered 413),
 `MP_CONTEXT` (`forkserver` or `spawn`), `CHERRYPY_NUMTHREADS` (calls served at once, 50), and
@@ -273,7 +274,8 @@ def main():
     port = _setting("FUNC_PORT", "8080", int)
     threads = _setting("CHERRYPY_NUMTHREADS", "50", int)
     logging.info("Serving %s on port %d (%d calls at once, timeout %ss).", FUNCTION.__name__, port, threads, TIMEOUT)
-    bottle.run(_access_log(app), server="cheroot", host="0.0.0.0", port=port, numthreads=threads, quiet=True)
+    host = os.getenv("FUNC_ADDR") or "0.0.0.0"
+    bottle.run(_access_log(app), server="cheroot", host=host, port=port, numthreads=threads, quiet=True)
 
 
 if __name__ == "__main__":

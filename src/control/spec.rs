@@ -11,6 +11,15 @@ use kubeless_nats::NatsSourceConfig;
 use crate::resources::{ConcurrencyPolicy, DeliveryPolicy};
 use crate::resources::{Kind, ObjectRef};
 
+/// The prefix of the URL the index gives a consumer whose function the daemon runs itself (a
+/// local function): `local://<namespace>/<name>`; the address is looked up on every attempt.
+pub const LOCAL_URL_PREFIX: &str = "local://";
+
+/// The consumer URL of a local function.
+pub fn local_url(namespace: &str, name: &str) -> String {
+    format!("{LOCAL_URL_PREFIX}{namespace}/{name}")
+}
+
 /// Where a consumer's messages come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {

@@ -50,6 +50,20 @@ impl Scope {
     }
 }
 
+/// What the local-function runner (standalone mode) reports of a Function it runs itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalState {
+    /// Being prepared (code written, dependencies installed) or awaiting its first `/healthz`.
+    Starting,
+    /// A process answers, or is being restarted after one did: triggers deliver to it.
+    Serving,
+    /// No process of it ever served, and why (a missing runtime binary, a failed dependency
+    /// install, an exit before `/healthz` answered); it is tried again with backoff.
+    Failed(String),
+    /// It cannot be run here as written, and why; nothing is tried until the Function changes.
+    Unrunnable(String),
+}
+
 /// What a source tells the store.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -57,12 +71,15 @@ pub enum Change {
     Delete(ObjectRef),
     /// Everything in the scope is now exactly these objects (a fresh listing).
     Reset(Scope, Vec<(ObjectRef, Stored)>),
+    /// A local function's state (none: the runner no longer runs it).
+    Local(ObjectRef, Option<LocalState>),
 }
 
-/// Every known object, by reference.
+/// Every known object, by reference, and the state of the functions run locally.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Store {
     objects: BTreeMap<ObjectRef, Arc<Stored>>,
+    local: BTreeMap<ObjectRef, LocalState>,
 }
 
 impl Store {
@@ -86,7 +103,14 @@ impl Store {
                 }
                 self.objects != before
             }
+            Change::Local(r, Some(state)) => self.local.insert(r, state.clone()).is_none_or(|old| old != state),
+            Change::Local(r, None) => self.local.remove(&r).is_some(),
         }
+    }
+
+    /// What the local-function runner last said of `function`.
+    pub fn local(&self, function: &ObjectRef) -> Option<&LocalState> {
+        self.local.get(function)
     }
 
     pub fn get(&self, r: &ObjectRef) -> Option<&Stored> {

@@ -8,6 +8,7 @@
 pub mod event;
 pub mod http;
 pub mod retry;
+pub mod route;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +39,8 @@ pub struct Target {
     /// `Basic` credentials from the URL's user info (`http://user:pass@host/`), sent on every
     /// request and never printed.
     pub authorization: Option<HeaderValue>,
+    /// A local function's route: the address is looked up on each attempt and `url` is unused.
+    pub route: Option<Arc<route::Route>>,
     pub timeout: Duration,
     pub event_namespace: &'static str,
     pub style: event::EventStyle,
@@ -228,9 +231,20 @@ impl Deliverer {
 
     async fn attempt(&self, msg: &Message, now: SystemTime) -> Attempt {
         let t = &self.target;
+        // A local function's process, held until the attempt ends so a replaced one is drained.
+        let endpoint = match &t.route {
+            None => None,
+            Some(route) => match route.current() {
+                Some(endpoint) => Some(endpoint),
+                None => {
+                    let error = "the function's local process is not serving (starting or restarting)".to_string();
+                    return Attempt { verdict: Verdict::Retry { after: None }, status: None, error };
+                }
+            },
+        };
         let mut request = Request::new(Full::new(msg.payload.clone()));
         *request.method_mut() = t.method.clone();
-        *request.uri_mut() = t.url.clone();
+        *request.uri_mut() = endpoint.as_ref().map_or_else(|| t.url.clone(), |e| e.uri.clone());
         let headers = request.headers_mut();
         *headers = event::event_headers(msg, t.event_namespace, t.style, now);
         headers.insert(USER_AGENT, AGENT.clone());

@@ -15,9 +15,11 @@ use kubeless_nats::NatsDeadLetter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::spec::LOCAL_URL_PREFIX;
 use crate::control::spec::{ConsumerSpec, CronSource, SourceSpec};
 use crate::cron::runner::Scheduling;
 use crate::delivery::event::EventStyle;
+use crate::delivery::route::Routes;
 use crate::delivery::{Deliverer, HttpClient, Target};
 use crate::resources::{DeadLetterTarget, Ordering};
 use crate::telemetry::events::{ConsumerFailed, Emit};
@@ -40,6 +42,8 @@ pub struct Services {
     pub shard_leases: Option<ShardLeasesFor>,
     /// The bytes of messages every consumer together may hold (`--memory-budget`).
     pub budget: MemoryBudget,
+    /// Where the functions the daemon runs itself answer (standalone mode's local functions).
+    pub routes: Routes,
 }
 
 /// Makes the shard leases of one Kinesis reader from its checkpoint key (and an earlier version's
@@ -47,8 +51,8 @@ pub struct Services {
 pub type ShardLeasesFor = Arc<dyn Fn(&str, Option<&str>) -> Arc<dyn ShardLeases> + Send + Sync>;
 
 impl Services {
-    pub fn standalone(http: HttpClient, budget: MemoryBudget) -> Self {
-        Self { http, scheduling: None, shard_leases: None, budget }
+    pub fn standalone(http: HttpClient, budget: MemoryBudget, routes: Routes) -> Self {
+        Self { http, scheduling: None, shard_leases: None, budget, routes }
     }
 
     fn scheduling(&self, source: &CronSource) -> Scheduling {
@@ -142,8 +146,14 @@ async fn run_once(
     stop: &CancellationToken,
     metrics: &ConsumerMetrics,
 ) -> Result<(), Failure> {
-    let (url, authorization) = crate::delivery::function_target(&spec.url)
-        .map_err(|e| Failure::new(Reason::InvalidFunctionUrl, e.to_string()))?;
+    let (url, authorization, route) = match spec.url.strip_prefix(LOCAL_URL_PREFIX) {
+        Some(function) => (http::Uri::from_static("http://127.0.0.1/"), None, Some(services.routes.route(function))),
+        None => {
+            let (url, authorization) = crate::delivery::function_target(&spec.url)
+                .map_err(|e| Failure::new(Reason::InvalidFunctionUrl, e.to_string()))?;
+            (url, authorization, None)
+        }
+    };
     let dead_letter = dead_letter_sink(spec).await?;
     let (style, method) = match &spec.source {
         SourceSpec::Kafka(_) | SourceSpec::Nats(_) => (EventStyle::Broker, http::Method::POST),
@@ -172,6 +182,7 @@ async fn run_once(
         function: spec.function.clone(),
         url,
         authorization,
+        route,
         timeout: spec.timeout,
         event_namespace: spec.event_namespace,
         style,

@@ -119,6 +119,7 @@ fn target(url: &str, retry: RetryPolicy) -> Target {
         function: "f".into(),
         url,
         authorization,
+        route: None,
         timeout: Duration::from_secs(10),
         event_namespace: "kafkatriggers.kubeless.io",
         style: crate::delivery::event::EventStyle::Broker,

@@ -39,6 +39,10 @@ pub const CRON_TICKS: &str = "kubeless_cron_ticks_total";
 pub const CRON_LATENESS: &str = "kubeless_cron_tick_lateness_seconds";
 pub const MEMORY_BUDGET: &str = "kubeless_memory_budget_bytes";
 pub const MEMORY_BUDGET_HELD: &str = "kubeless_memory_budget_held_bytes";
+/// Restarts of local functions' processes (standalone mode), per function.
+pub const LOCAL_FUNCTION_RESTARTS: &str = "kubeless_local_function_restarts_total";
+/// 1 while a local function has a process serving, per function.
+pub const LOCAL_FUNCTION_UP: &str = "kubeless_local_function_up";
 /// A gauge not set for this long leaves `/metrics` (a stopped consumer's); live ones are set every
 /// second.
 pub const GAUGE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -68,6 +72,8 @@ pub const ALL: &[&str] = &[
     CRON_LATENESS,
     MEMORY_BUDGET,
     MEMORY_BUDGET_HELD,
+    LOCAL_FUNCTION_RESTARTS,
+    LOCAL_FUNCTION_UP,
 ];
 
 /// Buckets for both latency histograms: 1 ms to 60 s.
@@ -151,6 +157,26 @@ pub fn describe() {
         "Cron ticks by outcome: fired, skipped (Forbid), replaced (Replace), succeeded, failed."
     );
     describe_histogram!(CRON_LATENESS, Unit::Seconds, "How late a cron tick fired after its scheduled time.");
+    describe_counter!(
+        LOCAL_FUNCTION_RESTARTS,
+        Unit::Count,
+        "Local functions' processes restarted after they exited, per function (standalone mode)."
+    );
+    describe_gauge!(
+        LOCAL_FUNCTION_UP,
+        Unit::Count,
+        "1 while a local function has a process serving (standalone mode)."
+    );
+}
+
+/// A local function's process exited and will be restarted.
+pub fn local_function_restarted(function: &str) {
+    counter!(LOCAL_FUNCTION_RESTARTS, "function" => function.to_string()).increment(1);
+}
+
+/// Whether a local function has a process serving; set again every second by its keeper.
+pub fn set_local_function_up(function: &str, up: bool) {
+    gauge!(LOCAL_FUNCTION_UP, "function" => function.to_string()).set(f64::from(u8::from(up)));
 }
 
 /// How many consumers run.

@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::{Selector, SelectorExt};
 use kubeless_kafka::Properties;
 
+use super::spec::local_url;
 pub use super::spec::{ConsumerSpec, CronSource, SourceSpec};
+use super::store::LocalState;
 
 use self::cron::cron_consumer;
 use self::kafka::{kafka_consumers, refuse_taken_groups};
@@ -22,7 +24,7 @@ use self::kinesis::kinesis_consumer;
 use self::nats::nats_consumers;
 use super::store::Store;
 use crate::policy::TenancyPolicy;
-use crate::resources::{DeliveryPolicy, Function, ObjectRef, Resource, URL_ANNOTATION};
+use crate::resources::{DeliveryPolicy, Function, Kind, ObjectRef, Resource, URL_ANNOTATION};
 
 /// Kubeless's consumer-group id: `<ns>_<trigger>_<function>_<topic>`.
 pub const DEFAULT_GROUP_TEMPLATE: &str = "{namespace}_{trigger}_{function}_{topic}";
@@ -53,6 +55,9 @@ pub struct IndexSettings {
     pub default_max_backoff: Option<Duration>,
     /// What trigger authors may ask of the daemon.
     pub policy: TenancyPolicy,
+    /// Standalone mode: a Function without `kubeless.io/url` is run by the daemon itself and
+    /// reached where its process answers (`--local-functions`).
+    pub local_functions: bool,
 }
 
 impl IndexSettings {
@@ -96,6 +101,13 @@ pub enum Reason {
     LimitExceeded,
     /// A topic or subject the admin does not let this namespace read.
     TopicNotAllowed,
+    /// A local function is being prepared or started (not an error: it will serve soon).
+    FunctionStarting,
+    /// A local function did not start: its runtime is missing, its dependencies did not install,
+    /// or it exited before answering `/healthz`.
+    FunctionNotRunning,
+    /// A Function the daemon cannot run itself as written (and that names no `kubeless.io/url`).
+    FunctionNotRunnable,
 }
 
 impl Reason {
@@ -114,6 +126,9 @@ impl Reason {
             Reason::EndpointNotAllowed => "EndpointNotAllowed",
             Reason::LimitExceeded => "LimitExceeded",
             Reason::TopicNotAllowed => "TopicNotAllowed",
+            Reason::FunctionStarting => "FunctionStarting",
+            Reason::FunctionNotRunning => "FunctionNotRunning",
+            Reason::FunctionNotRunnable => "FunctionNotRunnable",
         }
     }
 
@@ -134,7 +149,7 @@ impl Reason {
 
     /// Waiting for a Function rather than wrong.
     pub fn is_idle(self) -> bool {
-        matches!(self, Reason::NoFunctionSelected | Reason::FunctionNotFound)
+        matches!(self, Reason::NoFunctionSelected | Reason::FunctionNotFound | Reason::FunctionStarting)
     }
 }
 
@@ -222,7 +237,7 @@ pub fn desired(store: &Store, settings: &IndexSettings) -> Desired {
             out.problems.push(problem(object, Reason::LimitExceeded, why));
             continue;
         }
-        let ctx = Ctx { functions: &functions, secrets: &secrets, settings };
+        let ctx = Ctx { store, functions: &functions, secrets: &secrets, settings };
         match resource {
             Resource::Function(_) | Resource::Secret(_) => {}
             Resource::Kafka(trigger, policy) => kafka_consumers(trigger, policy, &ctx, &mut out),
@@ -267,6 +282,7 @@ fn past_namespace_ceiling(created: &BTreeMap<ObjectRef, Option<Time>>, ceiling: 
 
 /// What every trigger's consumers are built from.
 struct Ctx<'a> {
+    store: &'a Store,
     functions: &'a [&'a Function],
     secrets: &'a Secrets,
     settings: &'a IndexSettings,
@@ -315,8 +331,11 @@ fn over_limits(policy: &DeliveryPolicy, tenancy: &TenancyPolicy) -> Option<Strin
 /// Where a trigger reaches `function`, if the policy lets it: a `kubeless.io/url` outside the
 /// admin's allow-list is reported on the trigger and the function is skipped.
 fn reach(function: &Function, trigger: &ObjectRef, ctx: &Ctx<'_>, out: &mut Desired) -> Option<String> {
-    let url = function_url(function, &ctx.settings.url_template);
     let annotated = function.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
+    if ctx.settings.local_functions && !annotated {
+        return reach_local(function, trigger, ctx, out);
+    }
+    let url = function_url(function, &ctx.settings.url_template);
     if annotated && !ctx.policy().function_url_allowed(&url) {
         let why = format!(
             "Function {}/{}: {URL_ANNOTATION} {} is not among the URLs this cluster lets triggers reach (--function-url-allow); without the annotation the function is reached at its Service",
@@ -328,6 +347,29 @@ fn reach(function: &Function, trigger: &ObjectRef, ctx: &Ctx<'_>, out: &mut Desi
         return None;
     }
     Some(url)
+}
+
+/// A function the daemon runs itself: reached once a process of it serves; until then the
+/// trigger waits (starting) or says why it cannot run.
+fn reach_local(function: &Function, trigger: &ObjectRef, ctx: &Ctx<'_>, out: &mut Desired) -> Option<String> {
+    let ns = function.metadata.namespace.as_deref().unwrap_or_default();
+    let name = function.metadata.name.as_deref().unwrap_or_default();
+    let (reason, why) = match ctx.store.local(&ObjectRef::new(Kind::Function, ns, name)) {
+        Some(LocalState::Serving) => return Some(local_url(ns, name)),
+        Some(LocalState::Starting) | None => (
+            Reason::FunctionStarting,
+            format!("Function {ns}/{name} is starting locally (dependencies, then its /healthz)"),
+        ),
+        Some(LocalState::Failed(why)) => {
+            (Reason::FunctionNotRunning, format!("Function {ns}/{name} does not run locally: {why}"))
+        }
+        Some(LocalState::Unrunnable(why)) => (
+            Reason::FunctionNotRunnable,
+            format!("Function {ns}/{name} cannot run locally: {why}; give it a {URL_ANNOTATION} annotation instead"),
+        ),
+    };
+    out.problems.push(problem(trigger, reason, why));
+    None
 }
 
 /// The functions in the trigger's namespace that its selector matches. A bad selector is reported

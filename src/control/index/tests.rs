@@ -18,6 +18,7 @@ fn settings() -> IndexSettings {
         nats_url: "nats://n:4222".to_string(),
         default_max_backoff: None,
         policy: TenancyPolicy::trusted(),
+        local_functions: false,
     }
 }
 
@@ -68,6 +69,48 @@ fn one_trigger_feeds_every_matching_function_in_its_namespace_with_kubeless_grou
     let fb = d.consumers.values().find(|c| c.function == "fb").expect("fb consumer");
     assert_eq!(fb.url, "http://127.0.0.1:1234", "the annotation wins over the template");
     assert_eq!(fb.timeout, Duration::from_secs(180), "Kubeless's default timeout");
+}
+
+#[test]
+fn a_local_function_is_reached_once_it_serves_and_until_then_its_triggers_say_why() {
+    use crate::control::store::{Change, LocalState};
+    let yaml = format!(
+        "{FUNCTIONS}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: ns}}\nspec: {{topic: orders, functionSelector: {{matchLabels: {{app: demo}}}}}}\n"
+    );
+    let settings = IndexSettings { local_functions: true, ..settings() };
+    let mut store = mk(&yaml);
+    let fa = ObjectRef::new(Kind::Function, "ns", "fa");
+    let reason_of_t = |store: &Store| {
+        let d = desired(store, &settings);
+        let urls: Vec<String> = d.consumers.values().map(|c| c.url.clone()).collect();
+        let problem = d.problems.iter().find(|p| p.trigger.name == "t").map(|p| (p.reason, p.problem.clone()));
+        (urls, problem)
+    };
+    // Not reported yet, or starting: fb (which has a URL) runs, fa waits.
+    for state in [None, Some(LocalState::Starting)] {
+        store.change(Change::Local(fa.clone(), state));
+        let (urls, problem) = reason_of_t(&store);
+        assert_eq!(urls, ["http://127.0.0.1:1234"], "the annotated function is reached at its URL");
+        let (reason, why) = problem.expect("fa is waited for");
+        assert_eq!(reason, Reason::FunctionStarting);
+        assert!(reason.is_idle() && why.contains("ns/fa"), "{why}");
+    }
+    store.change(Change::Local(fa.clone(), Some(LocalState::Failed("node is not on the daemon's PATH".into()))));
+    let (reason, why) = reason_of_t(&store).1.expect("a problem");
+    assert_eq!(reason, Reason::FunctionNotRunning);
+    assert!(why.contains("node is not on the daemon's PATH"), "{why}");
+    store.change(Change::Local(fa.clone(), Some(LocalState::Unrunnable("spec.runtime: unknown".into()))));
+    let (reason, why) = reason_of_t(&store).1.expect("a problem");
+    assert_eq!(reason, Reason::FunctionNotRunnable);
+    assert!(why.contains("spec.runtime: unknown") && why.contains("kubeless.io/url"), "{why}");
+    assert!(store.change(Change::Local(fa.clone(), Some(LocalState::Serving))));
+    assert!(!store.change(Change::Local(fa.clone(), Some(LocalState::Serving))), "the same state is no change");
+    let (urls, problem) = reason_of_t(&store);
+    assert_eq!(urls, ["local://ns/fa", "http://127.0.0.1:1234"]);
+    assert_eq!(problem, None);
+    // Without local functions the template reaches it, whatever the runner said.
+    let off = desired(&store, &IndexSettings { local_functions: false, ..settings.clone() });
+    assert!(off.consumers.values().any(|c| c.url == "http://fa.ns.svc.cluster.local:9000"));
 }
 
 #[test]

@@ -85,3 +85,35 @@ pub(super) fn verify_checksum(function: &Function, ct: &ContentType) -> Result<O
     }
     Ok(Some(hex))
 }
+
+/// A Function's code as a local process runs it: the bytes of a plain (text or base64) code
+/// file, checked against `spec.checksum`, or how it is packed when it is not one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Code {
+    File(Vec<u8>),
+    /// `+zip` or `+compressedtar`.
+    Archive,
+    /// `url`: fetched from where the Function says.
+    Url,
+}
+
+/// Reads `spec.function` as `spec.function-content-type` says, checking `spec.checksum`.
+pub fn code_of(function: &Function) -> Result<Code, BuildError> {
+    let ct = content_type(&function.spec.function_content_type)?;
+    verify_checksum(function, &ct)?;
+    if ct.archive != Archive::None {
+        return Ok(Code::Archive);
+    }
+    let code = &function.spec.function;
+    match ct.encoding {
+        Encoding::Url => Ok(Code::Url),
+        Encoding::Text => Ok(Code::File(code.clone().into_bytes())),
+        Encoding::Base64 => {
+            let compact: String = code.split_whitespace().collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .map_err(|e| BuildError::Base64(e.to_string()))?;
+            Ok(Code::File(bytes))
+        }
+    }
+}

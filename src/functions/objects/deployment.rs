@@ -20,7 +20,7 @@ use crate::functions::catalogue::{Resolved, PHASE_COMPILATION, PHASE_INSTALLATIO
 use crate::resources::Function;
 
 /// `module.function` → (`module`, `function`).
-pub(super) fn split_handler(handler: &str) -> Result<(&str, &str), BuildError> {
+pub fn split_handler(handler: &str) -> Result<(&str, &str), BuildError> {
     match handler.split_once('.') {
         Some((module, name)) if !module.is_empty() && !name.is_empty() && !name.contains('.') => Ok((module, name)),
         _ => Err(BuildError::Handler(handler.to_string())),

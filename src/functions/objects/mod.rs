@@ -24,8 +24,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde_json::{json, Value};
 
 use self::autoscaler::build_autoscaler;
+pub use self::content::{code_of, Code};
 use self::content::{content_type, verify_checksum};
-use self::deployment::{build_deployment, merge_template, split_handler, PodInputs};
+pub use self::deployment::split_handler;
+use self::deployment::{build_deployment, merge_template, PodInputs};
 use super::catalogue::{Catalogue, CatalogueError, Resolved};
 use crate::resources::{Function, DEFAULT_FUNCTION_PORT};
 

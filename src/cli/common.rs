@@ -37,7 +37,9 @@ pub async fn open(g: &Global) -> anyhow::Result<Store> {
             bail!("--manifests {}: no such directory", dir.display());
         }
         let namespace = g.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        return Ok(Store::Dir { dir: dir.clone(), namespace });
+        let state_dir =
+            g.state_dir.clone().or_else(|| crate::config::default_state_dir(&|k: &str| std::env::var(k).ok()).ok());
+        return Ok(Store::Dir { dir: dir.clone(), namespace, state_dir });
     }
     let config = crate::kubernetes::config(g.kubeconfig.as_deref(), g.context.as_deref())
         .await

@@ -55,6 +55,10 @@ pub struct Global {
     /// Namespace. Default: the kubeconfig context's, else `default`.
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
+    /// With --manifests: the broker's `--state-dir`, where the functions it runs keep their logs
+    /// and addresses (`function logs`, `call`). Default: as the broker's.
+    #[arg(long, global = true, env = "KUBELESS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

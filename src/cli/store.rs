@@ -58,8 +58,17 @@ pub enum StoreError {
 
 /// The back end of one CLI invocation.
 pub enum Store {
-    Kube { client: Client, namespace: String, server: url::Url },
-    Dir { dir: PathBuf, namespace: String },
+    Kube {
+        client: Client,
+        namespace: String,
+        server: url::Url,
+    },
+    /// `state_dir`: the broker's `--state-dir`, where its local functions' logs and addresses are.
+    Dir {
+        dir: PathBuf,
+        namespace: String,
+        state_dir: Option<PathBuf>,
+    },
 }
 
 fn kind_of<K: Object>() -> String {
@@ -145,7 +154,7 @@ impl Store {
                 let params = PatchParams::apply(FIELD_MANAGER).force();
                 api.patch(&name, &params, &Patch::Apply(&body)).await.map_err(|e| self.kube_error(e))
             }
-            Self::Dir { dir, namespace } => {
+            Self::Dir { dir, namespace, .. } => {
                 let path = match self.find::<K>(&name)? {
                     Some(found) if found.alone => found.path,
                     Some(found) => {
@@ -196,7 +205,7 @@ impl Store {
 
     /// Every document of kind `K` in the namespace, from every manifest file.
     fn documents<K: Object>(&self) -> Result<Vec<Found<K>>, StoreError> {
-        let Self::Dir { dir, namespace } = self else { return Ok(Vec::new()) };
+        let Self::Dir { dir, namespace, .. } = self else { return Ok(Vec::new()) };
         let files = manifest_files(dir).map_err(|e| file_error(dir, e))?;
         let kind = kind_of::<K>();
         let api_version = K::api_version(&()).to_string();

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::plan::Plan;
-use super::prepare::prepare;
+use super::prepare::{prepare, LOG_FILE, URL_FILE};
 use super::process::{Launch, Process};
 use super::{Desired, LocalReport, Shared};
 use crate::control::store::LocalState;
@@ -55,7 +55,7 @@ impl Keeper {
         let key = format!("{}/{}", function.namespace, function.name);
         let dir = shared.layout.function_dir(&function.namespace, &function.name);
         let route = shared.routes.route(&key);
-        let report = LocalReport { log: dir.join("output.log").display().to_string(), ..LocalReport::default() };
+        let report = LocalReport { log: dir.join(LOG_FILE).display().to_string(), ..LocalReport::default() };
         Self { function, key, shared, route, dir, report, served: false, retiring: JoinSet::new() }
     }
 
@@ -65,6 +65,7 @@ impl Keeper {
         }
         let mut serving: Option<Serving> = None;
         let mut backoff = FIRST_BACKOFF;
+        let mut attempted: Option<String> = None;
         loop {
             let want = desired.borrow_and_update().clone();
             let plan = match want {
@@ -110,10 +111,12 @@ impl Keeper {
                 }
                 continue;
             }
-            // A version to start: the first, a restart, or new code beside the serving one.
-            if serving.is_none() && !self.served {
+            // A version to start: the first, a restart, or new code beside the serving one. A
+            // version that failed stays reported as failed while it is tried again.
+            if serving.is_none() && !self.served && attempted.as_deref() != Some(plan.checksum.as_str()) {
                 self.publish(LocalState::Starting, "Starting", None).await;
             }
+            attempted = Some(plan.checksum.clone());
             let started = tokio::select! {
                 started = self.start(&plan) => started,
                 changed = desired.changed() => if changed.is_err() { break } else { continue },
@@ -168,7 +171,7 @@ impl Keeper {
         let code_dir = prepare(&self.shared.layout, &self.dir, plan, runtimes, &self.shared.locks)
             .await
             .map_err(|e| e.to_string())?;
-        let log_file = self.dir.join("output.log");
+        let log_file = self.dir.join(LOG_FILE);
         let launch = Launch {
             function: &self.key,
             runtimes,
@@ -184,7 +187,7 @@ impl Keeper {
     /// Sends new requests to `process` (none: nowhere) and notes where for `kubeless function call`.
     async fn switch(&mut self, process: Option<&Process>) {
         self.route.switch(process.map(|p| p.endpoint.clone()));
-        let url_file = self.dir.join("url");
+        let url_file = self.dir.join(URL_FILE);
         match process {
             Some(p) => {
                 let url = p.endpoint.uri.to_string();

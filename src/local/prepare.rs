@@ -28,6 +28,10 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 const INSTALLED: &str = ".installed";
 /// The install's output, kept for the user.
 pub const INSTALL_LOG: &str = "install.log";
+/// A function's processes' output, in its directory.
+pub const LOG_FILE: &str = "output.log";
+/// Where a function answers now, in its directory.
+pub const URL_FILE: &str = "url";
 
 /// Why a version's directory could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,7 @@ mod kafka_delivery;
 mod kafka_restarts;
 mod kinesis;
 mod kubernetes;
+mod local_functions;
 mod manifest_changes;
 mod memory_budget;
 mod nats;

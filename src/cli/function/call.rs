@@ -13,10 +13,14 @@ use kube::api::{ListParams, LogParams};
 use kube::{Api, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 
+use std::path::PathBuf;
+
 use crate::cli::store::Store;
 use crate::cli::{table, ListOutput};
 use crate::control::index::{function_url, DEFAULT_URL_TEMPLATE};
+use crate::local::prepare::{Layout, LOG_FILE};
 use crate::resources::Function;
+use crate::resources::URL_ANNOTATION;
 
 /// How long `call` and `top` wait for a function.
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -36,11 +40,27 @@ fn proxy_path(f: &Function, rest: &str) -> String {
     format!("/api/v1/namespaces/{}/services/{}:{port}/proxy/{rest}", f.namespace().unwrap_or_default(), f.name_any())
 }
 
-/// Where a function is reached without a cluster: its `kubeless.io/url`, else the broker's URL
-/// template (`KUBELESS_FUNCTION_URL_TEMPLATE`).
-fn direct_url(f: &Function, rest: &str) -> String {
-    let template = std::env::var("KUBELESS_FUNCTION_URL_TEMPLATE").unwrap_or_else(|_| DEFAULT_URL_TEMPLATE.to_string());
-    let base = function_url(f, &template);
+/// The directory where the broker keeps a local function's files, if the store is a manifest
+/// directory.
+fn local_dir(store: &Store, f: &Function) -> Option<PathBuf> {
+    let Store::Dir { state_dir: Some(state_dir), .. } = store else { return None };
+    Some(Layout::new(state_dir).function_dir(&f.namespace().unwrap_or_default(), &f.name_any()))
+}
+
+/// Where a function is reached without a cluster: its `kubeless.io/url`; else where the broker
+/// runs it (a local function); else the broker's URL template (`KUBELESS_FUNCTION_URL_TEMPLATE`).
+fn direct_url(store: &Store, f: &Function, rest: &str) -> String {
+    let annotated = f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
+    let local = local_dir(store, f)
+        .filter(|_| !annotated)
+        .and_then(|dir| std::fs::read_to_string(dir.join("url")).ok())
+        .map(|url| url.trim().to_string())
+        .filter(|url| !url.is_empty());
+    let base = local.unwrap_or_else(|| {
+        let template =
+            std::env::var("KUBELESS_FUNCTION_URL_TEMPLATE").unwrap_or_else(|_| DEFAULT_URL_TEMPLATE.to_string());
+        function_url(f, &template)
+    });
     format!("{}/{rest}", base.trim_end_matches('/'))
 }
 
@@ -68,7 +88,7 @@ async fn request(
             tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| anyhow!("no answer within {CALL_TIMEOUT:?}"))?
         }
         Store::Dir { .. } => {
-            let url = direct_url(f, rest);
+            let url = direct_url(store, f, rest);
             let request = req.uri(&url).body(http_body_util::Full::new(Bytes::from(body)))?;
             crate::delivery::HttpClient::new()
                 .fetch(request, CALL_TIMEOUT, ANSWER_LIMIT)
@@ -114,9 +134,8 @@ pub async fn call(store: &Store, name: &str, data: Option<String>) -> anyhow::Re
 /// are several.
 pub async fn logs(store: &Store, name: &str, follow: bool) -> anyhow::Result<()> {
     let Store::Kube { client, namespace, .. } = store else {
-        bail!(
-            "function logs needs a cluster: with --manifests the function runs wherever you started it, and logs there"
-        );
+        let f: Function = store.need(name).await?;
+        return local_logs(store, &f, follow).await;
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = api
@@ -150,6 +169,48 @@ pub async fn logs(store: &Store, name: &str, follow: bool) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// `function logs` of a function the broker runs itself: its log file, followed with `-f`.
+async fn local_logs(store: &Store, f: &Function, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let name = f.name_any();
+    if f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION)) {
+        bail!("function {name} runs at its {URL_ANNOTATION}, not in the broker: its logs are wherever it runs");
+    }
+    let Some(path) = local_dir(store, f).map(|d| d.join(LOG_FILE)) else {
+        bail!("no --state-dir (or HOME) to find the broker's local functions in");
+    };
+    let mut file = tokio::fs::File::open(&path).await.with_context(|| {
+        format!(
+            "function {name} has no log at {} yet: is kubeless-broker --manifests running it with the same --state-dir?",
+            path.display()
+        )
+    })?;
+    let mut read = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        read += file.read_to_end(&mut buf).await.with_context(|| format!("reading {}", path.display()))? as u64;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf)?;
+        out.flush()?;
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Rotated (moved aside and started again): read the new file from its start.
+        let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(read);
+        if len < read {
+            if let Ok(fresh) = tokio::fs::File::open(&path).await {
+                file = fresh;
+                read = 0;
+                file.seek(std::io::SeekFrom::Start(0)).await?;
+            }
+        }
+    }
 }
 
 /// One method's totals from a function's `/metrics`.

@@ -107,3 +107,28 @@ pub fn kinesis_yaml(name: &str, function: &str, stream: &str, endpoint: &str, ex
     };
     format!("{secret}---\n{}", yaml_of(&KinesisTrigger { metadata: meta(name), spec, status: None }, extra))
 }
+
+/// A Function in `default` labelled `function: <name>` with no `kubeless.io/url`: the daemon runs
+/// it itself (a local function). `env` becomes its container's environment.
+pub fn local_function_yaml(
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    code: &str,
+    deps: &str,
+    env: &[(&str, &str)],
+) -> String {
+    let mut metadata = meta(name);
+    metadata.labels = Some(labels(&format!("{{function: {name}}}")));
+    let env: Vec<serde_json::Value> = env.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect();
+    let spec = FunctionSpec {
+        runtime: runtime.into(),
+        handler: handler.into(),
+        function: code.into(),
+        deps: deps.into(),
+        timeout: Some(IntOrString::String("30".into())),
+        deployment: Some(serde_json::json!({"spec": {"template": {"spec": {"containers": [{"env": env}]}}}})),
+        ..FunctionSpec::default()
+    };
+    yaml_of(&Function { metadata, spec, status: None }, "")
+}

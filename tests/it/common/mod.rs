@@ -22,7 +22,8 @@ pub use function::{Behaviour, Function, Received};
 pub use kafka::{Kafka, SESSION_TIMEOUT_MS};
 pub use kinesis::Kinesis;
 pub use manifests::{
-    cron_yaml, function_with_timeout_yaml, function_yaml, kinesis_yaml, nats_trigger_yaml, trigger_yaml,
+    cron_yaml, function_with_timeout_yaml, function_yaml, kinesis_yaml, local_function_yaml, nats_trigger_yaml,
+    trigger_yaml,
 };
 pub use nats::Nats;
 pub use server::{free_port, Server};

@@ -1,0 +1,316 @@
+//! Local functions (standalone mode): Kubeless functions, with their dependencies, run by the
+//! daemon itself and fed by triggers, with no `kubeless.io/url` anywhere; restarted when killed,
+//! replaced without loss when their code changes, gone with the daemon, and reported in `/status`
+//! when they cannot run.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// How long a local function may take to serve: a dependency install from the registry included.
+const SERVING_WITHIN: Duration = Duration::from_secs(300);
+
+/// A Kubeless Python function that imports its pip dependency and appends what it got to `$OUT`.
+fn python_code(version: &str) -> String {
+    format!(
+        "import os\nimport six\n\n\ndef handler(event, context):\n    data = event['data']\n    data = data.decode() if isinstance(data, bytes) else data\n    with open(os.environ['OUT'], 'a') as f:\n        f.write('{version} %s %s\\n' % (six.__name__, data))\n    print('handled %s' % data, flush=True)\n    return 'ok ' + str(data)\n"
+    )
+}
+
+/// The `/status` report of local function `default/<name>` (`null` until there is one).
+async fn local(daemon: &Daemon, name: &str) -> Value {
+    daemon.status().await["local_functions"][format!("default/{name}")].clone()
+}
+
+/// Waits until the local function serves (its version, if given); panics with `/status` and the log.
+async fn wait_serving(daemon: &Daemon, name: &str, version: Option<&str>) -> Value {
+    let start = Instant::now();
+    loop {
+        let report = local(daemon, name).await;
+        if report["state"] == "Serving" && version.is_none_or(|v| report["version"] == v) && report["pid"].is_u64() {
+            return report;
+        }
+        assert!(
+            start.elapsed() < SERVING_WITHIN,
+            "{name} not serving: {report}\nstatus: {}\nlog:\n{}",
+            daemon.status().await,
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The lines the handler wrote.
+fn lines(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// The messages (last word) of the lines the handler wrote.
+fn messages(out: &Path) -> BTreeSet<String> {
+    lines(out).iter().filter_map(|l| l.rsplit(' ').next()).map(str::to_string).collect()
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
+/// Live processes in process group `group`.
+fn group_members(group: u64) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|s| {
+                let fields: Vec<&str> = s.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
+                fields.first() != Some(&"Z") && fields.get(2).and_then(|g| g.parse::<u64>().ok()) == Some(group)
+            })
+        })
+        .collect()
+}
+
+async fn kubeless(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubeless"))
+        .args(args)
+        .env_remove("KUBELESS_MANIFESTS")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run kubeless");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_function_with_a_pip_dependency_runs_locally_behind_a_kafka_trigger() {
+    let kafka = Kafka::start().await;
+    kafka.create_topic("greetings", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("handled.txt");
+    let out_text = out.display().to_string();
+    let manifests = [
+        local_function_yaml(
+            "hello",
+            "python3.7",
+            "hello.handler",
+            &python_code("v1"),
+            "six==1.16.0\n",
+            &[("OUT", &out_text)],
+        ),
+        trigger_yaml("greet", "greetings", "{function: hello}", ""),
+    ];
+    std::fs::write(dir.path().join("hello.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    let report = wait_serving(&daemon, "hello", None).await;
+    assert!(report["url"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:")), "{report}");
+    daemon.wait_states(&["hello"], |s| s[0] == "Ready").await;
+
+    const N: usize = 40;
+    let records = (0..N).map(|i| (None, format!("m-{i}").into_bytes())).collect();
+    kafka.publish_all("greetings", records).await;
+    wait_for("every message handled", Duration::from_secs(60), || messages(&out).len() >= N).await;
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("m-{i}")).collect();
+    assert_eq!(messages(&out), expected);
+    assert!(
+        lines(&out).iter().all(|l| l.starts_with("v1 six m-")),
+        "the handler imported its dependency: {:?}",
+        lines(&out)
+    );
+
+    // The function's own output, through the CLI, as `kubeless function logs` showed a pod's.
+    let m = dir.path().display().to_string();
+    let state = daemon.state_dir().display().to_string();
+    let base = ["--manifests", m.as_str(), "--state-dir", state.as_str()];
+    let logs_args: Vec<&str> = base.iter().copied().chain(["function", "logs", "hello"]).collect();
+    let (ok, logs, err) = kubeless(&logs_args, &[]).await;
+    assert!(ok, "{err}");
+    assert!(logs.contains("handled m-0") && logs.contains(&format!("handled m-{}", N - 1)), "{logs}");
+    let call_args: Vec<&str> = base.iter().copied().chain(["function", "call", "hello", "--data", "ping"]).collect();
+    let (ok, answer, err) = kubeless(&call_args, &[]).await;
+    assert!(ok, "{err}");
+    assert_eq!(answer.trim(), "ok ping");
+    assert!(daemon.log_text().contains("handled m-0"), "the daemon's log carries the function's output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_function_is_restarted_a_code_edit_switches_without_loss_and_the_daemon_takes_it_along() {
+    let kafka = Kafka::start().await;
+    kafka.create_topic("work", 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("handled.txt");
+    let out_text = out.display().to_string();
+    let write = |version: &str| {
+        let code = python_code(version).replace("return 'ok '", "import time\n    time.sleep(0.01)\n    return 'ok '");
+        let manifests = [
+            local_function_yaml("worker", "python3.9", "worker.handler", &code, "six==1.16.0\n", &[("OUT", &out_text)]),
+            trigger_yaml(
+                "work",
+                "work",
+                "{function: worker}",
+                "  delivery: {retry: {initialBackoff: 100ms, maxBackoff: 500ms}}\n",
+            ),
+        ];
+        std::fs::write(dir.path().join("worker.yaml"), manifests.join("---\n")).expect("write");
+    };
+    write("v1");
+    let mut daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    let first = wait_serving(&daemon, "worker", None).await;
+    daemon.wait_states(&["worker"], |s| s[0] == "Ready").await;
+    let first_pid = first["pid"].as_u64().expect("pid");
+
+    // kill -9 of the function mid-stream: restarted, nothing lost.
+    const N: usize = 300;
+    let records = (0..N).map(|i| (None, format!("a{i}").into_bytes())).collect();
+    kafka.publish_all("work", records).await;
+    wait_for("some handled", Duration::from_secs(60), || messages(&out).len() >= 30).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(first_pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the function");
+    wait_for("every a-message handled after the restart", Duration::from_secs(120), || {
+        messages(&out).iter().filter(|m| m.starts_with('a')).count() >= N
+    })
+    .await;
+    let restarted = wait_serving(&daemon, "worker", None).await;
+    assert!(restarted["restarts"].as_u64() >= Some(1), "{restarted}");
+    assert_ne!(restarted["pid"], first["pid"]);
+    assert!(daemon.metric("kubeless_local_function_restarts_total").await >= 1.0);
+    let killed_at = messages(&out).len();
+    assert!(killed_at >= N, "nothing lost across the kill");
+
+    // A code edit: the new version serves the next messages; the old process goes.
+    let old_pid = restarted["pid"].as_u64().expect("pid");
+    let old_version = restarted["version"].as_str().expect("version").to_string();
+    write("v2");
+    let start = Instant::now();
+    let replaced = loop {
+        let r = local(&daemon, "worker").await;
+        if r["state"] == "Serving" && r["version"] != old_version.as_str() && r["pid"].is_u64() {
+            break r;
+        }
+        assert!(start.elapsed() < SERVING_WITHIN, "v2 never served: {r}\n{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let records = (0..100).map(|i| (None, format!("b{i}").into_bytes())).collect();
+    kafka.publish_all("work", records).await;
+    wait_for("every b-message handled", Duration::from_secs(60), || {
+        messages(&out).iter().filter(|m| m.starts_with('b')).count() >= 100
+    })
+    .await;
+    let b_lines: Vec<String> =
+        lines(&out).into_iter().filter(|l| l.rsplit(' ').next().is_some_and(|m| m.starts_with('b'))).collect();
+    assert!(b_lines.iter().all(|l| l.starts_with("v2 ")), "after the switch only v2 answers: {b_lines:?}");
+    wait_for("the old process stopped", Duration::from_secs(45), || !alive(old_pid)).await;
+    assert_eq!(daemon.consumer_state("worker").await, "Ready", "the consumer kept running across the switch");
+
+    // kill -9 of the daemon: its function goes with it.
+    let pid = replaced["pid"].as_u64().expect("pid");
+    assert!(alive(pid));
+    daemon.kill9();
+    wait_for("no process of the function left", Duration::from_secs(15), || {
+        !alive(pid) && group_members(pid).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_runtime_or_a_failed_install_is_reported_and_other_functions_go_on() {
+    let kafka = Kafka::start().await;
+    kafka.create_topic("ok", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("handled.txt");
+    let out_text = out.display().to_string();
+    let node_code = "module.exports = { handler: (event) => 'hi' };\n";
+    let manifests = [
+        local_function_yaml(
+            "good",
+            "python3.9",
+            "good.handler",
+            &python_code("v1"),
+            "six==1.16.0\n",
+            &[("OUT", &out_text)],
+        ),
+        local_function_yaml("nonode", "nodejs20", "h.handler", node_code, "", &[]),
+        local_function_yaml(
+            "baddeps",
+            "python3.9",
+            "b.handler",
+            &python_code("v1"),
+            "this is not a requirement!!\n",
+            &[],
+        ),
+        local_function_yaml("golang", "go1.14", "h.Handler", "package kubeless", "", &[]),
+        trigger_yaml("good", "ok", "{function: good}", ""),
+        trigger_yaml("nonode", "ok", "{function: nonode}", ""),
+        trigger_yaml("baddeps", "ok", "{function: baddeps}", ""),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    // The daemon's PATH has what the Python runtime and pip need, and no node.
+    let bin = tempfile::tempdir().expect("tempdir");
+    for tool in ["bash", "sh", "dirname", "python3", "setpriv"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").expect("PATH"))
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} on PATH"));
+        std::os::unix::fs::symlink(found, bin.path().join(tool)).expect("symlink");
+    }
+    let path = bin.path().display().to_string();
+    let daemon = Daemon::start_with_env(dir.path(), &kafka.brokers, &[], &[("PATH", &path)]).await;
+    wait_serving(&daemon, "good", None).await;
+
+    let start = Instant::now();
+    let (nonode, baddeps) = loop {
+        let (n, b) = (local(&daemon, "nonode").await, local(&daemon, "baddeps").await);
+        if n["state"] == "Failed" && b["state"] == "Failed" {
+            break (n, b);
+        }
+        assert!(start.elapsed() < SERVING_WITHIN, "nonode: {n}\nbaddeps: {b}\n{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(nonode["problem"].as_str().is_some_and(|p| p.contains("node is not on the daemon's PATH")), "{nonode}");
+    let why = baddeps["problem"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("installing the dependencies (requirements.txt) failed") && why.contains("install.log"),
+        "{baddeps}"
+    );
+    let golang = local(&daemon, "golang").await;
+    assert_eq!(golang["state"], "Unrunnable", "{golang}");
+    assert!(golang["problem"].as_str().is_some_and(|p| p.contains("spec.runtime")), "{golang}");
+
+    // The triggers say why in /status; the good one delivers.
+    let status = daemon.status().await;
+    let reason_of = |trigger: &str| {
+        status["trigger_problems"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["object"] == format!("KafkaTrigger default/{trigger}")))
+            .map(|p| {
+                (
+                    p["reason"].as_str().unwrap_or_default().to_string(),
+                    p["problem"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+    };
+    let (reason, problem) = reason_of("nonode").expect("nonode's trigger has a problem");
+    assert_eq!(reason, "FunctionNotRunning");
+    assert!(problem.contains("node is not on the daemon's PATH"), "{problem}");
+    assert_eq!(reason_of("baddeps").map(|r| r.0).as_deref(), Some("FunctionNotRunning"));
+    daemon.wait_states(&["good"], |s| s[0] == "Ready").await;
+    kafka.publish_all("ok", (0..10).map(|i| (None, format!("g{i}").into_bytes())).collect()).await;
+    wait_for("the good function handles every message", Duration::from_secs(60), || messages(&out).len() >= 10).await;
+    assert!(daemon.get("/healthz").await.is_some_and(|(s, _)| s == 200));
+}

@@ -104,6 +104,7 @@ pub struct Catalogue(Vec<RuntimeInfo>);
 /// The images built from `runtimes/` (`runtimes/<language>/Dockerfile`).
 pub const PYTHON_IMAGE: &str = "kubeless-broker/runtime-python:0.1.0";
 pub const NODEJS_IMAGE: &str = "kubeless-broker/runtime-nodejs:0.1.0";
+pub const RUBY_IMAGE: &str = "kubeless-broker/runtime-ruby:0.1.0";
 
 impl Catalogue {
     /// Reads Kubeless's `runtime-images` (a YAML or JSON list); every version must name a runtime
@@ -124,11 +125,15 @@ impl Catalogue {
         Ok(Self(runtimes))
     }
 
-    /// Kubeless's Python 3 and Node runtime ids, served by this project's runtimes: Python code
-    /// written for 3.6–3.9 runs on 3.12, Node code written for 8–14 on 20.
+    /// Kubeless's Python 3, Node and Ruby runtime ids, served by this project's runtimes: Python
+    /// code written for 3.6–3.9 runs on 3.12, Node code written for 8–14 on 20, Ruby code written
+    /// for 2.4–2.6 on 3.x.
     pub fn builtin() -> Self {
         let pip = "pip install --prefix=$KUBELESS_INSTALL_VOLUME -r $KUBELESS_DEPS_FILE";
         let npm = "cd $KUBELESS_INSTALL_VOLUME && npm install --omit=dev --no-audit --no-fund";
+        // Kubeless's `--path=$KUBELESS_INSTALL_VOLUME`, as an environment variable: Bundler 2.5
+        // and later refuse the flag.
+        let bundle = "BUNDLE_PATH=$KUBELESS_INSTALL_VOLUME bundle install --gemfile=$KUBELESS_DEPS_FILE";
         Self(vec![
             builtin_language(
                 "python",
@@ -145,6 +150,14 @@ impl Catalogue {
                 npm,
                 "package.json",
                 ".js",
+            ),
+            builtin_language(
+                "ruby",
+                &["2.4", "2.5", "2.6", "2.7", "3.0", "3.1", "3.2", "3.3"],
+                RUBY_IMAGE,
+                bundle,
+                "Gemfile",
+                ".rb",
             ),
         ])
     }
@@ -243,7 +256,7 @@ mod tests {
     #[test]
     fn an_unknown_runtime_or_version_names_the_known_ones() {
         let c = Catalogue::builtin();
-        for bad in ["python2.7", "ruby2.4", "", "python", "nodejs99"] {
+        for bad in ["python2.7", "ruby1.9", "", "python", "nodejs99", "go1.14"] {
             let err = c.resolve(bad).expect_err(bad);
             let text = err.to_string();
             assert!(
@@ -254,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn the_builtin_catalogue_serves_kubeless_python3_and_node_ids_with_this_projects_images() {
+    fn the_builtin_catalogue_serves_kubeless_python3_node_and_ruby_ids_with_this_projects_images() {
         let c = Catalogue::builtin();
         for (runtime, image, deps, suffix) in [
             ("python3.6", PYTHON_IMAGE, "requirements.txt", ".py"),
@@ -263,6 +276,8 @@ mod tests {
             ("nodejs8", NODEJS_IMAGE, "package.json", ".js"),
             ("nodejs14", NODEJS_IMAGE, "package.json", ".js"),
             ("nodejs20", NODEJS_IMAGE, "package.json", ".js"),
+            ("ruby2.4", RUBY_IMAGE, "Gemfile", ".rb"),
+            ("ruby3.3", RUBY_IMAGE, "Gemfile", ".rb"),
         ] {
             let r = c.resolve(runtime).unwrap_or_else(|e| panic!("{runtime}: {e}"));
             assert_eq!(

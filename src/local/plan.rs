@@ -18,6 +18,7 @@ use crate::resources::Function;
 pub enum Language {
     Python,
     Node,
+    Ruby,
 }
 
 impl Language {
@@ -25,6 +26,7 @@ impl Language {
         match id {
             "python" => Some(Self::Python),
             "nodejs" => Some(Self::Node),
+            "ruby" => Some(Self::Ruby),
             _ => None,
         }
     }
@@ -34,6 +36,7 @@ impl Language {
         match self {
             Self::Python => "python",
             Self::Node => "nodejs",
+            Self::Ruby => "ruby",
         }
     }
 
@@ -42,6 +45,7 @@ impl Language {
         match self {
             Self::Python => "python3",
             Self::Node => "node",
+            Self::Ruby => "ruby",
         }
     }
 }
@@ -235,6 +239,7 @@ spec:
     fn a_function_that_only_a_cluster_can_run_says_which_field_and_why() {
         let cases = [
             (HELLO.replace("python3.7", "ruby9.9"), "spec.runtime"),
+            (HELLO.replace("python3.7", "go1.14"), "spec.runtime"),
             (HELLO.replace("test.hello", "nodot"), "spec.handler"),
             (HELLO.replace("  timeout: \"30\"", "  function-content-type: url"), "url"),
             (HELLO.replace("  timeout: \"30\"", "  function-content-type: base64+zip"), "archives"),

@@ -6,8 +6,8 @@
 //! after a backoff.
 //!
 //! ```text
-//! <state-dir>/local/deps/<deps hash>/            install volume: deps file, lib/ or node_modules/, install.log
-//! <state-dir>/local/functions/<ns>/<name>/<checksum>/   code file, lib → deps, node_modules → deps
+//! <state-dir>/local/deps/<deps hash>/            install volume: deps file, what the install left, install.log
+//! <state-dir>/local/functions/<ns>/<name>/<checksum>/   code file, deps file, links to what the install left
 //! <state-dir>/local/functions/<ns>/<name>/output.log   the processes' output (`kubeless function logs`)
 //! <state-dir>/local/functions/<ns>/<name>/url          where it answers now (`kubeless function call`)
 //! ```
@@ -106,12 +106,16 @@ pub async fn prepare(
     let dep_file = staging.join(&plan.dep_name);
     tokio::fs::write(&dep_file, &plan.deps).await.map_err(write_err(&dep_file))?;
     if let Some(deps) = deps {
-        // The runtimes look for what was installed under their code directory.
-        for entry in ["lib", "node_modules"] {
-            if tokio::fs::try_exists(deps.join(entry)).await.unwrap_or(false) {
-                let link = staging.join(entry);
-                tokio::fs::symlink(deps.join(entry), &link).await.map_err(write_err(&link))?;
+        // The runtimes look for what was installed under their code directory (lib/,
+        // node_modules/, ruby/ and Gemfile.lock, …): everything the install left, linked.
+        let mut entries = tokio::fs::read_dir(&deps).await.map_err(write_err(&deps))?;
+        while let Some(entry) = entries.next_entry().await.map_err(write_err(&deps))? {
+            let name = entry.file_name();
+            if [plan.dep_name.as_str(), INSTALLED, INSTALL_LOG].iter().any(|n| name == *n) {
+                continue;
             }
+            let link = staging.join(&name);
+            tokio::fs::symlink(entry.path(), &link).await.map_err(write_err(&link))?;
         }
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;

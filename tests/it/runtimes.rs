@@ -1,5 +1,5 @@
 //! The function runtimes (`runtimes/`), run as local processes as their images would run them, against
-//! Kubeless's runtime contract: one suite for Python and Node. And Kafka messages delivered by the
+//! Kubeless's runtime contract: one suite for Python, Node and Ruby. And Kafka messages delivered by the
 //! daemon to the Python runtime running a function written for Kubeless.
 
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ impl Runtime {
             ("FUNC_HANDLER", "handler"),
             ("FUNC_PORT", &port.to_string()),
             ("FUNC_TIMEOUT", &TIMEOUT_S.to_string()),
-            ("FUNC_RUNTIME", if runtime == "python" { "python3.9" } else { "nodejs14" }),
+            ("FUNC_RUNTIME", runtime_id(runtime)),
             ("FUNC_MEMORY_LIMIT", "128Mi"),
             ("KUBELESS_DIR", &code.path().display().to_string()),
         ]
@@ -49,6 +49,15 @@ impl Runtime {
         let command = vec![root().join("runtimes/run").display().to_string(), runtime.to_string()];
         let server = Server::start(&format!("runtime-{runtime}"), command, env, port).await;
         Self { server, _code: code, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+/// The `FUNC_RUNTIME` each runtime is run with.
+fn runtime_id(runtime: &str) -> &'static str {
+    match runtime {
+        "python" => "python3.9",
+        "ruby" => "ruby2.4",
+        _ => "nodejs14",
     }
 }
 
@@ -100,7 +109,7 @@ async fn contract(runtime: &str, file: &str) {
     for (k, v) in headers {
         assert_eq!(event[k], v, "{k}");
     }
-    let runtime_id = if runtime == "python" { "python3.9" } else { "nodejs14" };
+    let runtime_id = runtime_id(runtime);
     let context = &event["context"];
     assert_eq!(context["function-name"], "handler");
     assert_eq!(context["timeout"].as_f64(), Some(TIMEOUT_S as f64));
@@ -181,6 +190,11 @@ async fn the_python_runtime_answers_what_cannot_be_answered_at_once_and_refuses_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_runtime_keeps_kubeless_runtime_contract() {
     contract("nodejs", "contract.js").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ruby_runtime_keeps_kubeless_runtime_contract() {
+    contract("ruby", "contract.rb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

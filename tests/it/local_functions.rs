@@ -314,3 +314,77 @@ async fn a_missing_runtime_or_a_failed_install_is_reported_and_other_functions_g
     wait_for("the good function handles every message", Duration::from_secs(60), || messages(&out).len() >= 10).await;
     assert!(daemon.get("/healthz").await.is_some_and(|(s, _)| s == 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_behind_jetstream_and_ruby_behind_core_nats_run_locally_with_their_dependencies() {
+    let nats = Nats::start().await;
+    kubeless_nats::create_stream(&nats.client().await, "EVENTS", &["events.>"]).await.expect("stream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (node_out, ruby_out) = (work.path().join("node.txt"), work.path().join("ruby.txt"));
+    // A gem of the test's own, found by path: the gem registry cannot be reached here.
+    let gem = work.path().join("greeting");
+    std::fs::create_dir_all(gem.join("lib")).expect("gem dir");
+    std::fs::write(
+        gem.join("greeting.gemspec"),
+        "Gem::Specification.new do |s|\n  s.name = 'greeting'\n  s.version = '1.0.0'\n  s.summary = 'a test gem'\n  s.authors = ['tests']\n  s.files = ['lib/greeting.rb']\nend\n",
+    )
+    .expect("gemspec");
+    std::fs::write(
+        gem.join("lib/greeting.rb"),
+        "module Greeting\n  def self.hi(name)\n    \"hi #{name}\"\n  end\nend\n",
+    )
+    .expect("gem code");
+    let node_code = "const fs = require('fs');\nconst ms = require('ms');\n\nmodule.exports = {\n  handler: (event, context) => {\n    fs.appendFileSync(process.env.OUT, `node ${ms(60000)} ${event.data}\\n`);\n    console.log(`handled ${event.data}`);\n    return 'ok';\n  },\n};\n";
+    let ruby_code = "require 'greeting'\n\ndef handler(event, context)\n  File.open(ENV['OUT'], 'a') { |f| f.puts(\"ruby #{Greeting.hi(event[:data])}\") }\n  puts \"handled #{event[:data]}\"\n  'ok'\nend\n";
+    let gemfile = format!("gem 'greeting', path: '{}'\n", gem.display());
+    let manifests = [
+        local_function_yaml(
+            "jsfn",
+            "nodejs14",
+            "handler.handler",
+            node_code,
+            r#"{"name": "jsfn", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}}"#,
+            &[("OUT", &node_out.display().to_string())],
+        ),
+        local_function_yaml(
+            "rbfn",
+            "ruby2.6",
+            "handler.handler",
+            ruby_code,
+            &gemfile,
+            &[("OUT", &ruby_out.display().to_string())],
+        ),
+        nats_trigger_yaml("js", "events.js", "{function: jsfn}", "  jetstream: {stream: EVENTS}\n"),
+        nats_trigger_yaml("rb", "ruby.in", "{function: rbfn}", ""),
+    ];
+    std::fs::write(dir.path().join("m.yaml"), manifests.join("---\n")).expect("write");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &["--nats-url", &nats.url]).await;
+    wait_serving(&daemon, "jsfn", None).await;
+    wait_serving(&daemon, "rbfn", None).await;
+    daemon.wait_states(&["jsfn", "rbfn"], |s| s.iter().all(|s| s == "Ready")).await;
+
+    const N: usize = 30;
+    nats.publish_all("events.js", (0..N).map(|i| format!("j{i}")), true).await;
+    nats.publish_all("ruby.in", (0..N).map(|i| format!("r{i}")), false).await;
+    wait_for("every message handled", Duration::from_secs(60), || {
+        messages(&node_out).len() >= N && messages(&ruby_out).len() >= N
+    })
+    .await;
+    assert_eq!(messages(&node_out), (0..N).map(|i| format!("j{i}")).collect::<BTreeSet<_>>());
+    assert_eq!(messages(&ruby_out), (0..N).map(|i| format!("r{i}")).collect::<BTreeSet<_>>());
+    assert!(lines(&node_out).iter().all(|l| l.starts_with("node 1m j")), "ms was installed: {:?}", lines(&node_out));
+    assert!(
+        lines(&ruby_out).iter().all(|l| l.starts_with("ruby hi r")),
+        "the gem was installed: {:?}",
+        lines(&ruby_out)
+    );
+
+    let m = dir.path().display().to_string();
+    let state = daemon.state_dir().display().to_string();
+    for (function, first) in [("jsfn", "handled j0"), ("rbfn", "handled r0")] {
+        let args = ["--manifests", m.as_str(), "--state-dir", state.as_str(), "function", "logs", function];
+        let (ok, logs, err) = kubeless(&args, &[]).await;
+        assert!(ok && logs.contains(first), "{function}: {logs}{err}");
+    }
+}

@@ -26,6 +26,7 @@ The file name starts with an underscore so that it cannot collide with the funct
 
 import glob
 import importlib
+import importlib.util
 import io
 import json
 import logging
@@ -58,10 +59,20 @@ def _load_function():
         sys.exit("MOD_NAME and FUNC_HANDLER must name the function's module and handler")
     if mod_name == THIS_MODULE:
         sys.exit(f"MOD_NAME cannot be {THIS_MODULE}: that is the runtime's own module")
-    # The code, then what the install step put beside it (`pip install --prefix` or `--target`).
-    sys.path.append(CODE_DIR)
+    # The code first, so that its modules win over standard ones of the same name (Kubeless's
+    # getting started names its module `test`), then what the install step put beside it
+    # (`pip install --prefix` or `--target`).
+    sys.path.insert(0, CODE_DIR)
     sys.path.extend(sorted(glob.glob(os.path.join(CODE_DIR, "lib", "python3*", "site-packages"))))
-    module = importlib.import_module(mod_name)
+    # Loaded from its file, as Kubeless's `imp.load_source` did: a name the runtime has already
+    # imported (`test`, `json`…) is still the function's own module.
+    path = os.path.join(CODE_DIR, mod_name + ".py")
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or not os.path.isfile(path):
+        sys.exit(f"{path} does not exist: MOD_NAME names the function's file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
     try:
         return getattr(module, handler)
     except AttributeError:

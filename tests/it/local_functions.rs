@@ -77,7 +77,13 @@ fn group_members(group: u64) -> Vec<u64> {
 }
 
 async fn kubeless(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    kubeless_in(&std::env::temp_dir(), args, env).await
+}
+
+/// `kubeless ARGS` run in `cwd` with `env` (and no manifest directory of the caller's).
+async fn kubeless_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubeless"))
+        .current_dir(cwd)
         .args(args)
         .env_remove("KUBELESS_MANIFESTS")
         .envs(env.iter().copied())
@@ -387,4 +393,85 @@ async fn node_behind_jetstream_and_ruby_behind_core_nats_run_locally_with_their_
         let (ok, logs, err) = kubeless(&args, &[]).await;
         assert!(ok && logs.contains(first), "{function}: {logs}{err}");
     }
+}
+
+/// Kubeless's getting started (its README and "PubSub functions" guide), typed unchanged: only the
+/// environment says where the manifests, the broker's state and the Kafka brokers are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeless_getting_started_typed_unchanged_works_against_a_manifest_directory() {
+    let kafka = Kafka::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &kafka.brokers, &[]).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(work.path().join("test.py"), "def hello(event, context):\n  print(event)\n  return event['data']\n")
+        .expect("test.py");
+    let (m, state) = (dir.path().display().to_string(), daemon.state_dir().display().to_string());
+    let env = [
+        ("KUBELESS_MANIFESTS", m.as_str()),
+        ("KUBELESS_STATE_DIR", state.as_str()),
+        ("KAFKA_BROKERS", kafka.brokers.as_str()),
+    ];
+    let typed = |line: &'static str| {
+        let args = shell_words(line);
+        let (cwd, env) = (work.path().to_path_buf(), env);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out, err) = kubeless_in(&cwd, &args[1..], &env).await;
+            assert!(ok, "{line}: {err}");
+            out
+        }
+    };
+
+    typed("kubeless function deploy hello --runtime python3.7 --from-file test.py --handler test.hello").await;
+    let start = Instant::now();
+    while !typed("kubeless function ls")
+        .await
+        .lines()
+        .any(|l| l.starts_with("hello") && l.trim_end().ends_with("READY") && !l.contains("NOT READY"))
+    {
+        assert!(
+            start.elapsed() < SERVING_WITHIN,
+            "hello never READY: {}\n{}",
+            daemon.status().await,
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(typed("kubeless function call hello --data 'Hello world!'").await.trim(), "Hello world!");
+
+    typed("kubeless topic create test-topic").await;
+    typed("kubeless trigger kafka create test --function-selector created-by=kubeless,function=hello --trigger-topic test-topic").await;
+    daemon.wait_states(&["hello"], |s| s[0] == "Ready").await;
+    typed("kubeless topic publish --topic test-topic --data \"Hello World!\"").await;
+    let start = Instant::now();
+    while !typed("kubeless function logs hello").await.contains("Hello World!") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the message never reached the function: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A command line split as a POSIX shell would (quotes only; enough for the lines above).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => (quote, any) = (Some(c), true),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            (_, c) => (word.push(c), any = true).0,
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use crate::cli::store::Store;
 use crate::cli::{table, ListOutput};
 use crate::control::index::{function_url, DEFAULT_URL_TEMPLATE};
-use crate::local::prepare::{Layout, LOG_FILE};
+use crate::local::prepare::{Layout, LOG_FILE, URL_FILE};
 use crate::resources::Function;
 use crate::resources::URL_ANNOTATION;
 
@@ -42,9 +42,23 @@ fn proxy_path(f: &Function, rest: &str) -> String {
 
 /// The directory where the broker keeps a local function's files, if the store is a manifest
 /// directory.
-fn local_dir(store: &Store, f: &Function) -> Option<PathBuf> {
+pub(super) fn local_dir(store: &Store, f: &Function) -> Option<PathBuf> {
     let Store::Dir { state_dir: Some(state_dir), .. } = store else { return None };
     Some(Layout::new(state_dir).function_dir(&f.namespace().unwrap_or_default(), &f.name_any()))
+}
+
+/// `function ls`'s STATUS of a function the broker runs itself (manifest directory, no
+/// `kubeless.io/url`): READY while a process of it answers; none for other functions.
+pub(super) fn local_status(store: &Store, f: &Function) -> Option<String> {
+    if f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION)) {
+        return None;
+    }
+    let dir = local_dir(store, f)?;
+    Some(if dir.join(URL_FILE).is_file() {
+        "READY".to_string()
+    } else {
+        "NOT READY: not serving (kubeless function logs, or the broker's /status, say why)".to_string()
+    })
 }
 
 /// Where a function is reached without a cluster: its `kubeless.io/url`; else where the broker
@@ -53,7 +67,7 @@ fn direct_url(store: &Store, f: &Function, rest: &str) -> String {
     let annotated = f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
     let local = local_dir(store, f)
         .filter(|_| !annotated)
-        .and_then(|dir| std::fs::read_to_string(dir.join("url")).ok())
+        .and_then(|dir| std::fs::read_to_string(dir.join(URL_FILE)).ok())
         .map(|url| url.trim().to_string())
         .filter(|url| !url.is_empty());
     let base = local.unwrap_or_else(|| {

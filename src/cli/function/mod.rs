@@ -198,7 +198,7 @@ pub async fn run(g: &Global, c: FunctionCommand) -> anyhow::Result<()> {
                     f.spec.handler.clone(),
                     f.spec.runtime.clone(),
                     f.spec.deps.trim().replace('\n', ", "),
-                    function_status(f),
+                    call::local_status(&store, f).unwrap_or_else(|| function_status(f)),
                 ]
             })
         }

@@ -50,15 +50,25 @@ impl Language {
     }
 }
 
+/// How a Function's archive is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Zip,
+    /// A tar archive, gzip, bzip2 or xz compressed (`+compressedtar`).
+    Tar,
+}
+
 /// One Function, ready to run locally.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub language: Language,
     /// `spec.runtime`, e.g. `python3.7`.
     pub runtime: String,
-    /// The code file's name (`<module><suffix>`) and contents.
+    /// The code file's name (`<module><suffix>`) and contents: the file itself, or (with
+    /// `archive`) the archive it is in.
     pub file_name: String,
     pub code: Vec<u8>,
+    pub archive: Option<ArchiveKind>,
     /// The dependency file's name and contents (`requirements.txt`, `package.json`); empty: none.
     pub dep_name: String,
     pub deps: String,
@@ -103,15 +113,18 @@ pub fn plan(function: &Function) -> Result<Plan, Unrunnable> {
         )));
     }
     let (module, handler) = split_handler(&spec.handler).map_err(|e| Unrunnable(e.to_string()))?;
-    let code = match code_of(function).map_err(|e| Unrunnable(e.to_string()))? {
-        Code::File(bytes) if bytes.is_empty() => return Err(Unrunnable("spec.function is empty".to_string())),
-        Code::File(bytes) => bytes,
-        Code::Archive => {
+    let (code, archive) = match code_of(function).map_err(|e| Unrunnable(e.to_string()))? {
+        Code::File(bytes) | Code::Archive { bytes, .. } if bytes.is_empty() => {
+            return Err(Unrunnable("spec.function is empty".to_string()))
+        }
+        Code::File(bytes) => (bytes, None),
+        Code::Archive { deps_inside: true, .. } => {
             return Err(Unrunnable(format!(
-                "spec.function-content-type {:?}: archives are unpacked only in a cluster",
+                "spec.function-content-type {:?}: an archive carrying its dependency file (+deps) is installed only in a cluster; give spec.deps",
                 spec.function_content_type
             )))
         }
+        Code::Archive { zip, bytes, .. } => (bytes, Some(if zip { ArchiveKind::Zip } else { ArchiveKind::Tar })),
         Code::Url => {
             return Err(Unrunnable(
                 "spec.function-content-type url: the daemon does not download code; give it inline".to_string(),
@@ -137,6 +150,7 @@ pub fn plan(function: &Function) -> Result<Plan, Unrunnable> {
         runtime: spec.runtime.clone(),
         file_name: format!("{module}{}", resolved.info.file_name_suffix),
         code,
+        archive,
         dep_name: resolved.info.dep_name.clone(),
         deps: spec.deps.clone(),
         install,
@@ -173,7 +187,12 @@ fn user_env(container: Option<&serde_json::Value>) -> Result<BTreeMap<String, St
 
 fn checksum(plan: &Plan) -> String {
     let mut h = Sha256::new();
-    for part in [plan.runtime.as_bytes(), plan.file_name.as_bytes(), &plan.code, plan.deps.as_bytes()] {
+    let packed: &[u8] = match plan.archive {
+        None => b"file",
+        Some(ArchiveKind::Zip) => b"zip",
+        Some(ArchiveKind::Tar) => b"tar",
+    };
+    for part in [plan.runtime.as_bytes(), plan.file_name.as_bytes(), &plan.code, packed, plan.deps.as_bytes()] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -242,7 +261,7 @@ spec:
             (HELLO.replace("python3.7", "go1.14"), "spec.runtime"),
             (HELLO.replace("test.hello", "nodot"), "spec.handler"),
             (HELLO.replace("  timeout: \"30\"", "  function-content-type: url"), "url"),
-            (HELLO.replace("  timeout: \"30\"", "  function-content-type: base64+zip"), "archives"),
+            (HELLO.replace("  timeout: \"30\"", "  function-content-type: text+zip+deps"), "+deps"),
             (
                 HELLO.to_string() + "  deployment: {spec: {template: {spec: {containers: [{image: 'me/fn:1'}]}}}}\n",
                 "runtime image override",
@@ -266,6 +285,22 @@ spec:
         let p = plan(&function(&yaml)).expect("runnable");
         assert_eq!(p.env.get("GREETING").map(String::as_str), Some("hi"));
         assert_eq!(p.env.get("MOD_NAME").map(String::as_str), Some("test"));
+    }
+
+    #[test]
+    fn an_archive_is_kept_packed_with_its_kind() {
+        let zipped = HELLO.replace("  timeout: \"30\"", "  function-content-type: base64+zip").replace(
+            "\"def hello(event, context):\\n    return event['data']\\n\"",
+            "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==",
+        );
+        let p = plan(&function(&zipped)).expect("runnable");
+        assert_eq!((p.archive, p.file_name.as_str(), p.code.len()), (Some(ArchiveKind::Zip), "test.py", 22));
+        let tar = HELLO.replace("  timeout: \"30\"", "  function-content-type: text+compressedtar");
+        assert_eq!(plan(&function(&tar)).expect("runnable").archive, Some(ArchiveKind::Tar));
+        assert_ne!(
+            plan(&function(&tar)).expect("runnable").checksum,
+            plan(&function(HELLO)).expect("runnable").checksum
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt as _;
 
-use super::plan::Plan;
+use super::plan::{ArchiveKind, Plan};
 use super::process::command;
 
 /// How long a dependency install may take.
@@ -38,6 +38,10 @@ pub const URL_FILE: &str = "url";
 pub enum PrepareError {
     #[error("cannot write {path}: {why}")]
     Write { path: String, why: String },
+    #[error("spec.function: the archive cannot be unpacked: {0}")]
+    Unpack(String),
+    #[error("spec.function: the archive has no {0} (the module spec.handler names)")]
+    NoModule(String),
     #[error("installing the dependencies ({dep_name}) failed ({outcome}); its output is in {log}{}", last_lines(.tail))]
     Install { dep_name: String, outcome: String, log: String, tail: Vec<String> },
 }
@@ -101,11 +105,17 @@ pub async fn prepare(
     let staging = function_dir.join(format!(".{}.new", &plan.checksum[..16]));
     let _ = tokio::fs::remove_dir_all(&staging).await;
     tokio::fs::create_dir_all(&staging).await.map_err(write_err(&staging))?;
-    let code = staging.join(&plan.file_name);
-    tokio::fs::write(&code, &plan.code).await.map_err(write_err(&code))?;
-    let dep_file = staging.join(&plan.dep_name);
-    tokio::fs::write(&dep_file, &plan.deps).await.map_err(write_err(&dep_file))?;
+    match plan.archive {
+        None => {
+            let code = staging.join(&plan.file_name);
+            tokio::fs::write(&code, &plan.code).await.map_err(write_err(&code))?;
+        }
+        Some(kind) => unpack(kind, &plan.code, &staging, &plan.file_name).await?,
+    }
     if let Some(deps) = deps {
+        // Beside the code, as in a pod (an empty one would be an invalid package.json to Node).
+        let dep_file = staging.join(&plan.dep_name);
+        tokio::fs::write(&dep_file, &plan.deps).await.map_err(write_err(&dep_file))?;
         // The runtimes look for what was installed under their code directory (lib/,
         // node_modules/, ruby/ and Gemfile.lock, …): everything the install left, linked.
         let mut entries = tokio::fs::read_dir(&deps).await.map_err(write_err(&deps))?;
@@ -121,6 +131,50 @@ pub async fn prepare(
     let _ = tokio::fs::remove_dir_all(&dir).await;
     tokio::fs::rename(&staging, &dir).await.map_err(write_err(&dir))?;
     Ok(dir)
+}
+
+/// Unpacks the Function's archive into `dir`, which must then hold the handler's module. A zip is
+/// read by the `zip` crate, whose paths stay inside `dir`; a compressed tar by GNU tar (gzip,
+/// bzip2 or xz, found by their magic), which refuses members reaching out of `dir`.
+async fn unpack(kind: ArchiveKind, bytes: &[u8], dir: &Path, module_file: &str) -> Result<(), PrepareError> {
+    match kind {
+        ArchiveKind::Zip => {
+            let (bytes, dir) = (bytes.to_vec(), dir.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                zip::ZipArchive::new(std::io::Cursor::new(bytes))
+                    .and_then(|mut archive| archive.extract(&dir))
+                    .map_err(|e| PrepareError::Unpack(e.to_string()))
+            })
+            .await
+            .map_err(|e| PrepareError::Unpack(e.to_string()))??;
+        }
+        ArchiveKind::Tar => {
+            let file = dir.join(".function.tar");
+            tokio::fs::write(&file, bytes).await.map_err(write_err(&file))?;
+            let out = tokio::process::Command::new("tar")
+                .arg("-xf")
+                .arg(&file)
+                .arg("-C")
+                .arg(dir)
+                .args(["--no-same-owner", "--no-same-permissions"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| PrepareError::Unpack(format!("cannot run tar: {e}")))?;
+            let _ = tokio::fs::remove_file(&file).await;
+            if !out.status.success() {
+                return Err(PrepareError::Unpack(format!(
+                    "tar {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+    }
+    if !tokio::fs::try_exists(dir.join(module_file)).await.unwrap_or(false) {
+        return Err(PrepareError::NoModule(module_file.to_string()));
+    }
+    Ok(())
 }
 
 /// Installs the plan's dependencies once per hash; returns the install volume.

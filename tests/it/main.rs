@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod cron;
 mod deploy;
+mod examples_makefile;
 mod functions;
 mod hostile_messages;
 mod kafka_backpressure;

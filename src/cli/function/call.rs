@@ -63,19 +63,26 @@ pub(super) fn local_status(store: &Store, f: &Function) -> Option<String> {
 
 /// Where a function is reached without a cluster: its `kubeless.io/url`; else where the broker
 /// runs it (a local function); else the broker's URL template (`KUBELESS_FUNCTION_URL_TEMPLATE`).
-fn direct_url(store: &Store, f: &Function, rest: &str) -> String {
+fn direct_url(store: &Store, f: &Function, rest: &str) -> anyhow::Result<String> {
     let annotated = f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
-    let local = local_dir(store, f)
-        .filter(|_| !annotated)
-        .and_then(|dir| std::fs::read_to_string(dir.join(URL_FILE)).ok())
-        .map(|url| url.trim().to_string())
-        .filter(|url| !url.is_empty());
-    let base = local.unwrap_or_else(|| {
-        let template =
-            std::env::var("KUBELESS_FUNCTION_URL_TEMPLATE").unwrap_or_else(|_| DEFAULT_URL_TEMPLATE.to_string());
-        function_url(f, &template)
-    });
-    format!("{}/{rest}", base.trim_end_matches('/'))
+    let local = local_dir(store, f).filter(|dir| !annotated && dir.is_dir());
+    let base = match local {
+        // The broker runs it: where it answers now, if it does.
+        Some(dir) => match std::fs::read_to_string(dir.join(URL_FILE)) {
+            Ok(url) if !url.trim().is_empty() => url.trim().to_string(),
+            _ => bail!(
+                "function {} is not serving in the broker yet (kubeless function ls, kubeless function logs {} and the broker's /status say why)",
+                f.name_any(),
+                f.name_any()
+            ),
+        },
+        None => {
+            let template =
+                std::env::var("KUBELESS_FUNCTION_URL_TEMPLATE").unwrap_or_else(|_| DEFAULT_URL_TEMPLATE.to_string());
+            function_url(f, &template)
+        }
+    };
+    Ok(format!("{}/{rest}", base.trim_end_matches('/')))
 }
 
 /// Sends a request to the function; returns its status and body.
@@ -102,7 +109,7 @@ async fn request(
             tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| anyhow!("no answer within {CALL_TIMEOUT:?}"))?
         }
         Store::Dir { .. } => {
-            let url = direct_url(store, f, rest);
+            let url = direct_url(store, f, rest)?;
             let request = req.uri(&url).body(http_body_util::Full::new(Bytes::from(body)))?;
             crate::delivery::HttpClient::new()
                 .fetch(request, CALL_TIMEOUT, ANSWER_LIMIT)

@@ -86,13 +86,18 @@ pub(super) fn verify_checksum(function: &Function, ct: &ContentType) -> Result<O
     Ok(Some(hex))
 }
 
-/// A Function's code as a local process runs it: the bytes of a plain (text or base64) code
-/// file, checked against `spec.checksum`, or how it is packed when it is not one.
+/// A Function's code as a local process runs it: the bytes of a code file or of an archive,
+/// checked against `spec.checksum`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Code {
     File(Vec<u8>),
-    /// `+zip` or `+compressedtar`.
-    Archive,
+    /// `+zip` or `+compressedtar` (gzip, bzip2 or xz); `deps_inside`: `+deps`, the archive carries
+    /// the dependency file.
+    Archive {
+        zip: bool,
+        bytes: Vec<u8>,
+        deps_inside: bool,
+    },
     /// `url`: fetched from where the Function says.
     Url,
 }
@@ -101,19 +106,18 @@ pub enum Code {
 pub fn code_of(function: &Function) -> Result<Code, BuildError> {
     let ct = content_type(&function.spec.function_content_type)?;
     verify_checksum(function, &ct)?;
-    if ct.archive != Archive::None {
-        return Ok(Code::Archive);
-    }
     let code = &function.spec.function;
-    match ct.encoding {
-        Encoding::Url => Ok(Code::Url),
-        Encoding::Text => Ok(Code::File(code.clone().into_bytes())),
+    let bytes = match ct.encoding {
+        Encoding::Url => return Ok(Code::Url),
+        Encoding::Text => code.clone().into_bytes(),
         Encoding::Base64 => {
             let compact: String = code.split_whitespace().collect();
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(compact)
-                .map_err(|e| BuildError::Base64(e.to_string()))?;
-            Ok(Code::File(bytes))
+            base64::engine::general_purpose::STANDARD.decode(compact).map_err(|e| BuildError::Base64(e.to_string()))?
         }
-    }
+    };
+    Ok(match ct.archive {
+        Archive::None => Code::File(bytes),
+        Archive::Zip => Code::Archive { zip: true, bytes, deps_inside: ct.deps_inside },
+        Archive::CompressedTar => Code::Archive { zip: false, bytes, deps_inside: ct.deps_inside },
+    })
 }

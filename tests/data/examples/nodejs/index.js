@@ -1,0 +1,5 @@
+const get = require('./helloget');
+
+module.exports = {
+  helloGet: get.foo,
+};

@@ -1,0 +1,5 @@
+module Greeting
+  def self.hello
+    'hello world'
+  end
+end

@@ -1,0 +1,5 @@
+require 'greeting'
+
+def foo(event, context)
+  Greeting.hello
+end

@@ -24,6 +24,8 @@ pub struct AdminState {
     pub token: Option<AdminToken>,
     /// The functions run locally (standalone mode).
     pub local: crate::local::LocalReports,
+    /// The HTTPTriggers the local gateway serves (standalone mode).
+    pub gateway: crate::local::gateway::GatewayReports,
 }
 
 /// The bearer token of `/status` (`--admin-token-file`), kept as its digest and never printed.
@@ -122,6 +124,9 @@ struct StatusBody {
     /// The functions the daemon runs itself (standalone mode), by `namespace/name`.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     local_functions: std::collections::BTreeMap<String, crate::local::LocalReport>,
+    /// The HTTPTriggers the local gateway serves, or why not (standalone mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gateway_routes: Vec<crate::local::gateway::GatewayReport>,
 }
 
 #[derive(serde::Serialize)]
@@ -171,6 +176,7 @@ fn status_body(s: &AdminState) -> Json<serde_json::Value> {
         consumers: s.supervisor.status(),
         stopping: s.supervisor.stopping(),
         local_functions: s.local.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        gateway_routes: s.gateway.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     Json(serde_json::to_value(body).unwrap_or_default())
 }

@@ -117,6 +117,7 @@ pub async fn run(
     let http = HttpClient::new().with_connection_lifetime(settings.connection_lifetime);
     let routes = crate::delivery::route::Routes::default();
     let local_reports = crate::local::LocalReports::default();
+    let gateway_reports = crate::local::gateway::GatewayReports::default();
     let services = match &source {
         Source::Directory(..) => Services::standalone(http.clone(), budget.clone(), routes.clone()),
         Source::Api(kube) => kube.services(http.clone(), budget.clone()),
@@ -157,6 +158,7 @@ pub async fn run(
             snapshot: snapshot_rx.clone(),
             token: settings.admin_token.clone(),
             local: local_reports.clone(),
+            gateway: gateway_reports.clone(),
         };
         let (admin_app, status_app) = (admin::router(state.clone()), admin::status_router(state));
         let stop = stop.clone();
@@ -223,6 +225,29 @@ pub async fn run(
             tokio::spawn(kubernetes::watch::run(clients.watches, k.namespaces.clone(), events_tx, report, stop.clone()))
         }
         Source::Directory(manifests, scan_interval) => {
+            if let Some(addr) = settings.gateway_addr {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on --gateway-addr {addr}: {e}"))?;
+                info!(gateway = %addr, "HTTPTriggers are served here (host-name and path to their function).");
+                side_tasks.push(tokio::spawn({
+                    let local = settings.local.is_some();
+                    let (http, routes, reports, snapshots, stop) = (
+                        http.clone(),
+                        routes.clone(),
+                        gateway_reports.clone(),
+                        snapshot_rx.clone(),
+                        local_stop.clone(),
+                    );
+                    async move {
+                        if let Err(e) =
+                            crate::local::gateway::run(listener, http, routes, local, reports, snapshots, stop).await
+                        {
+                            tracing::error!(error = %e, "The local gateway stopped.");
+                        }
+                    }
+                }));
+            }
             if let Some(local) = settings.local.clone() {
                 local_functions = Some(tokio::spawn(crate::local::run(
                     local,

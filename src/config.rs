@@ -136,6 +136,11 @@ pub struct Args {
     #[arg(long, env = "KUBELESS_RUNTIMES_DIR")]
     pub runtimes_dir: Option<PathBuf>,
 
+    /// Standalone mode: where HTTPTriggers are served, as a cluster's Ingress would serve them
+    /// (`host-name` and `path` to the function); `off` for none.
+    #[arg(long, env = "KUBELESS_GATEWAY_ADDR", default_value = "127.0.0.1:9097")]
+    pub gateway_addr: String,
+
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -205,6 +210,8 @@ pub struct Settings {
     /// Standalone mode with `--local-functions`: where local functions keep their files and which
     /// runtimes they run on.
     pub local: Option<crate::local::LocalSettings>,
+    /// Standalone mode: `--gateway-addr`, unless `off`.
+    pub gateway_addr: Option<SocketAddr>,
 }
 
 impl Args {
@@ -234,6 +241,7 @@ impl Args {
             connection_lifetime,
             local_functions,
             runtimes_dir,
+            gateway_addr,
             policy,
         } = self;
         let memory_budget = memory_budget
@@ -314,7 +322,15 @@ impl Args {
                 dir.display()
             );
         }
+        let gateway_addr = match gateway_addr.trim() {
+            _ if manifests.is_none() => None,
+            "off" | "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                anyhow::anyhow!("--gateway-addr {addr:?} is not an address such as 127.0.0.1:9097 (or off): {e}")
+            })?),
+        };
         Ok(Settings {
+            gateway_addr,
             admin_token,
             memory_budget,
             connection_lifetime: (!connection_lifetime.is_zero()).then_some(*connection_lifetime),

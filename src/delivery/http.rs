@@ -162,6 +162,20 @@ fn generation(connector: &HttpsConnector<HttpConnector>, lifetime: Option<Durati
 }
 
 impl HttpClient {
+    /// Sends `request` and hands the response back as it arrives (its status line and headers
+    /// within `timeout`, its body streamed): for the local gateway, which relays it.
+    pub async fn forward(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let pending = self.pool().client.request(request);
+        tokio::time::timeout(timeout, pending)
+            .await
+            .map_err(|_| SendError::Timeout(timeout))?
+            .map_err(SendError::Request)
+    }
+
     /// Sends `request` and reads the whole body (up to `limit` bytes, else an error), all within
     /// `timeout`: for the CLI, which shows what a function answered and downloads code.
     pub async fn fetch(

@@ -14,6 +14,7 @@
 //! answers `/healthz`, and the old one stops when the last request sent to it has finished. The
 //! consumers never restart for either.
 
+pub mod gateway;
 mod keeper;
 pub mod plan;
 pub mod prepare;

@@ -475,3 +475,68 @@ fn shell_words(line: &str) -> Vec<String> {
     }
     words
 }
+
+/// HTTPTriggers in standalone mode: the daemon's gateway routes host and path to the function as
+/// Kubeless's Ingress did, follows the function across a code change, and refuses to serve a
+/// trigger whose basic auth only a cluster enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_triggers_are_served_by_the_local_gateway_as_an_ingress_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let code = |greeting: &str| {
+        format!(
+            "def handler(event, context):\n    r = event['extensions']['request']\n    return '{greeting} %s %s %s' % (r.method, r.path, r.query_string)\n"
+        )
+    };
+    std::fs::write(work.path().join("echo.py"), code("v1")).expect("code");
+    let daemon = Daemon::start(dir.path(), "127.0.0.1:1", &[]).await;
+    let (m, state) = (dir.path().display().to_string(), daemon.state_dir().display().to_string());
+    let env = [("KUBELESS_MANIFESTS", m.as_str()), ("KUBELESS_STATE_DIR", state.as_str())];
+    let k = |args: &'static str| {
+        let (cwd, env) = (work.path().to_path_buf(), env);
+        async move {
+            let args = shell_words(args);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out, err) = kubeless_in(&cwd, &args, &env).await;
+            assert!(ok, "kubeless {args:?}: {err}");
+            out
+        }
+    };
+    k("function deploy echo --runtime python3.9 --from-file echo.py --handler echo.handler").await;
+    k("trigger http create echo --function-name echo --hostname example.com --path echo").await;
+    k("trigger http create fallback --function-name echo --hostname other.com --path /").await;
+    k("trigger http create guarded --function-name echo --hostname secret.example.com --path / --basic-auth-secret users").await;
+    wait_serving(&daemon, "echo", None).await;
+
+    let client = reqwest::Client::new();
+    let get = |host: &'static str, path: &'static str| {
+        let request = client.get(format!("{}{path}", daemon.gateway_url)).header("host", host);
+        async move {
+            let answer = request.send().await.expect("gateway");
+            (answer.status().as_u16(), answer.text().await.expect("body"))
+        }
+    };
+    assert_eq!(get("example.com", "/echo/a/b?x=1").await, (200, "v1 GET /a/b x=1".to_string()));
+    assert_eq!(get("example.com:9097", "/echo").await, (200, "v1 GET / ".to_string()));
+    // A path beside the prefix is not under it; another host has its own routes.
+    assert_eq!(get("example.com", "/echoes").await.0, 404);
+    assert_eq!(get("other.com", "/echoes").await, (200, "v1 GET /echoes ".to_string()));
+    // Basic auth is a cluster's: never served without it.
+    let (status, body) = get("secret.example.com", "/").await;
+    assert_eq!(status, 404, "{body}");
+    let routes = daemon.status().await["gateway_routes"].clone();
+    let guarded = routes.as_array().and_then(|r| r.iter().find(|r| r["trigger"] == "default/guarded")).cloned();
+    assert!(
+        guarded.as_ref().and_then(|g| g["problem"].as_str()).is_some_and(|p| p.contains("basic-auth-secret")),
+        "{routes}"
+    );
+
+    // A code change: the gateway follows the function to its new process.
+    std::fs::write(work.path().join("echo.py"), code("v2")).expect("code");
+    k("function update echo --from-file echo.py").await;
+    let start = Instant::now();
+    while get("example.com", "/echo").await.1 != "v2 GET / " {
+        assert!(start.elapsed() < SERVING_WITHIN, "v2 never answered: {}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

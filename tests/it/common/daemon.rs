@@ -24,6 +24,8 @@ pub struct Daemon {
     pub admin: String,
     /// `--status-addr`, where `/status` is served (loopback, no token).
     pub status_url: String,
+    /// `--gateway-addr` (standalone mode), where HTTPTriggers are served.
+    pub gateway_url: String,
     pub log: PathBuf,
     /// `--manifests DIR`, or `--kubeconfig FILE` (Kubernetes mode).
     source: Vec<String>,
@@ -66,6 +68,7 @@ impl Daemon {
             child: None,
             admin: String::new(),
             status_url: String::new(),
+            gateway_url: String::new(),
             log: PathBuf::new(),
             source,
             brokers: brokers.to_string(),
@@ -84,8 +87,17 @@ impl Daemon {
         self.status_url = format!("http://127.0.0.1:{status_port}");
         self.log = std::env::temp_dir().join(format!("kubeless-broker-{port}.log"));
         let log = std::fs::File::create(&self.log).expect("log");
+        // Standalone mode serves HTTPTriggers on a port of its own.
+        let gateway: Vec<String> = if self.source.first().is_some_and(|s| s == "--manifests") {
+            let gateway_port = free_port();
+            self.gateway_url = format!("http://127.0.0.1:{gateway_port}");
+            vec!["--gateway-addr".to_string(), format!("127.0.0.1:{gateway_port}")]
+        } else {
+            Vec::new()
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_kubeless-broker"))
             .args(&self.source)
+            .args(&gateway)
             .args(["--admin-addr", &format!("127.0.0.1:{port}")])
             .args(["--status-addr", &format!("127.0.0.1:{status_port}")])
             .args(["--kafka-brokers", &self.brokers])

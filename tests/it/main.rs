@@ -5,6 +5,7 @@ mod chaos_function;
 mod chaos_state;
 mod cli;
 mod common;
+mod compose;
 mod cron;
 mod deploy;
 mod examples_makefile;

@@ -113,6 +113,13 @@ pub fn plan(function: &Function) -> Result<Plan, Unrunnable> {
         )));
     }
     let (module, handler) = split_handler(&spec.handler).map_err(|e| Unrunnable(e.to_string()))?;
+    // The module names a file in the function's directory: nothing that could reach out of it.
+    if !module.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(Unrunnable(format!(
+            "spec.handler {:?}: the module {module:?} must be a file name (letters, digits, _ and -)",
+            spec.handler
+        )));
+    }
     let (code, archive) = match code_of(function).map_err(|e| Unrunnable(e.to_string()))? {
         Code::File(bytes) | Code::Archive { bytes, .. } if bytes.is_empty() => {
             return Err(Unrunnable("spec.function is empty".to_string()))
@@ -260,6 +267,8 @@ spec:
             (HELLO.replace("python3.7", "ruby9.9"), "spec.runtime"),
             (HELLO.replace("python3.7", "go1.14"), "spec.runtime"),
             (HELLO.replace("test.hello", "nodot"), "spec.handler"),
+            (HELLO.replace("test.hello", "sub/dir.hello"), "must be a file name"),
+            (HELLO.replace("test.hello", "/tmp/x.hello"), "must be a file name"),
             (HELLO.replace("  timeout: \"30\"", "  function-content-type: url"), "url"),
             (HELLO.replace("  timeout: \"30\"", "  function-content-type: text+zip+deps"), "+deps"),
             (

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod compose;
 mod cron;
+mod demo;
 mod deploy;
 mod examples_makefile;
 mod functions;

@@ -99,6 +99,10 @@ pub fn command(program: &Path, args: &[&str], env: impl IntoIterator<Item = (Str
         c.args(["--pdeathsig", "KILL", "--"]).arg(program);
         c
     } else {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            warn!("setpriv (util-linux) is not on PATH: local functions are stopped with the daemon, but would outlive a kill -9 of it.");
+        });
         Command::new(program)
     };
     cmd.args(args)

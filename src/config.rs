@@ -312,10 +312,14 @@ impl Args {
                 "--kafka-property partition.assignment.strategy={strategy}: cooperative (incremental) rebalancing is not supported; use range or roundrobin (the default)"
             );
         }
-        let local = (*local_functions && manifests.is_some()).then(|| crate::local::LocalSettings {
-            state_dir: state_dir.clone(),
-            runtimes_dir: runtimes_dir.clone().or_else(default_runtimes_dir),
-        });
+        // Without runtimes (an image without them, a binary copied alone), functions without a
+        // URL are reached at the template, as before local functions.
+        let runtimes = runtimes_dir.clone().or_else(default_runtimes_dir);
+        if *local_functions && manifests.is_some() && runtimes.is_none() {
+            tracing::warn!("No runtimes directory found (--runtimes-dir): local functions are off; Functions without kubeless.io/url are reached at --function-url-template.");
+        }
+        let local = (*local_functions && manifests.is_some() && runtimes.is_some())
+            .then(|| crate::local::LocalSettings { state_dir: state_dir.clone(), runtimes_dir: runtimes });
         if let Some(dir) = runtimes_dir.as_ref().filter(|d| !d.join("run").is_file()) {
             anyhow::bail!(
                 "--runtimes-dir {}: no run script there (it is the project's runtimes/ directory)",
@@ -377,8 +381,12 @@ fn kubeless_environment(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result
 fn default_runtimes_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let bin = exe.parent()?;
-    [bin.join("runtimes"), bin.join("../../runtimes"), bin.join("../share/kubeless-broker/runtimes")]
+    // `../../runtimes` only from a cargo target directory (`target/debug`), never `/runtimes`.
+    let cargo_build = bin.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "target");
+    let from_build = cargo_build.then(|| bin.join("../../runtimes"));
+    [Some(bin.join("runtimes")), from_build, Some(bin.join("../share/kubeless-broker/runtimes"))]
         .into_iter()
+        .flatten()
         .find(|d| d.join("run").is_file())
         .and_then(|d| d.canonicalize().ok())
 }

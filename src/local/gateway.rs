@@ -6,8 +6,9 @@
 //! are followed) or its `kubeless.io/url`.
 //!
 //! Not served here, and said so in `/status` rather than served differently: `basic-auth-secret`
-//! (serving such a trigger without its password would open what its author closed). TLS is the
-//! cluster's; the gateway speaks plain HTTP, on loopback by default.
+//! (serving such a trigger without its password would open what its author closed): its requests
+//! are answered 403, never passed to a less specific route. TLS is the cluster's; the gateway
+//! speaks plain HTTP, on loopback by default.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +46,9 @@ enum Target {
         base: Uri,
         authorization: Option<HeaderValue>,
     },
+    /// A trigger that is not served, answering so rather than leaving its requests to a less
+    /// specific route.
+    Refused(StatusCode),
 }
 
 /// One HTTPTrigger, as the gateway serves it.
@@ -101,7 +105,8 @@ pub async fn run(
     let stop_table = stop.clone();
     let rebuild = tokio::spawn(async move {
         loop {
-            let (built, report) = build(&snapshots.borrow_and_update(), &routes, local_functions);
+            let snapshot = snapshots.borrow_and_update().clone();
+            let (built, report) = build(&snapshot, &routes, local_functions);
             table.store(Arc::new(built));
             *reports.lock().unwrap_or_else(|p| p.into_inner()) = report;
             tokio::select! {
@@ -150,16 +155,25 @@ fn build(snapshot: &Snapshot, routes: &Routes, local_functions: bool) -> (Vec<Ga
             None => Err(format!("spec.function-name: Function {ns}/{} does not exist", spec.function_name)),
             Some(f) => target_of(f, routes, local_functions),
         };
-        match target {
-            Ok(target) => table.push(GatewayRoute {
-                host: Some(spec.host_name.clone()).filter(|h| !h.is_empty()),
-                prefix,
-                function: report.function.clone(),
-                target,
-                timeout: function.map_or(Duration::ZERO, |f| f.timeout()) + TIMEOUT_MARGIN,
-            }),
-            Err(problem) => report.problem = Some(problem),
-        }
+        let target = match target {
+            Ok(target) => target,
+            Err(problem) => {
+                report.problem = Some(problem);
+                let status = if spec.basic_auth_secret.is_empty() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                Target::Refused(status)
+            }
+        };
+        table.push(GatewayRoute {
+            host: Some(spec.host_name.clone()).filter(|h| !h.is_empty()),
+            prefix,
+            function: report.function.clone(),
+            target,
+            timeout: function.map_or(Duration::ZERO, |f| f.timeout()) + TIMEOUT_MARGIN,
+        });
         reports.push(report);
     }
     (table, reports)
@@ -200,6 +214,13 @@ async fn relay(State(gateway): State<Gateway>, request: Request) -> Response {
     drop(table);
     // The endpoint is held until the answer has begun, so a replaced process is drained.
     let (base, authorization, endpoint) = match &route.target {
+        Target::Refused(status) => {
+            return plain(
+                *status,
+                "This HTTPTrigger is not served by the local gateway (its reason is in /status gateway_routes)."
+                    .to_string(),
+            )
+        }
         Target::Url { base, authorization } => (base.clone(), authorization.clone(), None),
         Target::Local(r) => match r.current() {
             Some(e) => (e.uri.clone(), None, Some(e)),
@@ -236,18 +257,27 @@ async fn relay(State(gateway): State<Gateway>, request: Request) -> Response {
     }
     let forwarded = http::Request::from_parts(parts, Full::new(body));
     let answer = gateway.http.forward(forwarded, route.timeout).await;
-    drop(endpoint);
     match answer {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             for name in HOP_BY_HOP {
                 parts.headers.remove(*name);
             }
+            // The process is held until its answer's body has been relayed, not only its headers:
+            // a replaced one is stopped only then.
+            let body = body.map_frame(move |frame| {
+                let _held = &endpoint;
+                frame
+            });
             Response::from_parts(parts, Body::new(body))
         }
         Err(e) => {
             warn!(function = %route.function, error = %kubeless_connector::error_chain(&e), "The local gateway could not reach a function.");
-            plain(StatusCode::BAD_GATEWAY, format!("Function {} did not answer: {e}", route.function))
+            let status = match e {
+                crate::delivery::http::SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                crate::delivery::http::SendError::Request(_) => StatusCode::BAD_GATEWAY,
+            };
+            plain(status, format!("Function {} did not answer: {e}", route.function))
         }
     }
 }

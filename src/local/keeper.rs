@@ -63,6 +63,8 @@ impl Keeper {
         if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
             warn!(function = %self.key, dir = %self.dir.display(), error = %e, "Cannot make a local function's directory.");
         }
+        // Left by an earlier daemon (killed, or restarted): nothing of this one answers there yet.
+        let _ = tokio::fs::remove_file(self.dir.join(URL_FILE)).await;
         let mut serving: Option<Serving> = None;
         let mut backoff = FIRST_BACKOFF;
         let mut attempted: Option<String> = None;
@@ -117,8 +119,15 @@ impl Keeper {
                 self.publish(LocalState::Starting, "Starting", None).await;
             }
             attempted = Some(plan.checksum.clone());
+            // The serving version is watched meanwhile: if it dies, the route stops pointing at
+            // it at once (and the new version is tried from the start).
             let started = tokio::select! {
                 started = self.start(&plan) => started,
+                status = exit_of(&mut serving) => {
+                    serving = None;
+                    self.died(status).await;
+                    continue;
+                }
                 changed = desired.changed() => if changed.is_err() { break } else { continue },
                 () = stop.cancelled() => break,
             };
@@ -148,8 +157,14 @@ impl Keeper {
                     };
                     error!(function = %self.key, problem = %problem, retry_in = ?backoff, "Local function did not start.");
                     self.publish(state, label, Some(problem)).await;
-                    if !wait(backoff, &mut desired, &stop).await {
-                        break;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        status = exit_of(&mut serving) => {
+                            serving = None;
+                            self.died(status).await;
+                        }
+                        changed = desired.changed() => if changed.is_err() { break },
+                        () = stop.cancelled() => break,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -163,6 +178,16 @@ impl Keeper {
         while self.retiring.join_next().await.is_some() {}
         self.shared.report(&self.function, None, None).await;
         info!(function = %self.key, "Local function stopped.");
+    }
+
+    /// The serving process exited: nothing serves until another starts.
+    async fn died(&mut self, status: std::process::ExitStatus) {
+        let why = format!("its process exited ({status})");
+        self.switch(None).await;
+        self.report.restarts += 1;
+        telemetry::local_function_restarted(&self.key);
+        warn!(function = %self.key, problem = %why, "Local function stopped; starting it again.");
+        self.publish(LocalState::Serving, "Restarting", Some(why)).await;
     }
 
     /// Prepares the version's directory and starts a process of it.
@@ -191,7 +216,13 @@ impl Keeper {
         match process {
             Some(p) => {
                 let url = p.endpoint.uri.to_string();
-                if let Err(e) = tokio::fs::write(&url_file, url.as_bytes()).await {
+                // Written whole or not at all: `kubeless function call` may read it any time.
+                let staged = self.dir.join(format!(".{URL_FILE}.new"));
+                let written = match tokio::fs::write(&staged, url.as_bytes()).await {
+                    Ok(()) => tokio::fs::rename(&staged, &url_file).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     warn!(file = %url_file.display(), error = %e, "Cannot note where a local function answers.");
                 }
                 self.report.pid = p.pid;
@@ -231,6 +262,14 @@ impl Keeper {
 fn plan_timeout(plan: &Plan) -> Duration {
     let secs = plan.env.get("FUNC_TIMEOUT").and_then(|t| t.parse::<u64>().ok()).unwrap_or(180);
     Duration::from_secs(secs)
+}
+
+/// Resolves when the serving process exits; never if none serves.
+async fn exit_of(serving: &mut Option<Serving>) -> std::process::ExitStatus {
+    match serving {
+        Some(s) => s.process.exited().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits `delay`; false if the keeper must end instead (its Function gone, or the daemon stopping).

@@ -112,16 +112,20 @@ pub async fn run(
     let shared = Arc::new(Shared { settings, layout, http, routes, locks: InstallLocks::default(), events, reports });
     let mut keepers: HashMap<ObjectRef, (watch::Sender<Desired>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let keeper_stop = CancellationToken::new();
-    // Keepers of Functions that went, stopping their processes (a drain may take a while).
-    let mut stopping = tokio::task::JoinSet::new();
+    // Keepers of Functions that went, stopping their processes (a drain may take a while). A
+    // Function that comes back gets its new keeper only once the old one is done, so the old
+    // one's last words (route emptied, state withdrawn) never land on the new one's.
+    let mut stopping: HashMap<ObjectRef, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        let wanted = local_functions(&snapshots.borrow_and_update(), shared.settings.runtimes_dir.is_some());
+        let snapshot = snapshots.borrow_and_update().clone();
+        let wanted = local_functions(&snapshot, shared.settings.runtimes_dir.is_some());
+        stopping.retain(|_, task| !task.is_finished());
         // Gone (deleted, or given a URL): dropping the sender stops the keeper.
         let gone: Vec<ObjectRef> = keepers.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for function in gone {
             if let Some((tx, task)) = keepers.remove(&function) {
                 drop(tx);
-                stopping.spawn(task);
+                stopping.insert(function, task);
             }
         }
         for (function, desired) in wanted {
@@ -136,7 +140,14 @@ pub async fn run(
                 None => {
                     let (tx, rx) = watch::channel(desired);
                     let keeper = keeper::Keeper::new(function.clone(), shared.clone());
-                    let task = tokio::spawn(keeper.run(rx, keeper_stop.clone()));
+                    let previous = stopping.remove(&function);
+                    let stop = keeper_stop.clone();
+                    let task = tokio::spawn(async move {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                        keeper.run(rx, stop).await;
+                    });
                     keepers.insert(function, (tx, task));
                 }
             }
@@ -150,7 +161,9 @@ pub async fn run(
     for (_, (_, task)) in keepers {
         let _ = task.await;
     }
-    while stopping.join_next().await.is_some() {}
+    for (_, task) in stopping {
+        let _ = task.await;
+    }
 }
 
 /// The Functions the daemon runs itself, with their plans: every valid Function without a

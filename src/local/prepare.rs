@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 
 use super::plan::{ArchiveKind, Plan};
-use super::process::command;
+use super::process::{command, GroupGuard};
 
 /// How long a dependency install may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -158,6 +158,7 @@ async fn unpack(kind: ArchiveKind, bytes: &[u8], dir: &Path, module_file: &str) 
                 .arg(dir)
                 .args(["--no-same-owner", "--no-same-permissions"])
                 .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
                 .output()
                 .await
                 .map_err(|e| PrepareError::Unpack(format!("cannot run tar: {e}")))?;
@@ -205,6 +206,7 @@ async fn install(layout: &Layout, plan: &Plan, runtimes: &Path, locks: &InstallL
     let mut child = command(&run, &[plan.language.id(), "sh", "-c", &plan.install], env, &volume)
         .spawn()
         .map_err(|e| failed(format!("cannot start {}: {e}", run.display()), ""))?;
+    let _group = GroupGuard::new(child.id());
     let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
     let work = async {
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -225,7 +227,7 @@ async fn install(layout: &Layout, plan: &Plan, runtimes: &Path, locks: &InstallL
     };
     let (status, output) = match tokio::time::timeout(INSTALL_TIMEOUT, work).await {
         Ok((status, output)) => (status.map_err(|e| e.to_string()), output),
-        Err(_) => (Err(format!("still running after {INSTALL_TIMEOUT:?}")), Vec::new()),
+        Err(_) => (Err(format!("still running after {INSTALL_TIMEOUT:?}, stopped")), Vec::new()),
     };
     let output = String::from_utf8_lossy(&output).into_owned();
     tokio::fs::write(&log, &output).await.map_err(write_err(&log))?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::Uri;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -29,6 +29,8 @@ const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Output lines kept to explain an early exit.
 const TAIL_LINES: usize = 10;
+/// A line of output longer than this is cut into several.
+const LINE_LIMIT: u64 = 64 << 10;
 /// A log file past this size is moved to `<name>.1` (one kept).
 const LOG_ROTATE_BYTES: u64 = 16 << 20;
 /// Environment variables passed from the daemon to its functions and installs: where things are,
@@ -66,6 +68,8 @@ pub enum StartError {
     Exited { status: String, tail: Vec<String> },
     #[error("did not answer /healthz within {0:?}")]
     Unhealthy(Duration),
+    #[error("another process took port {0} before it could; trying another")]
+    PortTaken(u16),
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -116,6 +120,24 @@ pub fn command(program: &Path, args: &[&str], env: impl IntoIterator<Item = (Str
         .process_group(0)
         .kill_on_drop(true);
     cmd
+}
+
+/// Kills a process group when dropped: an install that timed out or was cancelled takes the
+/// processes it started (pip's, npm's) with it.
+pub struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    pub fn new(pid: Option<u32>) -> Self {
+        Self(pid.and_then(|p| i32::try_from(p).ok()))
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
 }
 
 /// What a process needs to start.
@@ -177,6 +199,12 @@ impl Process {
                 return Err(StartError::Exited { status: status.to_string(), tail: process.tail() });
             }
             if healthy(http, port).await {
+                // Another process could have taken the port between its pick and the runtime's
+                // bind, and answered instead: deliveries would then go to it.
+                if process.pid.is_some_and(|pid| owns_listener(pid, port) == Some(false)) {
+                    process.stop().await;
+                    return Err(StartError::PortTaken(port));
+                }
                 return Ok(process);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -192,10 +220,15 @@ impl Process {
         self.tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
-    /// Resolves when the process exits.
+    /// Resolves when the process exits; whatever it left running in its group is killed.
     pub async fn exited(&mut self) -> ExitStatus {
         match self.child.wait().await {
-            Ok(status) => status,
+            Ok(status) => {
+                if let Some(group) = self.pid.take().and_then(|p| i32::try_from(p).ok()) {
+                    let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+                }
+                status
+            }
             Err(e) => {
                 warn!(error = %e, "Cannot wait for a local function's process; taking it as gone.");
                 std::future::pending().await
@@ -214,7 +247,28 @@ impl Process {
         }
         // Whatever it forked and left behind in its group.
         let _ = killpg(group, Signal::SIGKILL);
+        self.pid = None;
     }
+}
+
+/// Whether process `pid` holds the socket listening on IPv4 `port` (none: /proc cannot say).
+fn owns_listener(pid: u32, port: u16) -> Option<bool> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let sockets: std::collections::HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let listening = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1)?.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok())?;
+        // State 0A: LISTEN; the inode is the tenth field.
+        (local_port == port && fields.get(3) == Some(&"0A")).then(|| fields.get(9).map(|i| i.to_string()))?
+    })?;
+    Some(sockets.contains(&listening))
 }
 
 /// A free loopback port (the runtime binds it a moment later).
@@ -243,15 +297,27 @@ fn copy_output(child: &mut Child, function: &str, log_file: &Path, tail: &Arc<Mu
     for stream in streams.into_iter().flatten() {
         let (log, tail, function) = (log.clone(), tail.clone(), function.to_string());
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Bytes, not text: a line that is not UTF-8 is shown as well as it can be, and the
+            // pipe is read to its end whatever comes (a reader that stopped would leave the
+            // function failing on every write). An endless line is cut at LINE_LIMIT.
+            let mut reader = BufReader::new(stream).take(u64::MAX);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                reader.set_limit(LINE_LIMIT);
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
                 info!(function = %function, "{line}");
-                log.lock().await.write(&line).await;
+                log.lock().await.write(line).await;
                 let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
-                tail.push_back(line);
+                tail.push_back(line.to_string());
             }
         });
     }
@@ -297,5 +363,23 @@ impl LogFile {
             self.written += line.len() as u64 + 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_told_apart_from_another_process_on_its_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert_eq!(owns_listener(std::process::id(), port), Some(true));
+        let mut other = std::process::Command::new("sleep").arg("5").spawn().expect("sleep");
+        assert_eq!(owns_listener(other.id(), port), Some(false), "another process does not hold it");
+        let _ = other.kill();
+        let _ = other.wait();
+        drop(listener);
+        assert_eq!(owns_listener(std::process::id(), port), None, "nobody listens there any more");
     }
 }

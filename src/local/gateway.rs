@@ -180,7 +180,7 @@ fn build(snapshot: &Snapshot, routes: &Routes, local_functions: bool) -> (Vec<Ga
 }
 
 fn target_of(function: &Function, routes: &Routes, local_functions: bool) -> Result<Target, String> {
-    if let Some(url) = function.metadata.annotations.as_ref().and_then(|a| a.get(URL_ANNOTATION)) {
+    if let Some(url) = function.url() {
         let (base, authorization) = crate::delivery::function_target(url).map_err(|e| e.to_string())?;
         return Ok(Target::Url { base, authorization });
     }

@@ -135,8 +135,7 @@ impl Keeper {
                 Ok(process) => {
                     info!(function = %self.key, version = &plan.checksum[..16], pid = ?process.pid, url = %process.endpoint.uri, "Local function serving.");
                     self.switch(Some(&process)).await;
-                    let timeout = plan_timeout(&plan);
-                    let fresh = Serving { process, checksum: plan.checksum.clone(), timeout };
+                    let fresh = Serving { process, checksum: plan.checksum.clone(), timeout: plan.timeout };
                     if let Some(old) = serving.replace(fresh) {
                         self.retire(old);
                     }
@@ -257,11 +256,6 @@ impl Keeper {
         self.report.problem = problem;
         self.shared.report(&self.function, Some(state), Some(self.report.clone())).await;
     }
-}
-
-fn plan_timeout(plan: &Plan) -> Duration {
-    let secs = plan.env.get("FUNC_TIMEOUT").and_then(|t| t.parse::<u64>().ok()).unwrap_or(180);
-    Duration::from_secs(secs)
 }
 
 /// Resolves when the serving process exits; never if none serves.

@@ -32,7 +32,7 @@ use crate::control::{Snapshot, SourceEvent};
 use crate::delivery::route::Routes;
 use crate::delivery::HttpClient;
 use crate::resources::validate::is_dns1123_label;
-use crate::resources::{Function, Kind, ObjectRef, Resource, URL_ANNOTATION};
+use crate::resources::{Function, Kind, ObjectRef, Resource};
 
 use self::plan::{plan, Plan, Unrunnable};
 use self::prepare::{InstallLocks, Layout};
@@ -176,7 +176,7 @@ fn local_functions(snapshot: &Snapshot, runtimes_found: bool) -> BTreeMap<Object
             Resource::Function(f) if object.kind == Kind::Function => Some((object, f)),
             _ => None,
         })
-        .filter(|(_, f)| !f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION)))
+        .filter(|(_, f)| f.url().is_none())
         .map(|(object, f)| (object.clone(), desired(object, f, runtimes_found)))
         .collect()
 }

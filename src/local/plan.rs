@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::EnvVar;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use crate::functions::catalogue::{Catalogue, PHASE_INSTALLATION};
@@ -77,6 +76,8 @@ pub struct Plan {
     /// Kubeless's `FUNC_*` settings (without the port, chosen per process) and the container's
     /// own `env` values.
     pub env: BTreeMap<String, String>,
+    /// The Function's timeout: the longest a request to a process of it may take.
+    pub timeout: std::time::Duration,
     /// Of everything above: a change of any of it is a new version.
     pub checksum: String,
 }
@@ -139,11 +140,7 @@ pub fn plan(function: &Function) -> Result<Plan, Unrunnable> {
         }
     };
     let mut env = user_env(container)?;
-    let timeout = match &spec.timeout {
-        Some(IntOrString::Int(n)) => n.to_string(),
-        Some(IntOrString::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => function.timeout().as_secs().to_string(),
-    };
+    let timeout = function.func_timeout();
     env.extend([
         ("FUNC_HANDLER".to_string(), handler.to_string()),
         ("MOD_NAME".to_string(), module.to_string()),
@@ -162,6 +159,7 @@ pub fn plan(function: &Function) -> Result<Plan, Unrunnable> {
         deps: spec.deps.clone(),
         install,
         env,
+        timeout: function.timeout(),
         checksum: String::new(),
     };
     plan.checksum = checksum(&plan);

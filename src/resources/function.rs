@@ -131,6 +131,21 @@ impl Function {
     }
 
     /// The per-request timeout from `spec.timeout`.
+    /// The `kubeless.io/url` annotation: where the function is reached instead of its Service
+    /// (or, in standalone mode, instead of a process the daemon runs).
+    pub fn url(&self) -> Option<&str> {
+        self.metadata.annotations.as_ref()?.get(URL_ANNOTATION).map(String::as_str)
+    }
+
+    /// `spec.timeout` as the runtimes' `FUNC_TIMEOUT` reads it: as written, else Kubeless's 180.
+    pub fn func_timeout(&self) -> String {
+        match &self.spec.timeout {
+            Some(IntOrString::Int(n)) => n.to_string(),
+            Some(IntOrString::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => DEFAULT_FUNCTION_TIMEOUT.as_secs().to_string(),
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         timeout_of(&self.spec).unwrap_or(DEFAULT_FUNCTION_TIMEOUT)
     }

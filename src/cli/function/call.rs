@@ -50,7 +50,7 @@ pub(super) fn local_dir(store: &Store, f: &Function) -> Option<PathBuf> {
 /// `function ls`'s STATUS of a function the broker runs itself (manifest directory, no
 /// `kubeless.io/url`): READY while a process of it answers; none for other functions.
 pub(super) fn local_status(store: &Store, f: &Function) -> Option<String> {
-    if f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION)) {
+    if f.url().is_some() {
         return None;
     }
     let dir = local_dir(store, f)?;
@@ -64,7 +64,7 @@ pub(super) fn local_status(store: &Store, f: &Function) -> Option<String> {
 /// Where a function is reached without a cluster: its `kubeless.io/url`; else where the broker
 /// runs it (a local function); else the broker's URL template (`KUBELESS_FUNCTION_URL_TEMPLATE`).
 fn direct_url(store: &Store, f: &Function, rest: &str) -> anyhow::Result<String> {
-    let annotated = f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
+    let annotated = f.url().is_some();
     let local = local_dir(store, f).filter(|dir| !annotated && dir.is_dir());
     let base = match local {
         // The broker runs it: where it answers now, if it does.
@@ -197,7 +197,7 @@ async fn local_logs(store: &Store, f: &Function, follow: bool) -> anyhow::Result
     use std::io::Write as _;
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let name = f.name_any();
-    if f.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION)) {
+    if f.url().is_some() {
         bail!("function {name} runs at its {URL_ANNOTATION}, not in the broker: its logs are wherever it runs");
     }
     let Some(path) = local_dir(store, f).map(|d| d.join(LOG_FILE)) else {

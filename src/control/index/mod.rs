@@ -331,7 +331,7 @@ fn over_limits(policy: &DeliveryPolicy, tenancy: &TenancyPolicy) -> Option<Strin
 /// Where a trigger reaches `function`, if the policy lets it: a `kubeless.io/url` outside the
 /// admin's allow-list is reported on the trigger and the function is skipped.
 fn reach(function: &Function, trigger: &ObjectRef, ctx: &Ctx<'_>, out: &mut Desired) -> Option<String> {
-    let annotated = function.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(URL_ANNOTATION));
+    let annotated = function.url().is_some();
     if ctx.settings.local_functions && !annotated {
         return reach_local(function, trigger, ctx, out);
     }
@@ -433,8 +433,8 @@ fn named_function<'a>(trigger: ObjectRef, fname: &str, ctx: &Ctx<'a>, out: &mut 
 /// The `kubeless.io/url` annotation if set, else the template with `{name}`, `{namespace}` and
 /// `{port}` filled in.
 pub fn function_url(function: &Function, template: &str) -> String {
-    if let Some(url) = function.metadata.annotations.as_ref().and_then(|a| a.get(URL_ANNOTATION)) {
-        return url.clone();
+    if let Some(url) = function.url() {
+        return url.to_string();
     }
     template
         .replace("{name}", function.metadata.name.as_deref().unwrap_or_default())

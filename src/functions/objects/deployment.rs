@@ -352,11 +352,7 @@ pub(super) fn build_deployment(
         main.image = pod.resolved.as_ref().map(|r| r.runtime_image().to_string());
     }
     if let Some((module, func_name)) = pod.handler {
-        let timeout = match &function.spec.timeout {
-            Some(IntOrString::Int(n)) => n.to_string(),
-            Some(IntOrString::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-            _ => "180".to_string(),
-        };
+        let timeout = function.func_timeout();
         let memory = main
             .resources
             .as_ref()
